@@ -1,0 +1,265 @@
+"""Reading a Tiny-ImageNet-layout archive into compact uint8 arrays, a class list and a manifest.
+
+Layout of a prepared domain folder (written by :func:`prepare_domain`, read by :func:`load_split`)::
+
+    classes.json                         wnids (label i <-> classes[i]) and their words
+    {train,holdout,val}_images.npy       uint8, N x H x W x 3
+    {train,holdout,val}_labels.npy       int64, N
+    manifest.csv                         one row per image: split, index, label, wnid, member, height, width,
+                                         channels, mode, pixel_hash
+    info.json                            what was selected and how many images each split holds
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from robustlora.io import write_json, read_json
+
+SPLITS = ("train", "holdout", "val")
+DECODE_CHUNK = 512  # images per worker task
+MANIFEST_COLUMNS = ["split", "index", "label", "wnid", "member", "height", "width", "channels", "mode", "pixel_hash"]
+
+
+class DataError(ValueError):
+    """An archive or a prepared folder that cannot be used; the message names the file or member."""
+
+
+@dataclass(frozen=True)
+class Item:
+    split: str
+    label: int
+    wnid: str
+    member: str
+
+
+class Archive:
+    """A Tiny-ImageNet-layout zip, read in place (no extraction)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from robustlora.download import check_zip_members  # refuses absolute and ../ member names
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: archive not found (run the download stage first)")
+        if not zipfile.is_zipfile(self.path):
+            raise DataError(f"{self.path}: not a zip archive")
+        check_zip_members(self.path)
+        with zipfile.ZipFile(self.path) as zf:
+            self.names = zf.namelist()
+            roots = [n[: -len("wnids.txt")] for n in self.names if n.endswith("wnids.txt") and n.count("/") <= 1]
+            if len(roots) != 1:
+                raise DataError(f"{self.path}: expected one wnids.txt at the top (Tiny ImageNet layout), found {len(roots)}")
+            self.root = roots[0]
+            self.wnids = self._read(zf, "wnids.txt").split()
+            words = self._read(zf, "words.txt", missing_ok=True)
+            self.val_annotations = self._read(zf, "val/val_annotations.txt")
+        self.words = dict(line.split("\t", 1) for line in words.splitlines() if "\t" in line)
+
+    def _read(self, zf: zipfile.ZipFile, name: str, missing_ok: bool = False) -> str:
+        try:
+            return zf.read(self.root + name).decode("utf-8")
+        except KeyError:
+            if missing_ok:
+                return ""
+            raise DataError(f"{self.path}: missing {self.root + name} (not Tiny ImageNet's layout)") from None
+
+    def select_classes(self, classes: int | tuple[str, ...]) -> list[str]:
+        """``classes`` = the first N wnids in sorted order, or an explicit list (kept in sorted order)."""
+        available = sorted(self.wnids)
+        if isinstance(classes, int):
+            if classes > len(available):
+                raise DataError(f"data.classes asks for {classes} classes but {self.path} has {len(available)}")
+            return available[:classes]
+        missing = [w for w in classes if w not in available]
+        if missing:
+            raise DataError(f"data.classes: wnid {missing[0]} is not in {self.path} (it has {len(available)} classes, e.g. {available[0]})")
+        return sorted(classes)
+
+    def items(self, classes: list[str], train_per_class: int | None, val_per_class: int | None,
+              holdout: float, seed: int) -> list[Item]:
+        """Train / holdout / val items of the selected classes, capped per class, deterministic for a seed."""
+        label_of = {w: i for i, w in enumerate(classes)}
+        rng = np.random.default_rng(seed)
+        by_class: dict[str, list[str]] = {w: [] for w in classes}
+        for n in self.names:
+            parts = n[len(self.root):].split("/")
+            if len(parts) == 4 and parts[0] == "train" and parts[2] == "images" and parts[1] in by_class and parts[3]:
+                by_class[parts[1]].append(n)
+        out: list[Item] = []
+        for wnid in classes:
+            members = sorted(by_class[wnid], key=_natural)
+            if not members:
+                raise DataError(f"{self.path}: no training images for class {wnid} under {self.root}train/{wnid}/images/")
+            members = [members[i] for i in rng.permutation(len(members))][: train_per_class or None]
+            n_hold = int(round(len(members) * holdout))
+            out += [Item("holdout", label_of[wnid], wnid, m) for m in sorted(members[:n_hold], key=_natural)]
+            out += [Item("train", label_of[wnid], wnid, m) for m in sorted(members[n_hold:], key=_natural)]
+        val_count = {w: 0 for w in classes}
+        for line in self.val_annotations.splitlines():
+            fields = line.split("\t")
+            if len(fields) < 2:
+                continue
+            name, wnid = fields[0], fields[1]
+            if wnid in val_count and (val_per_class is None or val_count[wnid] < val_per_class):
+                val_count[wnid] += 1
+                out.append(Item("val", label_of[wnid], wnid, f"{self.root}val/images/{name}"))
+        return out
+
+
+def _natural(name: str) -> tuple:
+    """Sort key 'x_2.JPEG' < 'x_10.JPEG'."""
+    stem = name.rsplit("/", 1)[-1].split(".")[0]
+    head, _, tail = stem.rpartition("_")
+    return (head, int(tail)) if tail.isdigit() else (stem, -1)
+
+
+def decode_image(data: bytes, member: str, size: int) -> tuple[np.ndarray, int, int, str]:
+    """JPEG bytes -> (uint8 size x size x 3 RGB, original height, original width, original mode).
+
+    Grayscale and CMYK JPEGs are converted to RGB (Tiny ImageNet contains grayscale images). An image of another size
+    is resized so the arrays stack; the manifest keeps its original size, and validation flags it.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            mode, (w, h) = im.mode, im.size
+            rgb = im.convert("RGB")
+    except Exception as e:  # PIL raises many types for broken files
+        raise DataError(f"corrupt image {member}: {e}") from None
+    if (h, w) != (size, size):
+        rgb = rgb.resize((size, size), Image.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8), h, w, mode
+
+
+def _decode_chunk(args: tuple) -> list[tuple[int, int, str, str]]:
+    """Worker: decode members[start:stop] into the memory-mapped output arrays; returns their metadata."""
+    archive, members, out_paths, offsets, size = args
+    meta = []
+    with zipfile.ZipFile(archive) as zf:
+        arrays = {p: np.load(p, mmap_mode="r+") for p in set(out_paths)}
+        for member, path, row in zip(members, out_paths, offsets):
+            pixels, h, w, mode = decode_image(zf.read(member), member, size)
+            arrays[path][row] = pixels
+            meta.append((h, w, mode, hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest()))
+        for a in arrays.values():
+            a.flush()
+    return meta
+
+
+def prepare_domain(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *, classes: int | tuple[str, ...],
+                   train_per_class: int | None, val_per_class: int | None, holdout: float, seed: int = 0,
+                   image_size: int = 64, workers: int | None = None, progress: bool | None = None) -> pd.DataFrame:
+    """Decode the selected classes of an archive into ``out_dir`` (atomically: a temp folder renamed at the end).
+
+    Returns the manifest. A corrupt image stops everything with an error naming the archive member.
+    """
+    from tqdm.auto import tqdm
+
+    archive = Archive(archive_path)
+    wnids = archive.select_classes(classes)
+    items = archive.items(wnids, train_per_class, val_per_class, holdout, seed)
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        rows, jobs = [], []
+        for split in SPLITS:
+            split_items = [it for it in items if it.split == split]
+            path = tmp / f"{split}_images.npy"
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(split_items), image_size, image_size, 3)).flush()
+            np.save(tmp / f"{split}_labels.npy", np.array([it.label for it in split_items], dtype=np.int64))
+            for i, it in enumerate(split_items):
+                rows.append((split, i, it.label, it.wnid, it.member))
+                jobs.append((it.member, str(path), i))
+        meta = _run_decode(archive.path, jobs, image_size, workers, tqdm(total=len(jobs), desc=f"decode {archive.path.name}", unit="img", disable=None if progress is None else not progress))
+        manifest = pd.DataFrame(
+            [r + m[:2] + (3,) + m[2:] for r, m in zip(rows, meta)],
+            columns=MANIFEST_COLUMNS,
+        )
+        manifest.to_csv(tmp / "manifest.csv", index=False)
+        write_json(tmp / "classes.json", {"wnids": wnids, "words": [archive.words.get(w, "") for w in wnids]})
+        counts = manifest.groupby("split").size().reindex(list(SPLITS), fill_value=0)
+        write_json(tmp / "info.json", {
+            "archive": archive.path.name, "image_size": image_size, "classes": len(wnids),
+            "counts": {k: int(v) for k, v in counts.items()},
+            "grayscale_images": int((manifest["mode"] == "L").sum()),
+        })
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _run_decode(archive: Path, jobs: list[tuple[str, str, int]], size: int, workers: int | None, bar) -> list:
+    workers = workers or min(os.cpu_count() or 1, 8)
+    chunk = DECODE_CHUNK
+    chunks = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
+    args = [(str(archive), [j[0] for j in c], [j[1] for j in c], [j[2] for j in c], size) for c in chunks]
+    meta: list = []
+    if workers <= 1 or len(chunks) <= 1:
+        for a in args:
+            meta += _decode_chunk(a)
+            bar.update(len(a[1]))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for a, m in zip(args, pool.map(_decode_chunk, args)):
+                meta += m
+                bar.update(len(a[1]))
+    bar.close()
+    return meta
+
+
+# --- reading prepared data -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x H x W x 3
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_split(prepared_dir: str | os.PathLike, split: str) -> Split:
+    """One split of a prepared domain as tensors (uint8 NHWC images, int64 labels)."""
+    d = Path(prepared_dir)
+    img, lab = d / f"{split}_images.npy", d / f"{split}_labels.npy"
+    for p in (img, lab):
+        if not p.exists():
+            raise DataError(f"{p}: not found (run the preprocess stage first)")
+    images = torch.from_numpy(np.load(img))
+    labels = torch.from_numpy(np.load(lab))
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels):
+        raise DataError(f"{img}: expected N x H x W x 3 images matching {lab.name}, got {tuple(images.shape)}")
+    return Split(images, labels)
+
+
+def load_classes(prepared_dir: str | os.PathLike) -> list[str]:
+    return list(read_json(Path(prepared_dir) / "classes.json")["wnids"])
+
+
+def expected_counts(classes: list[str], available_train: int, available_val: int, train_per_class: int | None,
+                    val_per_class: int | None, holdout: float) -> dict[str, dict[str, int]]:
+    """Images per split and class that the data params promise, given what each class has in the archive."""
+    n = min(available_train, train_per_class or available_train)
+    n_hold = int(round(n * holdout))
+    n_val = min(available_val, val_per_class or available_val)
+    return {"train": {w: n - n_hold for w in classes}, "holdout": {w: n_hold for w in classes}, "val": {w: n_val for w in classes}}

@@ -1,0 +1,207 @@
+"""ResNet18 that takes [0,1] images: resizing and ImageNet normalisation live inside the model.
+
+Module names are torchvision's (``conv1``, ``layer1.0.conv1``, ``fc``), so LoRA targets read like the study's.
+Attacks therefore work in [0,1] pixel space on the very model that was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
+IMAGENET_WEIGHTS_URL = f"https://download.pytorch.org/models/{IMAGENET_WEIGHTS_FILE}"
+
+
+class ModelError(ValueError):
+    """A checkpoint or head that does not fit; the message names the file or class."""
+
+
+class Classifier(ResNet):
+    """torchvision's ResNet18 with on-the-fly resizing to ``input_size`` and normalisation in ``forward``."""
+
+    def __init__(self, num_classes: int, input_size: int = 64) -> None:
+        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        self.input_size = input_size
+        # non-persistent: state_dicts stay torchvision-compatible
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: float N x 3 x H x W in [0,1] -> logits N x num_classes."""
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > self.input_size)
+        return super().forward((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+
+
+def build_model(num_classes: int, input_size: int = 64) -> Classifier:
+    return Classifier(num_classes, input_size)
+
+
+def to_pixels(images_uint8: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 N x H x W x 3 (as stored) -> float N x 3 x H x W in [0,1] on ``device``."""
+    x = images_uint8.to(device, non_blocking=True) if device is not None else images_uint8
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu for ``auto``; an explicit choice that is not available is an error."""
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"train.device is {preference!r} but CUDA is not available here; use auto or cpu")
+    return torch.device(preference)
+
+
+# --- backbones ------------------------------------------------------------------------------------------------------
+
+
+def imagenet_weights_path() -> Path:
+    """Where torchvision keeps downloaded weights ($TORCH_HOME/hub/checkpoints)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_WEIGHTS_FILE
+
+
+def load_imagenet_backbone(path: Path | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """torchvision's IMAGENET1K_V1 ResNet18 weights and the 1000 wnids of its head, sha256-verified."""
+    from robustlora.synthetic import imagenet_wnids
+
+    path = Path(path) if path else imagenet_weights_path()
+    if not path.exists():
+        raise ModelError(
+            f"ImageNet weights not found at {path}; on a machine with internet the download stage fetches them "
+            f"(model.weights: imagenet), or copy {IMAGENET_WEIGHTS_FILE} from {IMAGENET_WEIGHTS_URL} there"
+        )
+    _check_imagenet_sha(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state, imagenet_wnids()
+
+
+def _check_imagenet_sha(path: Path) -> None:
+    prefix = IMAGENET_WEIGHTS_FILE.split("-")[1].split(".")[0]
+    digest = sha256_file(path)
+    if not digest.startswith(prefix):
+        raise ModelError(f"{path}: sha256 {digest[:16]}... does not start with {prefix}; the file is corrupt or not {IMAGENET_WEIGHTS_FILE}")
+
+
+def fetch_imagenet_weights(url: str = IMAGENET_WEIGHTS_URL) -> Path:
+    """Download torchvision's ResNet18 ImageNet weights into the torch hub cache (the download stage calls this)."""
+    from robustlora.download import fetch_archive
+
+    path = imagenet_weights_path()
+    if path.exists():
+        _check_imagenet_sha(path)
+        return path
+    return fetch_archive(url, path, None, is_zip=False, check=_check_imagenet_sha)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], wnids: list[str], **meta: Any) -> None:
+    """A model file: weights (on CPU) + the head's wnids + whatever describes how it was made; atomic."""
+    from robustlora.io import atomic_path
+
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "wnids": list(wnids), **meta}
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if isinstance(ckpt, dict) and "state_dict" not in ckpt and "fc.weight" in ckpt:
+        raise ModelError(f"{path}: a bare state_dict without the wnids of its head; save it as {{'state_dict': ..., 'wnids': [...]}}")
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "wnids" not in ckpt:
+        raise ModelError(f"{path}: expected a dict with 'state_dict' and 'wnids' (as written by robustlora)")
+    return ckpt
+
+
+def adapt_head(state_dict: dict[str, torch.Tensor], head_wnids: list[str], wnids: list[str], head: str,
+               seed: int = 0) -> dict[str, torch.Tensor]:
+    """Slice a pretrained head to ``wnids`` (row i <- the head's row for wnids[i]), or make a fresh one (head='new')."""
+    state = dict(state_dict)
+    weight, bias = state["fc.weight"], state["fc.bias"]
+    if head == "new":
+        fresh = nn.Linear(weight.shape[1], len(wnids))
+        g = torch.Generator().manual_seed(seed)
+        bound = 1.0 / weight.shape[1] ** 0.5  # nn.Linear's default init, from a seeded generator
+        with torch.no_grad():
+            fresh.weight.uniform_(-bound, bound, generator=g)
+            fresh.bias.uniform_(-bound, bound, generator=g)
+        state["fc.weight"], state["fc.bias"] = fresh.weight.detach(), fresh.bias.detach()
+        return state
+    index = {w: i for i, w in enumerate(head_wnids)}
+    missing = [w for w in wnids if w not in index]
+    if missing:
+        raise ModelError(
+            f"class {missing[0]} is not in the pretrained head ({len(missing)} of {len(wnids)} missing); "
+            "set model.head: new to train a fresh head"
+        )
+    rows = torch.tensor([index[w] for w in wnids])
+    state["fc.weight"], state["fc.bias"] = weight[rows].clone(), bias[rows].clone()
+    return state
+
+
+def load_backbone(path: str | os.PathLike, wnids: list[str], input_size: int, head: str = "pretrained",
+                  seed: int = 0) -> Classifier:
+    """The pretrained model (a file written by the pretrain stage) with its head adapted to ``wnids``."""
+    ckpt = load_checkpoint(path)
+    state = adapt_head(ckpt["state_dict"], ckpt["wnids"], wnids, head, seed)
+    model = build_model(len(wnids), input_size)
+    _load_state(model, state, path)
+    return model
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        bad = (result.missing_keys or result.unexpected_keys)[0]
+        kind = "missing" if result.missing_keys else "unexpected"
+        raise ModelError(f"{path}: weights do not fit this ResNet18 ({kind} key {bad!r})")
+
+
+def build_variant(num_classes: int, input_size: int, adaptation: str, targets: tuple[str, ...] | list[str] = (),
+                  rank: int | None = None, alpha: float | None = None) -> nn.Module:
+    """The architecture of a trained variant (ResNet18, with LoRA wrappers for ``adaptation='lora'``)."""
+    model = build_model(num_classes, input_size)
+    if adaptation == "lora":
+        from robustlora.lora import apply_lora
+
+        apply_lora(model, list(targets), rank=int(rank), alpha=float(alpha))  # type: ignore[arg-type]
+    return model
+
+
+def load_variant(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """A model written by the train stage, rebuilt and loaded, in eval mode; and its metadata."""
+    ckpt = load_checkpoint(path)
+    spec = ckpt.get("variant")
+    if not isinstance(spec, dict):
+        raise ModelError(f"{path}: not a trained variant (no 'variant' entry); was it written by the train stage?")
+    model = build_variant(len(ckpt["wnids"]), int(ckpt["input_size"]), spec["adaptation"], spec.get("targets", ()),
+                          spec.get("rank"), spec.get("alpha"))
+    _load_state(model, ckpt["state_dict"], path)
+    return model.eval(), ckpt

@@ -1,0 +1,245 @@
+"""The training loop: SGD with momentum, lr decay, early stopping on holdout accuracy, resumable checkpoints.
+
+The uint8 dataset lives on the training device and is augmented there (random crop with padding, horizontal flip),
+so a GPU epoch is not input-bound. All randomness of the loop comes from one seeded generator whose state is saved
+in every checkpoint: a killed run resumed from its last epoch ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlora.config import TrainConfig
+from robustlora.data import Split
+from robustlora.io import atomic_path
+from robustlora.models import to_pixels
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_holdout_accuracy: float
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+    resumed_from_epoch: int = 0
+
+
+def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding + horizontal flip on a uint8 N x H x W x C batch, on its device."""
+    n, h, w, _ = images.shape
+    device = images.device
+    if padding > 0:
+        padded = F.pad(images, (0, 0, padding, padding, padding, padding))
+        # per-image offsets from the loop's generator (on CPU, so CPU and GPU runs draw the same numbers)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
+        rows = (dy[:, None] + torch.arange(h, device=device))[:, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, :]
+        images = padded[torch.arange(n, device=device)[:, None, None], rows, cols]
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(device)
+        images = torch.where(mask[:, None, None, None], images.flip(2), images)
+    return images
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = to_pixels(x, device)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> torch.Tensor:
+    """Logits (float32, CPU) for uint8 N x H x W x 3 images; the model's train/eval mode is restored."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        with _autocast(device):
+            out.append(model(_prepare_input(images[i:i + batch_size], device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy(model: nn.Module, split: Split, batch_size: int = 256, device: torch.device | None = None) -> float:
+    """Top-1 accuracy on a split, in [0,1]."""
+    if len(split) == 0:
+        return float("nan")
+    logits = predict(model, split.images, batch_size, device)
+    return (logits.argmax(1) == split.labels).float().mean().item()
+
+
+def _set_batchnorm_eval(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_epochs)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    holdout: Split,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    train_batchnorm: bool = True,
+    checkpoint_path: str | os.PathLike | None = None,
+    fingerprint: str = "",
+    progress: bool | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    desc: str = "train",
+    stop_after_epochs: int | None = None,
+) -> FitResult:
+    """Train the parameters of ``model`` that require grad; return the weights with the best holdout accuracy.
+
+    ``checkpoint_path``: written atomically after every epoch and resumed from when its ``fingerprint`` matches
+    (the caller passes a hash of everything that defines the run). ``on_epoch`` receives each epoch's metrics
+    (also replayed for resumed epochs is *not* done: they were reported by the run that trained them).
+    ``stop_after_epochs`` ends the call early (as a kill would), for tests of resumption.
+    """
+    from tqdm.auto import tqdm
+
+    disable = None if progress is None else not progress
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("fit: the model has no trainable parameters")
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = _make_scheduler(optimizer, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    images, labels = train.images.to(device), train.labels.to(device)
+    holdout_dev = Split(holdout.images.to(device), holdout.labels)
+
+    state: dict[str, Any] = {"epoch": 0, "best_state": None, "best_acc": -1.0, "best_epoch": 0, "bad_epochs": 0,
+                             "history": [], "train_seconds": 0.0, "images_seen": 0}
+    start_epoch = 0
+    ckpt = Path(checkpoint_path) if checkpoint_path else None
+    if ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") == fingerprint:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"])
+            state = saved["loop"]
+            start_epoch = state["epoch"]
+            tqdm.write(f"{desc}: resuming from {ckpt} after epoch {start_epoch}")
+        else:
+            tqdm.write(f"{desc}: ignoring {ckpt}: it belongs to another configuration")
+    resumed_from = start_epoch
+
+    epochs = tqdm(range(start_epoch, cfg.max_epochs), desc=desc, unit="epoch", initial=start_epoch,
+                  total=cfg.max_epochs, disable=disable)
+    n = len(labels)
+    for epoch in epochs:
+        if state["bad_epochs"] >= cfg.patience:
+            break
+        model.train()
+        if not train_batchnorm:
+            _set_batchnorm_eval(model)
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=generator).to(device)
+        loss_sum, correct, seen = 0.0, 0, 0
+        batches = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=disable)
+        for i in batches:
+            idx = perm[i:i + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on a single image
+                continue
+            x = _prepare_input(augment(images[idx], cfg.crop_padding, cfg.flip, generator), device)
+            y = labels[idx]
+            with _autocast(device):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(idx)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        holdout_acc = accuracy(model, holdout_dev, cfg.eval_batch_size, device)
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                   "holdout_accuracy": holdout_acc, "lr": lr, "epoch_seconds": seconds,
+                   "images_per_second": seen / seconds if seconds > 0 else 0.0}
+        state["history"].append(metrics)
+        state["train_seconds"] += seconds
+        state["images_seen"] += seen
+        # strict '>' keeps the earliest best epoch; NaN (empty holdout) always counts as "no worse"
+        if holdout_acc > state["best_acc"] or math.isnan(holdout_acc) or state["best_state"] is None:
+            state.update(best_acc=holdout_acc, best_epoch=epoch + 1, bad_epochs=0,
+                         best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", holdout=f"{holdout_acc:.3f}")
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if ckpt is not None:
+            _save_resume_point(ckpt, fingerprint, model, optimizer, scheduler, generator, state)
+        if stop_after_epochs is not None and epoch + 1 - resumed_from >= stop_after_epochs:
+            break
+    epochs.close()
+    return FitResult(
+        best_state=state["best_state"],
+        best_epoch=state["best_epoch"],
+        best_holdout_accuracy=state["best_acc"],
+        epochs_run=state["epoch"],
+        history=state["history"],
+        train_seconds=state["train_seconds"],
+        images_per_second=state["images_seen"] / state["train_seconds"] if state["train_seconds"] > 0 else 0.0,
+        resumed_from_epoch=resumed_from,
+    )
+
+
+def _save_resume_point(path: Path, fingerprint: str, model: nn.Module, optimizer, scheduler, generator, state) -> None:
+    payload = {
+        "fingerprint": fingerprint,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "loop": state,
+    }
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def _to_cpu(obj: Any) -> Any:
+    """Optimizer state moved to CPU, so a checkpoint written on a GPU loads on a CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj

@@ -1,0 +1,64 @@
+"""Shared wiring of the stage commands: import this repository's own code, one-line errors, paths."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# Run the code of *this* checkout (a queued `dvc exp run` works in a temporary copy of the repo), not whichever
+# robustlora happens to be installed.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import typer  # noqa: E402
+
+PARAMS = ROOT / "params.yaml"
+
+
+def app(help: str) -> typer.Typer:
+    return typer.Typer(help=help, add_completion=False, pretty_exceptions_enable=False)
+
+
+def run(app: typer.Typer) -> None:
+    """Run a stage; known failures (bad params, data, models) end with one line on stderr and exit code 1."""
+    from robustlora.config import ParamError
+    from robustlora.data import DataError
+    from robustlora.models import ModelError
+
+    known: tuple[type[BaseException], ...] = (ParamError, DataError, ModelError, FileNotFoundError)
+    try:
+        from robustlora.download import DownloadError  # type: ignore[attr-defined]
+
+        known += (DownloadError,)
+    except ImportError:
+        pass
+    try:
+        rc = app(standalone_mode=False)  # returns the exit code of typer.Exit / --help instead of exiting
+    except known as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ValueError as e:  # library guards (LoRA targets, attack arguments) are ValueErrors with a full message
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except SystemExit:
+        raise
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            raise SystemExit(e.exit_code) from None
+        raise
+    if isinstance(rc, int) and rc:
+        raise SystemExit(rc)
+
+
+def rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from robustlora.models import (
+    ModelError, adapt_head, build_model, build_variant, load_backbone, load_checkpoint, load_imagenet_backbone,
+    load_variant, save_checkpoint,
+)
+
+SOURCE = ["n01440764", "n01443537", "n01484850", "n01491361"]
+
+
+def test_model_takes_pixels_in_0_1_and_resizes_inside():
+    torch.manual_seed(0)
+    model = build_model(3, input_size=32).eval()
+    x = torch.rand(2, 3, 64, 64)
+    ref = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        a, b = model(x), model(ref)
+    assert a.shape == (2, 3)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # normalisation is inside: the raw torchvision forward on normalised input gives the same logits
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        c = super(type(model), model).forward((ref - mean) / std)
+    torch.testing.assert_close(b, c)
+    # torchvision-compatible state dict (normalisation buffers are not saved)
+    assert "mean" not in model.state_dict() and "fc.weight" in model.state_dict()
+
+
+def test_head_is_sliced_by_wnid(tmp_path):
+    torch.manual_seed(0)
+    source = build_model(len(SOURCE))
+    save_checkpoint(tmp_path / "b.pt", source.state_dict(), SOURCE)
+    target = ["n01491361", "n01443537"]
+    model = load_backbone(tmp_path / "b.pt", target, input_size=32)
+    torch.testing.assert_close(model.fc.weight[0], source.fc.weight[3])
+    torch.testing.assert_close(model.fc.bias[1], source.fc.bias[1])
+    torch.testing.assert_close(model.conv1.weight, source.conv1.weight)
+
+
+def test_missing_class_is_an_error_unless_head_is_new(tmp_path):
+    source = build_model(len(SOURCE))
+    save_checkpoint(tmp_path / "b.pt", source.state_dict(), SOURCE)
+    with pytest.raises(ModelError, match="class n09999999 is not in the pretrained head.*model.head: new"):
+        load_backbone(tmp_path / "b.pt", ["n01443537", "n09999999"], input_size=32)
+    a = load_backbone(tmp_path / "b.pt", ["n01443537", "n09999999"], input_size=32, head="new", seed=3)
+    b = load_backbone(tmp_path / "b.pt", ["n01443537", "n09999999"], input_size=32, head="new", seed=3)
+    assert a.fc.weight.shape == (2, 512)
+    torch.testing.assert_close(a.fc.weight, b.fc.weight)  # seeded
+    assert not torch.allclose(a.fc.weight[0], source.fc.weight[1])
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(ModelError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    torch.save(build_model(2).state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(ModelError, match="bare.pt: a bare state_dict without the wnids"):
+        load_checkpoint(tmp_path / "bare.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ModelError, match="junk.pt: not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    save_checkpoint(tmp_path / "small.pt", {"fc.weight": torch.zeros(2, 512), "fc.bias": torch.zeros(2)}, SOURCE[:2])
+    with pytest.raises(ModelError, match="weights do not fit this ResNet18"):
+        load_backbone(tmp_path / "small.pt", SOURCE[:2], 32)
+
+
+def test_imagenet_weights_missing_or_corrupt(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ModelError, match=r"ImageNet weights not found at .*resnet18-f37072fd.pth"):
+        load_imagenet_backbone()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"not the weights")
+    with pytest.raises(ModelError, match="does not start with f37072fd"):
+        load_imagenet_backbone()
+
+
+def test_variant_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_variant(3, 32, "lora", ["fc", "conv1"], rank=2, alpha=0.5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.normal_()
+    save_checkpoint(tmp_path / "v.pt", model.state_dict(), SOURCE[:3], input_size=32,
+                    variant={"adaptation": "lora", "targets": ["fc", "conv1"], "rank": 2, "alpha": 0.5})
+    loaded, meta = load_variant(tmp_path / "v.pt")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), loaded(x))
+    assert not loaded.training and meta["wnids"] == SOURCE[:3]

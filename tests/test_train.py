@@ -1,0 +1,121 @@
+import dataclasses
+
+import pytest
+import torch
+
+from robustlora.config import TrainConfig
+from robustlora.data import Split
+from robustlora.lora import apply_lora
+from robustlora.models import build_model
+from robustlora.train import accuracy, augment, fit
+
+CFG = TrainConfig(lr=0.05, batch_size=16, max_epochs=4, patience=10, device="cpu", crop_padding=2, eval_batch_size=64)
+
+
+def toy_split(n: int, seed: int) -> Split:
+    """Two classes a CNN separates easily: bright top half vs bright bottom half (survives horizontal flips)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    images = (torch.rand(n, 16, 16, 3, generator=g) * 60).to(torch.uint8)
+    for i, y in enumerate(labels):
+        images[i, (0 if y == 0 else 8):(8 if y == 0 else 16)] += 150
+    return Split(images, labels)
+
+
+def make_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(2, input_size=16)
+
+
+def test_fit_learns_and_reports(tmp_path):
+    train, holdout = toy_split(64, 0), toy_split(32, 1)
+    seen = []
+    model = make_model()
+    result = fit(model, train, holdout, CFG, device=torch.device("cpu"), progress=False, on_epoch=seen.append)
+    assert result.epochs_run == 4 and len(result.history) == 4 and [m["epoch"] for m in seen] == [1, 2, 3, 4]
+    model.load_state_dict(result.best_state)
+    assert accuracy(model, holdout) == pytest.approx(result.best_holdout_accuracy)
+    assert result.best_holdout_accuracy > 0.8
+    assert result.images_per_second > 0
+
+
+def test_same_seed_same_weights():
+    train, holdout = toy_split(48, 0), toy_split(16, 1)
+    a = fit(make_model(), train, holdout, CFG, device=torch.device("cpu"), progress=False)
+    b = fit(make_model(), train, holdout, CFG, device=torch.device("cpu"), progress=False)
+    for k in a.best_state:
+        assert torch.equal(a.best_state[k], b.best_state[k]), k
+    c = fit(make_model(), train, holdout, dataclasses.replace(CFG, seed=1), device=torch.device("cpu"), progress=False)
+    assert not torch.equal(a.best_state["fc.weight"], c.best_state["fc.weight"])
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+    train, holdout = toy_split(48, 0), toy_split(16, 1)
+    full = fit(make_model(), train, holdout, CFG, device=torch.device("cpu"), progress=False)
+    ckpt = tmp_path / "ckpt.pt"
+    first = fit(make_model(), train, holdout, CFG, device=torch.device("cpu"), progress=False, checkpoint_path=ckpt,
+                fingerprint="run", stop_after_epochs=2)
+    assert first.epochs_run == 2 and ckpt.exists()
+    # a fresh process would rebuild the model from scratch (another init) and resume from the checkpoint
+    resumed = fit(make_model(seed=123), train, holdout, CFG, device=torch.device("cpu"), progress=False,
+                  checkpoint_path=ckpt, fingerprint="run")
+    assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == 4
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    for k in full.best_state:
+        assert torch.equal(full.best_state[k], resumed.best_state[k]), k
+    # a checkpoint of another configuration is not resumed from
+    other = fit(make_model(), train, holdout, CFG, device=torch.device("cpu"), progress=False, checkpoint_path=ckpt,
+                fingerprint="another run")
+    assert other.resumed_from_epoch == 0
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    train, holdout = toy_split(32, 0), toy_split(16, 1)
+    cfg = dataclasses.replace(CFG, max_epochs=30, patience=2, lr=0.2)
+    result = fit(make_model(), train, holdout, cfg, device=torch.device("cpu"), progress=False)
+    accs = [h["holdout_accuracy"] for h in result.history]
+    assert result.epochs_run < 30
+    assert result.best_holdout_accuracy == max(accs) and accs[result.best_epoch - 1] == max(accs)
+    assert all(a <= max(accs) for a in accs[result.best_epoch:]) and len(accs) - result.best_epoch == 2
+
+
+def test_lora_training_moves_only_factors_and_keeps_batchnorm_statistics():
+    train, holdout = toy_split(48, 0), toy_split(16, 1)
+    model = apply_lora(make_model(), ["fc", "conv1"], rank=2, alpha=1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fit(model, train, holdout, dataclasses.replace(CFG, max_epochs=2), device=torch.device("cpu"),
+                 train_batchnorm=False, progress=False)
+    after = result.best_state
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("lora_" in k for k in changed), changed
+    assert torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])
+    assert torch.equal(before["layer4.1.bn2.num_batches_tracked"], after["layer4.1.bn2.num_batches_tracked"])
+
+
+def test_full_finetuning_with_frozen_batchnorm_statistics():
+    train, holdout = toy_split(32, 0), toy_split(16, 1)
+    model = make_model()
+    before = model.bn1.running_var.clone()
+    fit(model, train, holdout, dataclasses.replace(CFG, max_epochs=1), device=torch.device("cpu"),
+        train_batchnorm=False, progress=False)
+    assert torch.equal(before, model.bn1.running_var)
+    fit(model, train, holdout, dataclasses.replace(CFG, max_epochs=1), device=torch.device("cpu"), progress=False)
+    assert not torch.equal(before, model.bn1.running_var)
+
+
+def test_augment_crops_and_flips_deterministically():
+    x = torch.arange(2 * 4 * 4 * 1, dtype=torch.uint8).view(2, 4, 4, 1)
+    a = augment(x, 1, True, torch.Generator().manual_seed(0))
+    b = augment(x, 1, True, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert torch.equal(augment(x, 0, False, torch.Generator()), x)
+    # every output row is a (possibly flipped, shifted) piece of the input or zero padding
+    flipped = augment(x, 0, True, torch.Generator().manual_seed(1))
+    for i in range(2):
+        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(1))
+
+
+def test_model_without_trainable_parameters_is_refused():
+    model = make_model().requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        fit(model, toy_split(8, 0), toy_split(4, 1), CFG, device=torch.device("cpu"), progress=False)
