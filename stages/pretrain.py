@@ -33,8 +33,9 @@ def main(
                                 {"stage": "pretrain"}) as run:
             metrics = pretrain_backbone(p.model, p.pretrain, source, out,
                                         checkpoint_path=_common.ROOT / "checkpoints" / "pretrain.pt",
-                                        on_epoch=lambda m: tracking.log_metrics(m, step=int(m["epoch"])))
-            tracking.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+                                        on_epoch=lambda m: tracking.log_metrics(
+                                            {f"epoch/{k}": v for k, v in m.items() if k != "epoch"}, step=int(m["epoch"])))
+            tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         (_common.ROOT / "checkpoints" / "pretrain.pt").unlink(missing_ok=True)
     write_json(metrics_out, metrics)
     print(f"pretrain: {metrics}")

@@ -43,7 +43,8 @@ def main(
         metrics, history = train_variant(
             spec, backbone_path=backbone, prepared_dir=prepared, model_cfg=p.model, cfg=p.train, full_cfg=p.full,
             out_path=out, checkpoint_path=checkpoint, extra_meta={"config": config},
-            on_epoch=lambda m: tracking.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=int(m["epoch"])),
+            on_epoch=lambda m: tracking.log_metrics({f"epoch/{k}": v for k, v in m.items() if k != "epoch"},
+                                                    step=int(m["epoch"])),
         )
         tracking.log_metrics({k: float(v) for k, v in metrics.items()})
         tracking.log_artifact(out, "checkpoint")

@@ -41,7 +41,8 @@ def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
     """Refuse inputs that would make an attack silently wrong (normalised images, uint8, shape mismatch)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(f"attack images must be a float tensor in [0, 1], got {got}; convert uint8 with x.float() / 255")
+        raise TypeError(f"attack images must be a float tensor in [0, 1], got {got}; "
+                        "convert uint8 with x.float() / 255")
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != x.shape[:1]:
         got = (y.dtype, tuple(y.shape)) if isinstance(y, torch.Tensor) else type(y).__name__
         raise ValueError(f"attack labels must be an int64 tensor of shape ({x.shape[0]},), got {got}")
@@ -104,6 +105,7 @@ def _pgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ste
 
 @torch.no_grad()
 def _loss_and_success(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example cross-entropy and whether the example is misclassified (an attack success)."""
     logits = model(x).float()
     return F.cross_entropy(logits, y, reduction="none"), logits.argmax(1) != y
 
@@ -136,7 +138,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
                 break  # every example already fooled: more restarts cannot change the result
             cand = _pgd_run(model, x, y, eps, step_size, int(steps), random_start, generator)
             loss, success = _loss_and_success(model, cand, y)
-            better = (success & ~best_success) | ((success == best_success) & ~best_success & (loss > best_loss))
+            # replace only examples not yet fooled: by a success, else by a higher loss
+            better = ~best_success & (success | (loss > best_loss))
             best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), cand, best)
             best_loss = torch.where(better, loss, best_loss)
             best_success |= success

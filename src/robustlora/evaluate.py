@@ -53,10 +53,16 @@ def _check_images(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
         raise ValueError(f"uint8 images must be NHWC with 1 or 3 channels last, got shape {tuple(images.shape)}")
     if not is_uint8 and images.shape[1] not in (1, 3):
         raise ValueError(f"float images must be NCHW in [0, 1] with 1 or 3 channels, got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("no images to attack: images is empty")
     y = torch.as_tensor(labels)
     if y.dtype != torch.int64 or y.shape != (images.shape[0],):
         raise ValueError(f"labels must be int64 of shape ({images.shape[0]},), got {y.dtype} {tuple(y.shape)}")
     return y.cpu()
+
+
+def _is_count(v: float) -> bool:
+    return int(v) == v and v >= 1
 
 
 def _resolve_step(eps: float, step_size: float | None, rel_step_size: float | None) -> float:
@@ -87,7 +93,7 @@ def attack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels: to
         labels_seen = [eps_label(e) for e in eps_list]  # also rejects negative ε
         if len(set(labels_seen)) != len(labels_seen):
             raise ValueError(f"{name} has duplicate values: {eps_list}")
-    if pgd_eps and (int(pgd_steps) != pgd_steps or pgd_steps < 1 or int(pgd_restarts) != pgd_restarts or pgd_restarts < 1):
+    if pgd_eps and not (_is_count(pgd_steps) and _is_count(pgd_restarts)):
         raise ValueError(f"pgd_steps and pgd_restarts must be integers >= 1, got {pgd_steps} and {pgd_restarts}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

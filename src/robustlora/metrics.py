@@ -54,7 +54,8 @@ def image_stats(outputs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.nd
         raise ValueError(f"labels must lie in [0, {out.shape[1] - 1}], got [{int(y.min())}, {int(y.max())}]")
     if probs:
         # probabilities passed as logits (or vice versa) would give silently wrong certainties
-        if len(out) and (bool((out < 0).any()) or not torch.allclose(out.sum(1), torch.ones(len(out), dtype=out.dtype), atol=1e-3)):
+        row_sums = out.sum(1)
+        if bool((out < 0).any()) or not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-3):
             raise ValueError("probs=True but rows are not probability vectors (non-negative, summing to 1); "
                              "pass logits with probs=False")
         p = out

@@ -1,0 +1,136 @@
+"""End to end: the real `dvc repro` and `dvc exp run` on a tiny config in a temporary git repository."""
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+TINY = {
+    "data": {"classes": 3, "holdout": 0.2,
+             "synthetic": {"source_classes": 4, "target_classes": 3, "source_train_per_class": 12,
+                           "source_val_per_class": 3, "target_train_per_class": 10, "target_val_per_class": 4,
+                           "test_images": 0, "image_size": 32}},
+    "model": {"input_size": 16},
+    "pretrain": {"max_epochs": 1, "batch_size": 16},
+    "train": {"max_epochs": 2, "batch_size": 16, "patience": 1},
+    "attack": {"n_images": 10, "batch_size": 10, "n_boot": 100, "fgsm": {"eps": ["2/255", "8/255"]},
+               "pgd": {"eps": ["2/255", 0.5], "steps": 2}},
+}
+VARIANTS = ["pretrained", "baseline", "lora_fc", "lora_fc_conv1"]
+
+
+def _merge(base, changes):
+    for k, v in changes.items():
+        if isinstance(v, dict):
+            _merge(base.setdefault(k, {}), v)
+        else:
+            base[k] = v
+    return base
+
+
+def sh(args, cwd, env, timeout=600, stdout_only=False):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout if stdout_only else result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, root / name)
+    for folder in ("stages", "src"):
+        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", GIT_AUTHOR_NAME="t",
+               GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", PYTHONPATH="",
+               MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
+    sh(["git", "init", "-q", "-b", "main"], root, env)
+    sh([sys.executable, "-m", "dvc", "init", "-q"], root, env)
+    sh([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], root, env)
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-qm", "tiny study"], root, env)
+    log = sh([sys.executable, "-m", "dvc", "repro"], root, env)
+    sh(["git", "add", "-A"], root, env)  # as a user would: commit the results, then sweep
+    sh(["git", "commit", "-qm", "results"], root, env)
+    return root, env, log
+
+
+def _ran(log):
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
+
+
+def test_repro_runs_every_stage_and_writes_the_report(repo):
+    root, env, log = repo
+    expected = {"download", "preprocess", "validate", "pretrain"} | {f"{s}@{v}" for s in ("train", "attack") for v in VARIANTS} | {"report"}
+    assert _ran(log) == expected
+    report = (root / "reports" / "report.md").read_text()
+    assert "Table 1" in report and "lora_fc_conv1" in report and "Sanity checks" in report
+    figures = sorted(p.name for p in (root / "reports" / "figures").glob("*.png"))
+    assert {"certainty_fgsm.png", "certainty_pgd.png", "success_rate_fgsm.png", "success_rate_pgd.png"} <= set(figures)
+    validation = json.loads((root / "metrics" / "validation.json").read_text())
+    assert validation["success"] is True
+    train = json.loads((root / "metrics" / "train" / "lora_fc.json").read_text())
+    assert train["trainable_params"] == 4 * (3 + 512)  # rank·(Cout + Cin) for fc 512 -> 3 classes
+    assert {"val_accuracy", "holdout_accuracy", "total_params", "epochs_run", "train_seconds", "images_per_second"} <= set(train)
+    attack = json.loads((root / "metrics" / "attack" / "baseline.json").read_text())
+    assert set(attack["pgd"]) == {"eps_2", "eps_0.5"} and "asr" in attack["pgd"]["eps_2"]
+    # nothing changed -> nothing to do
+    assert "Data and pipelines are up to date" in sh([sys.executable, "-m", "dvc", "status"], root, env)
+
+
+def test_dvc_metrics_show_lists_accuracy_and_success_rates(repo):
+    root, env, _ = repo
+    shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env, stdout_only=True))
+    data = next(iter(shown.values()))["data"]
+    assert "val_accuracy" in data["metrics/train/lora_fc.json"]["data"]
+    assert "asr" in data["metrics/attack/lora_fc.json"]["data"]["pgd"]["eps_2"]
+
+
+def test_mlflow_runs_hold_training_and_attack_metrics(repo):
+    root, _, _ = repo
+    db = sqlite3.connect(root / "mlflow.db")
+    runs = dict(db.execute("select name, run_uuid from runs where status = 'FINISHED'").fetchall())
+    assert set(VARIANTS) | {"pretrain", "report"} <= set(runs)
+    run = runs["lora_fc"]
+    params = dict(db.execute("select key, value from params where run_uuid = ?", (run,)).fetchall())
+    assert params["lora.rank"] == "4" and params["variant"] == "lora_fc" and params["data.source"] == "synthetic"
+    keys = {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (run,))}
+    assert {"holdout_accuracy", "val_accuracy", "epoch/holdout_accuracy", "epoch/train_loss", "pgd/eps_2/asr", "fgsm/eps_8/robust_accuracy", "clean_accuracy"} <= keys
+    steps = [s for (s,) in db.execute("select step from metrics where run_uuid = ? and key = 'epoch/holdout_accuracy' order by step", (run,))]
+    assert steps == [1, 2]
+    tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run,)).fetchall())
+    assert tags.get("stage") == "train@lora_fc" and len(tags.get("git.commit", "")) == 40
+    artifacts = list((root / "mlartifacts").rglob("lora_fc.pt"))
+    assert artifacts, "checkpoint artifact not logged"
+
+
+def test_rank_sweep_reruns_only_the_lora_stages(repo):
+    root, env, _ = repo
+    log = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "lora.rank=8"], root, env)
+    assert _ran(log) == {"train@lora_fc", "train@lora_fc_conv1", "attack@lora_fc", "attack@lora_fc_conv1", "report"}
+    train = json.loads((root / "metrics" / "train" / "lora_fc.json").read_text())
+    assert train["trainable_params"] == 8 * (3 + 512)
+    diff = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], root, env, stdout_only=True))
+    assert "metrics/train/lora_fc.json" in diff and "metrics/train/baseline.json" not in diff
+
+
+def test_temporary_experiment_logs_into_the_users_store(repo):
+    root, env, _ = repo
+    db = sqlite3.connect(root / "mlflow.db")
+    before = db.execute("select count(*) from runs").fetchone()[0]
+    sh([sys.executable, "-m", "dvc", "exp", "run", "--temp", "-S", "lora.alpha=2.0"], root, env)
+    runs = db.execute("select r.name, p.value from runs r join params p on p.run_uuid = r.run_uuid "
+                      "where p.key = 'lora.alpha' and r.status = 'FINISHED'").fetchall()
+    assert ("lora_fc", "2.0") in runs and db.execute("select count(*) from runs").fetchone()[0] > before
+    assert not list((root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
