@@ -16,7 +16,7 @@ def main(
     out: Path = typer.Option(_common.ROOT / "data" / "raw", help="folder for the archives"),
 ) -> None:
     """Put the data archives into OUT: tiny-imagenet-200.zip (+ source.zip for the synthetic source domain)."""
-    from robustlora.config import load_params, to_dict
+    from robustlora.config import load_params
     from robustlora.io import write_json
 
     p = load_params(params)

@@ -30,7 +30,7 @@ def main(
         metrics = pretrain_backbone(p.model, p.pretrain, None, out)
     else:
         with tracking.start_run(p.mlflow.experiment, "pretrain", tracking.flatten_params(config),
-                                {"stage": "pretrain"}) as run:
+                                {"stage": "pretrain"}):
             metrics = pretrain_backbone(p.model, p.pretrain, source, out,
                                         checkpoint_path=_common.ROOT / "checkpoints" / "pretrain.pt",
                                         on_epoch=lambda m: tracking.log_metrics(

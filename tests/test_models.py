@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from robustlora.models import (
-    ModelError, adapt_head, build_model, build_variant, load_backbone, load_checkpoint, load_imagenet_backbone,
+    ModelError, build_model, build_variant, load_backbone, load_checkpoint, load_imagenet_backbone,
     load_variant, save_checkpoint,
 )
 

@@ -7,7 +7,7 @@ from robustlora.config import TrainConfig
 from robustlora.data import Split
 from robustlora.lora import apply_lora
 from robustlora.models import build_model
-from robustlora.train import accuracy, augment, fit
+from robustlora.train import accuracy, augment, draw_augmentation, fit
 
 CFG = TrainConfig(lr=0.05, batch_size=16, max_epochs=4, patience=10, device="cpu", crop_padding=2, eval_batch_size=64)
 
@@ -105,14 +105,18 @@ def test_full_finetuning_with_frozen_batchnorm_statistics():
 
 def test_augment_crops_and_flips_deterministically():
     x = torch.arange(2 * 4 * 4 * 1, dtype=torch.uint8).view(2, 4, 4, 1)
-    a = augment(x, 1, True, torch.Generator().manual_seed(0))
-    b = augment(x, 1, True, torch.Generator().manual_seed(0))
-    assert a.shape == x.shape and torch.equal(a, b)
-    assert torch.equal(augment(x, 0, False, torch.Generator()), x)
-    # every output row is a (possibly flipped, shifted) piece of the input or zero padding
-    flipped = augment(x, 0, True, torch.Generator().manual_seed(1))
-    for i in range(2):
-        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(1))
+    a = draw_augmentation(2, 1, True, torch.Generator().manual_seed(0))
+    b = draw_augmentation(2, 1, True, torch.Generator().manual_seed(0))
+    assert a.shape == (2, 3) and torch.equal(a, b)
+    assert int(a[:, :2].min()) >= 0 and int(a[:, :2].max()) <= 2
+    # no padding, no flip -> the input unchanged
+    assert torch.equal(augment(x, 0, draw_augmentation(2, 0, False, torch.Generator())), x)
+    # offset (1, 1) with padding 1 is the identity crop; (0, 0) shifts the image down-right by one pixel
+    same = augment(x, 1, torch.tensor([[1, 1, 0], [1, 1, 1]]))
+    assert torch.equal(same[0], x[0]) and torch.equal(same[1], x[1].flip(1))
+    shifted = augment(x, 1, torch.tensor([[0, 0, 0], [2, 2, 0]]))
+    assert torch.equal(shifted[0, 1:, 1:], x[0, :-1, :-1]) and int(shifted[0, 0].sum()) == 0
+    assert torch.equal(shifted[1, :-1, :-1], x[1, 1:, 1:]) and int(shifted[1, -1].sum()) == 0
 
 
 def test_model_without_trainable_parameters_is_refused():

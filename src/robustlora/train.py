@@ -7,12 +7,11 @@ in every checkpoint: a killed run resumed from its last epoch ends with the same
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,22 +37,30 @@ class FitResult:
     resumed_from_epoch: int = 0
 
 
-def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding + horizontal flip on a uint8 N x H x W x C batch, on its device."""
+def draw_augmentation(n: int, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop offsets (dy, dx in [0, 2·padding]) and flip flags for ``n`` images, as an n x 3 tensor.
+
+    Drawn on the CPU from the loop's generator, so CPU and GPU runs draw the same numbers; the caller moves them to
+    the device once per epoch instead of once per batch (each host-to-device copy of pageable memory is a sync).
+    """
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    flips = (torch.rand(n, generator=generator) < 0.5) if flip else torch.zeros(n, dtype=torch.bool)
+    return torch.cat([offsets, flips.long()[:, None]], dim=1)
+
+
+def augment(images: torch.Tensor, padding: int, params: torch.Tensor) -> torch.Tensor:
+    """Random crop with zero padding + horizontal flip of a uint8 N x H x W x C batch, on its device.
+
+    ``params``: N x 3 (dy, dx, flip) from :func:`draw_augmentation`, on the images' device.
+    """
     n, h, w, _ = images.shape
     device = images.device
     if padding > 0:
         padded = F.pad(images, (0, 0, padding, padding, padding, padding))
-        # per-image offsets from the loop's generator (on CPU, so CPU and GPU runs draw the same numbers)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
-        rows = (dy[:, None] + torch.arange(h, device=device))[:, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, :]
+        rows = (params[:, 0, None] + torch.arange(h, device=device))[:, :, None]
+        cols = (params[:, 1, None] + torch.arange(w, device=device))[:, None, :]
         images = padded[torch.arange(n, device=device)[:, None, None], rows, cols]
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(device)
-        images = torch.where(mask[:, None, None, None], images.flip(2), images)
-    return images
+    return torch.where(params[:, 2, None, None, None].bool(), images.flip(2), images)
 
 
 def _autocast(device: torch.device):
@@ -165,13 +172,17 @@ def fit(
             _set_batchnorm_eval(model)
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=generator).to(device)
-        loss_sum, correct, seen = 0.0, 0, 0
+        aug = draw_augmentation(n, cfg.crop_padding, cfg.flip, generator).to(device)
+        # running sums stay on the device: no host sync per batch
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
         batches = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=disable)
         for i in batches:
             idx = perm[i:i + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a single image
                 continue
-            x = _prepare_input(augment(images[idx], cfg.crop_padding, cfg.flip, generator), device)
+            x = _prepare_input(augment(images[idx], cfg.crop_padding, aug[i:i + cfg.batch_size]), device)
             y = labels[idx]
             with _autocast(device):
                 logits = model(x)
@@ -179,11 +190,10 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(idx)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        loss_sum, correct = loss_sum.item(), correct.item()  # also waits for the device
         seconds = time.perf_counter() - t0
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
