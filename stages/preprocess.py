@@ -18,27 +18,21 @@ def main(
     workers: int = typer.Option(0, help="decoding processes (0 = one per CPU core)"),
 ) -> None:
     """Prepare the target domain (train / holdout / val) and, for model.weights=pretrain, the source domain."""
+    import shutil
+
     from robustlora.config import load_params
-    from robustlora.data import prepare_domain
+    from robustlora.data import data_domains, prepare_domain
 
     p = load_params(params)
-    d = p.data
-    size = d.synthetic.image_size if d.source == "synthetic" else 64
-    out.mkdir(parents=True, exist_ok=True)
-    domains = {"target": (raw / "tiny-imagenet-200.zip", d.classes, d.train_per_class, d.val_per_class)}
-    if p.model.weights == "pretrain":
-        domains["source"] = (raw / "source.zip", d.synthetic.source_classes, None, None)
-    else:
-        import shutil
-
+    domains = data_domains(p, raw)
+    if "source" not in domains:
         shutil.rmtree(out / "source", ignore_errors=True)
-    for name, (archive, classes, train_cap, val_cap) in domains.items():
-        manifest = prepare_domain(archive, out / name, classes=classes, train_per_class=train_cap,
-                                  val_per_class=val_cap, holdout=d.holdout, seed=d.seed, image_size=size,
-                                  workers=workers or None)
+    for name, dom in domains.items():
+        manifest = prepare_domain(dom.archive, out / name, classes=dom.classes, train_per_class=dom.train_per_class,
+                                  val_per_class=dom.val_per_class, holdout=p.data.holdout, seed=p.data.seed,
+                                  image_size=dom.image_size, workers=workers or None)
         counts = manifest.groupby("split").size().to_dict()
         print(f"preprocess: {name}: {manifest['wnid'].nunique()} classes, {counts}")
-
 
 if __name__ == "__main__":
     _common.run(app)

@@ -177,3 +177,22 @@ def test_class_specs_share_attributes_but_are_distinct():
     assert len(combos) == 16
     # no single attribute identifies a class
     assert len({s.shape for s in specs}) < 16 and len({s.hue for s in specs}) < 16
+
+
+def test_data_domains_follow_the_params(tmp_path):
+    import yaml
+
+    from conftest import ROOT
+    from robustlora.config import parse_params
+    from robustlora.data import data_domains
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    synthetic = data_domains(parse_params(raw), tmp_path)
+    assert set(synthetic) == {"target", "source"}
+    assert synthetic["source"].archive == tmp_path / "source.zip"
+    assert synthetic["target"].available_train == raw["data"]["synthetic"]["target_train_per_class"]
+    raw["data"]["source"], raw["model"]["weights"] = "tiny-imagenet", "imagenet"
+    tiny = data_domains(parse_params(raw), tmp_path)
+    assert set(tiny) == {"target"}
+    t = tiny["target"]
+    assert (t.archive.name, t.available_train, t.available_val, t.image_size) == ("tiny-imagenet-200.zip", 500, 50, 64)

@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from robustlora.io import write_json, read_json
+from robustlora.config import Params
+from robustlora.io import read_json, write_json
 
 SPLITS = ("train", "holdout", "val")
 DECODE_CHUNK = 512  # images per worker task
@@ -277,3 +278,37 @@ def expected_counts(classes: list[str], available_train: int, available_val: int
     n_hold = int(round(n * holdout))
     n_val = min(available_val, val_per_class or available_val)
     return {"train": {w: n - n_hold for w in classes}, "holdout": {w: n_hold for w in classes}, "val": {w: n_val for w in classes}}
+
+
+# Images per class in the real Tiny ImageNet archive
+TINY_IMAGENET_TRAIN_PER_CLASS, TINY_IMAGENET_VAL_PER_CLASS = 500, 50
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One prepared dataset: where its archive is, which classes and caps the params select, what it holds."""
+
+    name: str  # "target" (Tiny ImageNet or its stand-in) or "source" (the synthetic pretraining domain)
+    archive: Path
+    classes: int | tuple[str, ...]
+    train_per_class: int | None
+    val_per_class: int | None
+    available_train: int  # images per class in the archive
+    available_val: int
+    image_size: int
+
+
+def data_domains(p: Params, raw_dir: Path) -> dict[str, Domain]:
+    """The domains the data stages prepare: the target, plus the source when model.weights is 'pretrain'."""
+    d, syn = p.data, p.data.synthetic
+    if d.source == "synthetic":
+        target = Domain("target", raw_dir / "tiny-imagenet-200.zip", d.classes, d.train_per_class, d.val_per_class,
+                        syn.target_train_per_class, syn.target_val_per_class, syn.image_size)
+    else:
+        target = Domain("target", raw_dir / "tiny-imagenet-200.zip", d.classes, d.train_per_class, d.val_per_class,
+                        TINY_IMAGENET_TRAIN_PER_CLASS, TINY_IMAGENET_VAL_PER_CLASS, 64)
+    out = {"target": target}
+    if p.model.weights == "pretrain":
+        out["source"] = Domain("source", raw_dir / "source.zip", syn.source_classes, None, None,
+                               syn.source_train_per_class, syn.source_val_per_class, syn.image_size)
+    return out

@@ -24,16 +24,10 @@ from robustlora.models import (
     ModelError, build_model, load_backbone, load_checkpoint, load_imagenet_backbone, load_variant, pick_device,
     save_checkpoint,
 )
+from robustlora.lora import count_parameters
 from robustlora.train import accuracy, fit
 
 EpochCallback = Callable[[dict[str, float]], None]
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
-
 
 def fingerprint(*parts: Any) -> str:
     """A hash of everything that defines a run (configs, data info, input files' stats), for safe resumption."""
