@@ -22,7 +22,7 @@ from robustlora.config import AttackConfig, FullConfig, ModelConfig, TrainConfig
 from robustlora.data import load_classes, load_split
 from robustlora.models import (
     ModelError, build_model, load_backbone, load_checkpoint, load_imagenet_backbone, load_variant, pick_device,
-    save_checkpoint,
+    save_checkpoint, sha256_file,
 )
 from robustlora.lora import count_parameters
 from robustlora.train import accuracy, fit
@@ -34,8 +34,7 @@ def fingerprint(*parts: Any) -> str:
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, (str, os.PathLike)) and Path(part).is_file():
-            st = Path(part).stat()
-            part = f"{Path(part).name}:{st.st_size}:{st.st_mtime_ns}"
+            part = sha256_file(part)  # content, not mtime: a `dvc checkout` of the same file still matches
         h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
