@@ -28,18 +28,23 @@ def main(
 
     p = load_params(params)
     p.variant(variant)
-    table = attack_variant(models / f"{variant}.pt", prepared, p.attack, device=p.train.device)
+    table = attack_variant(models / f"{variant}.pt", prepared, p.attack, device=p.attack.device)
     table.insert(0, "variant", variant)
     with atomic_path(out_dir / f"{variant}.csv") as tmp:
         table.to_csv(tmp, index=False)
-    write_json(out_dir / f"{variant}.json", summarize(table))
+    summary = summarize(table)
+    write_json(out_dir / f"{variant}.json", summary)
     with atomic_path(plots_dir / f"{variant}.csv") as tmp:
         success_curves(table).to_csv(tmp, index=False)
     with tracking.resume_run(tracking.read_run_id(models / f"{variant}.run.json")):
         tracking.log_metrics(flat_metrics(table))
-    s = summarize(table)
-    print(f"attack@{variant}: clean accuracy {s['clean_accuracy']:.3f}; "
-          + "; ".join(f"{a} " + ", ".join(f"{k}: {v['asr']:.2f}" for k, v in s[a].items()) for a in ("fgsm", "pgd")))
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"  # None: no image was correct before the attack
+
+    attacks = [a for a in ("fgsm", "pgd") if a in summary]
+    print(f"attack@{variant}: clean accuracy {fmt(summary.get('clean_accuracy'))}; "
+          + "; ".join(f"{a} success " + ", ".join(f"{k}: {fmt(v.get('asr'))}" for k, v in summary[a].items())
+                      for a in attacks))
 
 
 if __name__ == "__main__":

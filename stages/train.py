@@ -21,6 +21,8 @@ def main(
     plots_dir: Path = typer.Option(_common.ROOT / "plots" / "train", help="folder for <variant>.csv (per-epoch curves)"),
 ) -> None:
     """Train VARIANT, keep the weights with the best holdout accuracy, log the run to MLflow."""
+    import tempfile
+
     import pandas as pd
 
     from robustlora import tracking
@@ -48,10 +50,10 @@ def main(
         )
         tracking.log_metrics({k: float(v) for k, v in metrics.items()})
         tracking.log_artifact(out, "checkpoint")
-        config_file = models / f"{variant}.config.json"
-        write_json(config_file, config)
-        tracking.log_artifact(config_file, "config")
-        config_file.unlink()
+        with tempfile.TemporaryDirectory() as tmp:  # not into models/, which DVC tracks
+            config_file = Path(tmp) / f"{variant}.config.json"
+            write_json(config_file, config)
+            tracking.log_artifact(config_file, "config")
         tracking.write_run_id(models / f"{variant}.run.json", run.run_id)
     checkpoint.unlink(missing_ok=True)
     write_json(metrics_dir / f"{variant}.json", metrics)

@@ -89,3 +89,26 @@ def test_variant_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), loaded(x))
     assert not loaded.training and meta["wnids"] == SOURCE[:3]
+
+
+def test_unavailable_device_names_the_param_key():
+    from robustlora.models import pick_device
+
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match=r"params.yaml: attack.device is 'cuda' but CUDA is not available"):
+            pick_device("cuda", "attack.device")
+    assert pick_device("auto").type in {"cpu", "cuda", "mps"}
+
+
+def test_model_weights_typo_is_named(tmp_path):
+    from robustlora.config import ModelConfig, TrainConfig
+    from robustlora.study import pretrain_backbone
+
+    with pytest.raises(ModelError, match=r"model.weights 'imagnet' is neither pretrain, imagenet nor an existing"):
+        pretrain_backbone(ModelConfig(weights="imagnet"), TrainConfig(), None, tmp_path / "b.pt")
+    source = build_model(len(SOURCE))
+    save_checkpoint(tmp_path / "mine.pt", source.state_dict(), SOURCE)
+    metrics = pretrain_backbone(ModelConfig(weights=str(tmp_path / "mine.pt")), TrainConfig(), None, tmp_path / "b.pt")
+    assert metrics == {"source": "checkpoint", "classes": len(SOURCE)}
+    assert load_checkpoint(tmp_path / "b.pt")["wnids"] == SOURCE

@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from robustlora.synthetic import SyntheticConfig
 
 SOURCES = ("synthetic", "tiny-imagenet")
@@ -316,6 +314,7 @@ class AttackConfig:
     pgd_step_size: float | None = None
     pgd_random_start: bool = True
     pgd_restarts: int = 1
+    device: str = "auto"
 
 
 def _eps_list(s: _Section, name: str) -> tuple[float, ...]:
@@ -353,7 +352,10 @@ def parse_attack(raw: Any) -> AttackConfig:
         pgd_step_size=pg.float("step_size", lo=0.0, hi=1.0, lo_open=True) if absolute is not None else None,
         pgd_random_start=pg.bool("random_start", True),
         pgd_restarts=pg.int("restarts", 1, lo=1),
+        device=s.str("device", "auto"),
     )
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
+        raise s.fail("device", "must be auto, cpu, mps, cuda or cuda:N", cfg.device)
     pg.check_unknown()
     s.check_unknown()
     return cfg
@@ -419,6 +421,8 @@ def parse_params(raw: dict) -> Params:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
+    import yaml  # only here: the library core itself needs no YAML
+
     path = Path(path)
     if not path.exists():
         raise ParamError(f"{path}: file not found (run the stage from the repository root)")

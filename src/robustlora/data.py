@@ -212,9 +212,12 @@ def prepare_domain(archive_path: str | os.PathLike, out_dir: str | os.PathLike, 
             "counts": {k: int(v) for k, v in counts.items()},
             "grayscale_images": int((manifest["mode"] == "L").sum()),
         })
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            os.replace(out_dir, old)  # swap: there is always a complete folder at out_dir or at .old
         os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

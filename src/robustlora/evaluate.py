@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from robustlora.attacks import eval_mode, fgsm_sweep, pgd
 from robustlora.metrics import ImageStats, concat_stats, eps_label, image_stats, metrics_from_stats
+from robustlora.models import to_pixels
 
 __all__ = ["attack_suite", "summarize", "flat_metrics", "SUITE_COLUMNS", "SHORT_NAMES"]
 
@@ -38,9 +39,7 @@ SHORT_NAMES = {
 def _to_batch(images: torch.Tensor | np.ndarray, start: int, stop: int, device: torch.device) -> torch.Tensor:
     """Slice a batch and convert it on the device: uint8 NHWC -> float NCHW / 255; float NCHW as is."""
     batch = torch.as_tensor(images[start:stop]).to(device, non_blocking=True)
-    if batch.dtype == torch.uint8:
-        return batch.permute(0, 3, 1, 2).float().div_(255)
-    return batch.float()
+    return to_pixels(batch) if batch.dtype == torch.uint8 else batch.float()
 
 
 def _check_images(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> torch.Tensor:

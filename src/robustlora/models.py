@@ -54,8 +54,8 @@ def to_pixels(images_uint8: torch.Tensor, device: torch.device | str | None = No
     return x.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def pick_device(preference: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu for ``auto``; an explicit choice that is not available is an error."""
+def pick_device(preference: str = "auto", key: str = "train.device") -> torch.device:
+    """cuda, then mps, then cpu for ``auto``; an explicit choice that is not available is an error naming ``key``."""
     if preference == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -63,7 +63,9 @@ def pick_device(preference: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if preference.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"train.device is {preference!r} but CUDA is not available here; use auto or cpu")
+        raise ModelError(f"params.yaml: {key} is {preference!r} but CUDA is not available here; use auto or cpu")
+    if preference == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ModelError(f"params.yaml: {key} is 'mps' but MPS is not available here; use auto or cpu")
     return torch.device(preference)
 
 

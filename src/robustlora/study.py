@@ -52,12 +52,15 @@ def pretrain_backbone(model_cfg: ModelConfig, cfg: TrainConfig, source_dir: Path
         save_checkpoint(out_path, state, wnids, source="imagenet")
         return {"source": "imagenet", "classes": len(wnids)}
     if model_cfg.weights != "pretrain":
+        if not Path(model_cfg.weights).is_file():
+            raise ModelError(f"params.yaml: model.weights {model_cfg.weights!r} is neither pretrain, imagenet nor an "
+                             "existing checkpoint file")
         ckpt = load_checkpoint(model_cfg.weights)
         save_checkpoint(out_path, ckpt["state_dict"], ckpt["wnids"], source=str(model_cfg.weights))
         return {"source": "checkpoint", "classes": len(ckpt["wnids"])}
     if source_dir is None:
         raise ModelError("model.weights 'pretrain' needs the prepared source domain (data/prepared/source)")
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, "pretrain.device")
     wnids = load_classes(source_dir)
     train, holdout, val = (load_split(source_dir, s) for s in ("train", "holdout", "val"))
     torch.manual_seed(cfg.seed)
@@ -155,7 +158,7 @@ def attack_variant(model_path: Path, prepared_dir: Path, cfg: AttackConfig, *, d
     from robustlora.evaluate import attack_suite
 
     model, _ = load_variant(model_path)
-    dev = pick_device(device)
+    dev = pick_device(device, "attack.device")
     val = load_split(prepared_dir, "val")
     idx = torch.from_numpy(attack_subset(len(val), cfg.n_images, cfg.seed))
     return attack_suite(

@@ -75,14 +75,14 @@ def _prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> torch.Tensor:
     """Logits (float32, CPU) for uint8 N x H x W x 3 images; the model's train/eval mode is restored."""
+    from robustlora.attacks import eval_mode  # restores each module's own mode (frozen BatchNorm stays frozen)
+
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    for i in range(0, len(images), batch_size):
-        with _autocast(device):
-            out.append(model(_prepare_input(images[i:i + batch_size], device)).float().cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(images), batch_size):
+            with _autocast(device):
+                out.append(model(_prepare_input(images[i:i + batch_size], device)).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -124,8 +124,8 @@ def fit(
     """Train the parameters of ``model`` that require grad; return the weights with the best holdout accuracy.
 
     ``checkpoint_path``: written atomically after every epoch and resumed from when its ``fingerprint`` matches
-    (the caller passes a hash of everything that defines the run). ``on_epoch`` receives each epoch's metrics
-    (also replayed for resumed epochs is *not* done: they were reported by the run that trained them).
+    (the caller passes a hash of everything that defines the run). ``on_epoch`` receives each epoch's metrics;
+    epochs before a resume are not replayed to it (the run that trained them reported them).
     ``stop_after_epochs`` ends the call early (as a kill would), for tests of resumption.
     """
     from tqdm.auto import tqdm
