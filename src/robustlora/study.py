@@ -172,7 +172,9 @@ def attack_variant(model_path: Path, prepared_dir: Path, cfg: AttackConfig, *, d
 def success_curves(table: pd.DataFrame) -> pd.DataFrame:
     """One row per ε (in [0,1] and in /255): success rate and robust accuracy per attack — for DVC plots."""
     rows = table[table["metric"].isin(["attack_success_rate", "robust_accuracy"])]
-    short = rows["metric"].map({"attack_success_rate": "asr", "robust_accuracy": "robust_accuracy"})
+    from robustlora.evaluate import SHORT_NAMES  # the same short names as the metrics JSON and MLflow
+
+    short = rows["metric"].map(SHORT_NAMES)
     wide = rows.assign(column=rows["attack"] + "_" + short).pivot_table(index="eps", columns="column", values="value")
     wide = wide.reset_index().sort_values("eps")
     wide.insert(1, "eps_255", (wide["eps"] * 255).round(3))
