@@ -23,23 +23,11 @@ def app(help: str) -> typer.Typer:
     return typer.Typer(help=help, add_completion=False, pretty_exceptions_enable=False)
 
 
-# One-line errors: (module, class) of the library's "bad input" exceptions. Looked up in sys.modules, so `--help`
-# does not pay for importing torch; a module that raised is loaded by then.
-KNOWN_ERRORS = [("robustlora.config", "ParamError"), ("robustlora.data", "DataError"),
-                ("robustlora.models", "ModelError"), ("robustlora.download", "DownloadError"),
-                ("robustlora.tracking", "TrackingError")]
-
-
-def _known(e: BaseException) -> bool:
-    if isinstance(e, (FileNotFoundError, ValueError)):  # library guards (LoRA targets, attack arguments) included
-        return True
-    classes = [getattr(sys.modules.get(m), c, None) for m, c in KNOWN_ERRORS]
-    return isinstance(e, tuple(c for c in classes if isinstance(c, type)))
-
-
 def run(app: typer.Typer) -> None:
-    """Run a stage; known failures (bad params, data, models) end with one line on stderr and exit code 1."""
+    """Run a stage: bad input (RobustloraError) ends in one line on stderr and exit code 1, a bug in a traceback."""
     import click
+
+    from robustlora.errors import RobustloraError  # torch-free: `--help` stays fast
 
     try:
         rc = app(standalone_mode=False)  # returns the exit code of typer.Exit / --help instead of exiting
@@ -49,9 +37,7 @@ def run(app: typer.Typer) -> None:
     except click.exceptions.Abort:
         print("aborted", file=sys.stderr)
         raise SystemExit(130) from None
-    except Exception as e:
-        if not _known(e):
-            raise
+    except RobustloraError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     if isinstance(rc, int) and rc:

@@ -17,6 +17,7 @@ import io
 import os
 import shutil
 import zipfile
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +28,13 @@ import torch
 from PIL import Image
 
 from robustlora.config import Params
+from robustlora.errors import DataError
 from robustlora.io import read_json, write_json
 
 SPLITS = ("train", "holdout", "val")
 DECODE_CHUNK = 512  # images per worker task
 _worker_zip: zipfile.ZipFile | None = None  # a decoding process's open archive
 MANIFEST_COLUMNS = ["split", "index", "label", "wnid", "member", "height", "width", "channels", "mode", "pixel_hash"]
-
-
-class DataError(ValueError):
-    """An archive or a prepared folder that cannot be used; the message names the file or member."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,11 @@ class Item:
 
 
 class Archive:
-    """A Tiny-ImageNet-layout zip, read in place (no extraction)."""
+    """A Tiny-ImageNet-layout zip, read in place (no extraction).
+
+    Training images are the members ``<root>/train/<wnid>/images/*``; val images and their labels are the lines
+    ``<image>\t<wnid>...`` of ``<root>/val/val_annotations.txt`` (the image lies at ``<root>/val/images/<image>``).
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         from robustlora.download import check_zip_members  # refuses absolute and ../ member names
@@ -58,7 +60,10 @@ class Archive:
             raise DataError(f"{self.path}: archive not found (run the download stage first)")
         if not zipfile.is_zipfile(self.path):
             raise DataError(f"{self.path}: not a zip archive")
-        check_zip_members(self.path)
+        try:
+            check_zip_members(self.path)
+        except ValueError as e:
+            raise DataError(str(e)) from None
         with zipfile.ZipFile(self.path) as zf:
             self.names = zf.namelist()
             roots = [n[: -len("wnids.txt")] for n in self.names if n.endswith("wnids.txt") and n.count("/") <= 1]
@@ -69,6 +74,8 @@ class Archive:
             words = self._read(zf, "words.txt", missing_ok=True)
             self.val_annotations = self._read(zf, "val/val_annotations.txt")
         self.words = dict(line.split("\t", 1) for line in words.splitlines() if "\t" in line)
+        self.train_members = self._train_members()
+        self.val_labels = self._val_labels()
 
     def _read(self, zf: zipfile.ZipFile, name: str, missing_ok: bool = False) -> str:
         try:
@@ -77,6 +84,34 @@ class Archive:
             if missing_ok:
                 return ""
             raise DataError(f"{self.path}: missing {self.root + name} (not Tiny ImageNet's layout)") from None
+
+    def _train_members(self) -> dict[str, list[str]]:
+        """wnid -> its training images (members ``train/<wnid>/images/*``) in natural order."""
+        by_class: dict[str, list[str]] = {}
+        for n in self.names:
+            parts = n[len(self.root):].split("/") if n.startswith(self.root) else []
+            if len(parts) == 4 and parts[0] == "train" and parts[2] == "images" and parts[1] and parts[3]:
+                by_class.setdefault(parts[1], []).append(n)
+        return {w: sorted(members, key=_natural) for w, members in by_class.items()}
+
+    def _val_labels(self) -> list[tuple[str, str]]:
+        """(member, wnid) of every val image, in the order of val/val_annotations.txt."""
+        where = f"{self.path}: {self.root}val/val_annotations.txt"
+        out = []
+        for number, line in enumerate(self.val_annotations.splitlines(), start=1):
+            if not line.strip():
+                continue
+            fields = [f.strip() for f in line.split("\t")]
+            if len(fields) < 2 or not fields[0] or not fields[1]:
+                raise DataError(f"{where} line {number}: expected '<image>\\t<wnid>', got {line[:80]!r}")
+            out.append((f"{self.root}val/images/{fields[0]}", fields[1]))
+        return out
+
+    def available(self) -> dict[str, dict[str, int]]:
+        """Images the archive holds per class: {"train": {wnid: n}, "val": {wnid: n}}, every wnid it names."""
+        val = Counter(wnid for _, wnid in self.val_labels)
+        wnids = sorted(set(self.wnids) | set(self.train_members) | set(val))
+        return {"train": {w: len(self.train_members.get(w, ())) for w in wnids}, "val": {w: val[w] for w in wnids}}
 
     def select_classes(self, classes: int | tuple[str, ...]) -> list[str]:
         """``classes`` = the first N wnids in sorted order, or an explicit list (kept in sorted order)."""
@@ -92,33 +127,52 @@ class Archive:
 
     def items(self, classes: list[str], train_per_class: int | None, val_per_class: int | None,
               holdout: float, seed: int) -> list[Item]:
-        """Train / holdout / val items of the selected classes, capped per class, deterministic for a seed."""
+        """Train / holdout / val items of the selected classes, as many as :func:`expected_counts` says,
+        deterministic for a seed: the seed shuffles each class's training images before the cap and the holdout."""
+        counts = expected_counts(self, classes, train_per_class, val_per_class, holdout)
         label_of = {w: i for i, w in enumerate(classes)}
         rng = np.random.default_rng(seed)
-        by_class: dict[str, list[str]] = {w: [] for w in classes}
-        for n in self.names:
-            parts = n[len(self.root):].split("/")
-            if len(parts) == 4 and parts[0] == "train" and parts[2] == "images" and parts[1] in by_class and parts[3]:
-                by_class[parts[1]].append(n)
         out: list[Item] = []
         for wnid in classes:
-            members = sorted(by_class[wnid], key=_natural)
-            if not members:
-                raise DataError(f"{self.path}: no training images for class {wnid} under {self.root}train/{wnid}/images/")
-            members = [members[i] for i in rng.permutation(len(members))][: train_per_class or None]
-            n_hold = int(round(len(members) * holdout))
+            members, n_hold = self.train_members[wnid], counts["holdout"][wnid]
+            members = [members[i] for i in rng.permutation(len(members))][: n_hold + counts["train"][wnid]]
             out += [Item("holdout", label_of[wnid], wnid, m) for m in sorted(members[:n_hold], key=_natural)]
             out += [Item("train", label_of[wnid], wnid, m) for m in sorted(members[n_hold:], key=_natural)]
-        val_count = {w: 0 for w in classes}
-        for line in self.val_annotations.splitlines():
-            fields = line.split("\t")
-            if len(fields) < 2:
-                continue
-            name, wnid = fields[0], fields[1]
-            if wnid in val_count and (val_per_class is None or val_count[wnid] < val_per_class):
-                val_count[wnid] += 1
-                out.append(Item("val", label_of[wnid], wnid, f"{self.root}val/images/{name}"))
+        left = dict(counts["val"])  # the val cap keeps each class's first images in annotation order
+        for member, wnid in self.val_labels:
+            if left.get(wnid, 0) > 0:
+                left[wnid] -= 1
+                out.append(Item("val", label_of[wnid], wnid, member))
         return out
+
+
+def expected_counts(archive: Archive, classes: list[str], train_per_class: int | None, val_per_class: int | None,
+                    holdout: float) -> dict[str, dict[str, int]]:
+    """Images per split and class that preprocessing keeps and validation expects: {split: {wnid: n}}.
+
+    Counted in the archive itself: a class keeps n = min(its training images, train_per_class), of which
+    round(n * holdout) form the holdout split and the rest the train split, and min(its val images, val_per_class)
+    val images. The one place this arithmetic lives (:meth:`Archive.items` cuts by it).
+    """
+    present = set(archive.names)
+    val = {w: 0 for w in classes}
+    for member, wnid in archive.val_labels:
+        if wnid in val:
+            if member not in present:  # decoding would fail later with a bare KeyError
+                raise DataError(f"{archive.path}: {archive.root}val/val_annotations.txt names {member}, "
+                                "which is not in the archive")
+            val[wnid] += 1
+    out: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
+    for wnid in classes:
+        n = len(archive.train_members.get(wnid, ()))
+        if not n:
+            raise DataError(f"{archive.path}: no training images for class {wnid} "
+                            f"under {archive.root}train/{wnid}/images/")
+        n = min(n, train_per_class or n)
+        n_hold = int(round(n * holdout))
+        out["train"][wnid], out["holdout"][wnid] = n - n_hold, n_hold
+        out["val"][wnid] = min(val[wnid], val_per_class or val[wnid])
+    return out
 
 
 def _natural(name: str) -> tuple:
@@ -274,44 +328,54 @@ def load_classes(prepared_dir: str | os.PathLike) -> list[str]:
     return list(read_json(Path(prepared_dir) / "classes.json")["wnids"])
 
 
-def expected_counts(classes: list[str], available_train: int, available_val: int, train_per_class: int | None,
-                    val_per_class: int | None, holdout: float) -> dict[str, dict[str, int]]:
-    """Images per split and class that the data params promise, given what each class has in the archive."""
-    n = min(available_train, train_per_class or available_train)
-    n_hold = int(round(n * holdout))
-    n_val = min(available_val, val_per_class or available_val)
-    return {"train": {w: n - n_hold for w in classes}, "holdout": {w: n_hold for w in classes}, "val": {w: n_val for w in classes}}
+@dataclass(frozen=True)
+class ArchiveSizes:
+    """What a known archive holds: its number of classes, images per class, and image size."""
+
+    wnids: int
+    train_per_class: int
+    val_per_class: int
+    image_size: int  # pixels (height = width)
 
 
-# Images per class in the real Tiny ImageNet archive
-TINY_IMAGENET_TRAIN_PER_CLASS, TINY_IMAGENET_VAL_PER_CLASS = 500, 50
+# The official Tiny ImageNet zip; checked only for the archive whose md5 is download.TINY_IMAGENET_MD5
+TINY_IMAGENET = ArchiveSizes(wnids=200, train_per_class=500, val_per_class=50, image_size=64)
+
+
+def official_sizes(md5: str) -> ArchiveSizes | None:
+    """Tiny ImageNet's sizes when ``md5`` is the official archive's; None for any other zip (a subset, own classes)."""
+    from robustlora import download  # looked up at call time, so tests can stand in an archive of their own
+
+    return TINY_IMAGENET if md5.lower() == download.TINY_IMAGENET_MD5.lower() else None
 
 
 @dataclass(frozen=True)
 class Domain:
-    """One prepared dataset: where its archive is, which classes and caps the params select, what it holds."""
+    """One prepared dataset: its archive and what the params select from it (classes, caps, holdout)."""
 
-    name: str  # "target" (Tiny ImageNet or its stand-in) or "source" (the synthetic pretraining domain)
+    name: str  # "target" (Tiny ImageNet, a user's zip in its layout, or its stand-in) or "source" (pretraining)
     archive: Path
     classes: int | tuple[str, ...]
-    train_per_class: int | None
+    train_per_class: int | None  # caps; None = every image the archive holds
     val_per_class: int | None
-    available_train: int  # images per class in the archive
-    available_val: int
-    image_size: int
+    holdout: float  # share of each class's kept training images that form the holdout split
+    seed: int  # which training images the cap and the holdout pick
+    image_size: int  # pixels of the stored arrays (every image is resized to it)
+    archive_image_size: int | None  # pixels every image in the archive has; None = any (a user's zip, resized)
 
 
 def data_domains(p: Params, raw_dir: Path) -> dict[str, Domain]:
-    """The domains the data stages prepare: the target, plus the source when model.weights is 'pretrain'."""
+    """The domains the data stages prepare: the target, plus the source when model.weights is 'pretrain'.
+
+    Image counts are not promised here: :func:`expected_counts` reads them from each archive.
+    """
     d, syn = p.data, p.data.synthetic
-    if d.source == "synthetic":
-        target = Domain("target", raw_dir / "tiny-imagenet-200.zip", d.classes, d.train_per_class, d.val_per_class,
-                        syn.target_train_per_class, syn.target_val_per_class, syn.image_size)
-    else:
-        target = Domain("target", raw_dir / "tiny-imagenet-200.zip", d.classes, d.train_per_class, d.val_per_class,
-                        TINY_IMAGENET_TRAIN_PER_CLASS, TINY_IMAGENET_VAL_PER_CLASS, 64)
+    target_size = syn.image_size if d.source == "synthetic" else TINY_IMAGENET.image_size
+    # a synthetic archive is drawn at synthetic.image_size; a user's own zip may hold any size
+    target = Domain("target", raw_dir / "tiny-imagenet-200.zip", d.classes, d.train_per_class, d.val_per_class,
+                    d.holdout, d.seed, target_size, syn.image_size if d.source == "synthetic" else None)
     out = {"target": target}
     if p.model.weights == "pretrain":
-        out["source"] = Domain("source", raw_dir / "source.zip", syn.source_classes, None, None,
-                               syn.source_train_per_class, syn.source_val_per_class, syn.image_size)
+        out["source"] = Domain("source", raw_dir / "source.zip", syn.source_classes, None, None, d.holdout, d.seed,
+                               syn.image_size, syn.image_size)
     return out

@@ -27,6 +27,7 @@ from typing import BinaryIO, Callable
 
 from tqdm import tqdm
 
+from robustlora.errors import DownloadError
 from robustlora.io import atomic_path
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -37,8 +38,6 @@ LOCAL_HINT = "put a local path or file:// URL to the zip in data.url"
 OFFLINE_HINT = f"this machine may be offline; {LOCAL_HINT} instead"
 
 
-class DownloadError(RuntimeError):
-    """A fetch failed (network, HTTP status, md5 or format); the message is one line naming the URL and cause."""
 
 
 class _Transient(Exception):

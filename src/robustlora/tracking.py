@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from urllib.parse import unquote
 
+from robustlora.errors import TrackingError
 from robustlora.io import read_json, write_json
 
 if TYPE_CHECKING:
@@ -41,8 +42,6 @@ PROBE_TIMEOUT_S = 3.0
 _EXEC_TMP_PARTS = (".dvc", "tmp", "exps")  # DVC's experiment executor temp dirs live here
 
 
-class TrackingError(RuntimeError):
-    """A tracking store, run or run-id file that cannot be used as asked."""
 
 
 @dataclass(frozen=True)
@@ -223,11 +222,19 @@ def start_run(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
     repo_root: Path | None = None,
+    *,
+    nested: bool = False,
 ) -> Iterator[RunHandle]:
-    """Create a run with flattened ``params`` and git/DVC tags (``tags`` win); FAILED if the block raises."""
+    """Create a run with flattened ``params`` and git/DVC tags (``tags`` win); FAILED if the block raises.
+
+    ``nested``: a child of the active run (e.g. one run per training seed under its arm's run), so the MLflow UI
+    groups the seeds of an arm and compares arms.
+    """
     uri = configure(experiment, repo_root)
     mlflow = _mlflow()
-    with mlflow.start_run(run_name=run_name, tags={**git_tags(), **(tags or {})}) as run:
+    if nested and mlflow.active_run() is None:
+        raise TrackingError("a nested MLflow run needs an active parent run; open the parent with start_run first")
+    with mlflow.start_run(run_name=run_name, tags={**git_tags(), **(tags or {})}, nested=nested) as run:
         if params:
             mlflow.log_params(flatten_params(params))
         yield RunHandle(run.info.run_id, run.info.experiment_id, uri)
