@@ -1,423 +1,416 @@
-"""params.yaml: loading and validation, one section per stage.
+"""params.yaml: the schema of every section, checked when a stage starts.
 
-Every value is checked when a stage starts; a bad one gives a single line naming the key, e.g.
-``params.yaml: data.holdout must be in [0, 0.5), got 0.9``.
+A bad value gives one line naming the full key, e.g. ``params.yaml: data.holdout must be in [0, 0.5), got 0.9``.
+Values in [0,1] pixel units may be written as fractions (``8/255``). The sections ``full``, ``lora`` and ``none``
+are the settings of each kind of adaptation, defined with the kinds in :mod:`robustlora.adaptation`.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import asdict, dataclass, field
+import types
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from robustlora.synthetic import SyntheticConfig
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, SerializeAsAny, ValidationInfo
+from pydantic import ValidationError as SchemaError  # not robustlora.errors.ValidationError (the data suite's)
+from pydantic import field_validator, model_validator
 
-SOURCES = ("synthetic", "tiny-imagenet")
-ADAPTATIONS = ("full", "lora", "none")
-SECTIONS = ("data", "model", "pretrain", "train", "full", "lora", "none", "variants", "attack", "mlflow")
-_WNID = re.compile(r"^n\d{8}$")
+from robustlora.adaptation import (KINDS, FullSettings, Invalid, Kind, LoraSettings, NoneSettings, Number, Schema,
+                                   fraction)
+from robustlora.errors import ParamError
 
-
-class ParamError(ValueError):
-    """A params.yaml value that is missing, of the wrong type or out of range."""
-
-
-class _Section:
-    """Reads typed values from one params section, naming the full key in every error."""
-
-    def __init__(self, raw: Any, key: str, file: str = "params.yaml") -> None:
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ParamError(f"{file}: {key} must be a mapping, got {raw!r}")
-        self.raw, self.key, self.file = raw, key, file
-        self.used: set[str] = set()
-
-    def fail(self, name: str, msg: str, value: Any) -> ParamError:
-        return ParamError(f"{self.file}: {self.key}.{name} {msg}, got {value!r}")
-
-    def get(self, name: str, default: Any = ...) -> Any:
-        self.used.add(name)
-        if name not in self.raw:
-            if default is ...:
-                raise ParamError(f"{self.file}: {self.key}.{name} is missing")
-            return default
-        return self.raw[name]
-
-    def sub(self, name: str) -> "_Section":
-        self.used.add(name)
-        return _Section(self.raw.get(name), f"{self.key}.{name}", self.file)
-
-    def int(self, name: str, default: Any = ..., lo: int | None = None, hi: int | None = None, none: bool = False) -> int | None:
-        v = self.get(name, default)
-        if v is None and none:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.fail(name, "must be an integer" + (" or null" if none else ""), v)
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise self.fail(name, f"must be in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]", v)
-        return v
-
-    def float(self, name: str, default: Any = ..., lo: float | None = None, hi: float | None = None,
-              lo_open: bool = False, hi_open: bool = False) -> float:
-        v = _number(self.get(name, default))
-        if v is None or not math.isfinite(v):
-            raise self.fail(name, "must be a finite number", self.raw.get(name, default))
-        if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and (v > hi or (hi_open and v == hi))):
-            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-            raise self.fail(name, f"must be in {left}{_fmt(lo, '-inf')}, {_fmt(hi, 'inf')}{right}", self.raw.get(name))
-        return v
-
-    def bool(self, name: str, default: Any = ...) -> bool:
-        v = self.get(name, default)
-        if not isinstance(v, bool):
-            raise self.fail(name, "must be true or false", v)
-        return v
-
-    def str(self, name: str, default: Any = ..., choices: tuple[str, ...] | None = None) -> str:
-        v = self.get(name, default)
-        if not isinstance(v, str) or not v:
-            raise self.fail(name, "must be a non-empty string", v)
-        if choices is not None and v not in choices:
-            raise self.fail(name, f"must be one of {', '.join(choices)}", v)
-        return v
-
-    def check_unknown(self) -> None:
-        unknown = sorted(set(self.raw) - self.used)
-        if unknown:
-            raise ParamError(f"{self.file}: unknown key {self.key}.{unknown[0]} (known: {', '.join(sorted(self.used))})")
+_CLASS = re.compile(r"[^/\\\s]+")  # one folder name of the archive, e.g. a wnid
+Text = Annotated[str, Field(min_length=1)]
 
 
-def _number(v: Any) -> float | None:
-    """Numbers, and fractions written as strings like '8/255' (ε in params)."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(?:/\s*([0-9.eE+-]+))?\s*", v)
-        if m:
-            try:
-                num = float(m.group(1))
-                return num / float(m.group(2)) if m.group(2) else num
-            except (ValueError, ZeroDivisionError):
-                return None
-    return None
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value  # YAML gives lists; strict tuples refuse them
 
 
-def _fmt(x: float | None, inf: str) -> str:
-    return inf if x is None else f"{x:g}"
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+    return value
 
 
-# --- sections -----------------------------------------------------------------------------------------------------
+Device = Annotated[str, AfterValidator(_device)]
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = "synthetic"
-    url: str = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-    md5: str | None = "90528d7ca1a48142e341f4ef8d21d0de"
-    classes: int | tuple[str, ...] = 10
-    train_per_class: int | None = None
-    val_per_class: int | None = None
-    holdout: float = 0.1
-    seed: int = 0
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+def _md5(value: Any) -> Any:
+    if value is not None and not (isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{32}", value)):
+        raise ValueError("must be 32 hex digits or null")
+    return value.lower() if value else None
 
 
-def parse_data(raw: Any) -> DataConfig:
-    s = _Section(raw, "data")
-    source = s.str("source", "synthetic", SOURCES)
-    url = s.str("url", DataConfig.url)
-    md5 = s.get("md5", DataConfig.md5)
-    if md5 is not None and not (isinstance(md5, str) and re.fullmatch(r"[0-9a-fA-F]{32}", md5)):
-        raise s.fail("md5", "must be 32 hex digits or null", md5)
-    classes_raw = s.get("classes", 10)
-    if isinstance(classes_raw, list):
-        bad = [c for c in classes_raw if not (isinstance(c, str) and _WNID.match(c))]
-        if not classes_raw or bad:
-            raise s.fail("classes", "must be a number of classes or a non-empty list of wnids like n01443537", bad[0] if bad else classes_raw)
-        if len(set(classes_raw)) != len(classes_raw):
-            raise s.fail("classes", "must not repeat a wnid", classes_raw)
-        classes: int | tuple[str, ...] = tuple(classes_raw)
-    else:
-        classes = s.int("classes", 10, lo=1)  # type: ignore[assignment]
-    cfg = DataConfig(
-        source=source,
-        url=url,
-        md5=md5.lower() if md5 else None,
-        classes=classes,
-        train_per_class=s.int("train_per_class", None, lo=1, none=True),
-        val_per_class=s.int("val_per_class", None, lo=1, none=True),
-        holdout=s.float("holdout", 0.1, lo=0.0, hi=0.5, hi_open=True),
-        seed=s.int("seed", 0, lo=0),
-        synthetic=parse_synthetic(s.sub("synthetic")),
-    )
-    s.check_unknown()
-    return cfg
+def _classes(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError("must be in [1, inf]")
+    # a class is a folder name of the archive: a wnid like n01443537, or a user's own name (no '/')
+    bad = [c for c in value if not (isinstance(c, str) and _CLASS.fullmatch(c))] if isinstance(value, list) else [value]
+    if not value or bad:
+        raise Invalid("", "must be a number of classes or a non-empty list of class folder names like n01443537",
+                      (bad or [value])[0])
+    if len(set(value)) != len(value):
+        raise ValueError("must not repeat a wnid")
+    return tuple(value)
 
 
-def parse_synthetic(s: _Section) -> SyntheticConfig:
-    d = SyntheticConfig()
-    cfg = SyntheticConfig(
-        seed=s.int("seed", d.seed, lo=0),
-        image_size=s.int("image_size", d.image_size, lo=16, hi=512),
-        source_classes=s.int("source_classes", d.source_classes, lo=2, hi=256),
-        target_classes=s.int("target_classes", d.target_classes, lo=2, hi=256),
-        source_train_per_class=s.int("source_train_per_class", d.source_train_per_class, lo=2),
-        source_val_per_class=s.int("source_val_per_class", d.source_val_per_class, lo=1),
-        target_train_per_class=s.int("target_train_per_class", d.target_train_per_class, lo=2),
-        target_val_per_class=s.int("target_val_per_class", d.target_val_per_class, lo=1),
-        test_images=s.int("test_images", d.test_images, lo=0),
-        shift=s.float("shift", d.shift, lo=0.0, hi=2.0),
-    )
-    if cfg.target_classes > cfg.source_classes:
-        raise s.fail("target_classes", f"must be <= {s.key}.source_classes ({cfg.source_classes})", cfg.target_classes)
-    s.check_unknown()
-    return cfg
+def _seeds(value: Any) -> Any:
+    ok = isinstance(value, (list, tuple)) and value and len(set(value)) == len(value)
+    if not ok or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise ValueError("must be a non-empty list of distinct integers >= 0")
+    return tuple(value)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str = "resnet18"
-    weights: str = "pretrain"  # pretrain | imagenet | a checkpoint path
-    head: str = "pretrained"  # pretrained | new
-    input_size: int = 64
+def _eps_grid(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("must be a non-empty list of ε values in [0, 1] (e.g. 8/255)")
+    grid = [fraction(v) for v in value]
+    for raw, eps in zip(value, grid):
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps <= 1.0:
+            raise Invalid("", "values must be numbers in [0, 1] pixel units (write 8/255 for 8 grey levels)", raw)
+    return tuple(sorted({float(e) for e in grid}))
 
 
-def parse_model(raw: Any) -> ModelConfig:
-    s = _Section(raw, "model")
-    cfg = ModelConfig(
-        arch=s.str("arch", "resnet18", ("resnet18",)),
-        weights=s.str("weights", "pretrain"),
-        head=s.str("head", "pretrained", ("pretrained", "new")),
-        input_size=s.int("input_size", 64, lo=16, hi=512),
-    )
-    s.check_unknown()
-    return cfg
+def _eps_text(eps: float) -> str:
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-9 else f"{eps:g}"
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step
-    step_size: int = 10  # epochs between decays, for schedule: step
-    gamma: float = 0.1
-    batch_size: int = 64
-    max_epochs: int = 50
-    patience: int = 5
-    crop_padding: int = 4
+# ----------------------------------------------------------------------------- sections
+
+
+class SyntheticConfig(Schema):
+    """``data.synthetic``: the offline miniature (see :mod:`robustlora.synthetic`)."""
+
+    seed: int = Field(0, ge=0)
+    image_size: int = Field(64, ge=16, le=512)
+    source_classes: int = Field(16, ge=2, le=256)
+    target_classes: int = Field(10, ge=2, le=256)  # a subset of the source classes, drawn with a domain shift
+    source_train_per_class: int = Field(150, ge=2)
+    source_val_per_class: int = Field(30, ge=1)
+    target_train_per_class: int = Field(100, ge=2)
+    target_val_per_class: int = Field(50, ge=1)
+    test_images: int = Field(20, ge=0)
+    shift: Number = Field(1.0, ge=0, le=2)  # domain-shift strength (0 = the source domain's look)
+
+    @model_validator(mode="after")
+    def _target_within_source(self) -> SyntheticConfig:
+        if self.target_classes > self.source_classes:
+            raise Invalid("target_classes", f"must be <= source_classes ({self.source_classes})", self.target_classes)
+        return self
+
+
+class DataConfig(Schema):
+    source: Literal["synthetic", "tiny-imagenet"] = "synthetic"
+    url: Text = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"  # or a local path / file:// URL
+    md5: Annotated[str | None, BeforeValidator(_md5)] = "90528d7ca1a48142e341f4ef8d21d0de"
+    classes: Annotated[int | tuple[str, ...], BeforeValidator(_classes)] = 10  # the first N wnids, or wnids
+    train_per_class: int | None = Field(None, ge=1)  # null = all
+    val_per_class: int | None = Field(None, ge=1)
+    holdout: Number = Field(0.1, ge=0, lt=0.5)  # share of each class's training images kept for model selection
+    seed: int = Field(0, ge=0)
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class ModelConfig(Schema):
+    arch: Literal["resnet18"] = "resnet18"
+    weights: Text = "pretrain"  # pretrain (on the synthetic source) | imagenet | a checkpoint path
+    head: Literal["pretrained", "new"] = "pretrained"  # new: a fresh head, trained in every variant
+    input_size: int = Field(64, ge=16, le=512)
+
+
+class _Loop(Schema):
+    """The training loop shared by ``pretrain`` and ``train``."""
+
+    momentum: Number = Field(0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "step"] = "cosine"
+    step_size: int = Field(10, ge=1)  # epochs between decays, for schedule: step
+    gamma: Number = Field(0.1, gt=0, le=1)
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(50, ge=1)
+    patience: int = Field(5, ge=1)  # epochs without a better holdout accuracy before stopping
+    crop_padding: int = Field(4, ge=0, le=64)
     flip: bool = True
-    seed: int = 0
-    device: str = "auto"
-    eval_batch_size: int = 256
+    device: Device = "auto"  # auto = cuda, then mps, then cpu
+    eval_batch_size: int = Field(256, ge=1)
 
 
-def parse_train(raw: Any, key: str = "train") -> TrainConfig:
-    s = _Section(raw, key)
-    d = TrainConfig()
-    cfg = TrainConfig(
-        lr=s.float("lr", d.lr, lo=0.0, lo_open=True),
-        momentum=s.float("momentum", d.momentum, lo=0.0, hi=1.0, hi_open=True),
-        weight_decay=s.float("weight_decay", d.weight_decay, lo=0.0),
-        schedule=s.str("schedule", d.schedule, ("cosine", "step")),
-        step_size=s.int("step_size", d.step_size, lo=1),
-        gamma=s.float("gamma", d.gamma, lo=0.0, hi=1.0, lo_open=True),
-        batch_size=s.int("batch_size", d.batch_size, lo=1),
-        max_epochs=s.int("max_epochs", d.max_epochs, lo=1),
-        patience=s.int("patience", d.patience, lo=1),
-        crop_padding=s.int("crop_padding", d.crop_padding, lo=0, hi=64),
-        flip=s.bool("flip", d.flip),
-        seed=s.int("seed", d.seed, lo=0),
-        device=s.str("device", d.device),
-        eval_batch_size=s.int("eval_batch_size", d.eval_batch_size, lo=1),
-    )
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
-        raise s.fail("device", "must be auto, cpu, mps, cuda or cuda:N", cfg.device)
-    s.check_unknown()
-    return cfg
+class TrainConfig(_Loop):
+    """One training run, as :func:`robustlora.train.fit` takes it: ``pretrain``, or :meth:`Params.fit_config`."""
+
+    lr: Number = Field(0.01, gt=0)
+    weight_decay: Number = Field(5e-4, ge=0)
+    seed: int = Field(0, ge=0)
 
 
-@dataclass(frozen=True)
-class LoraConfig:
-    rank: int = 4
-    alpha: float = 1.0
+class TrainLoopConfig(_Loop):
+    """``train``: the loop of every adapted arm; lr and weight_decay come from the variant's kind."""
+
+    seeds: Annotated[tuple[int, ...], BeforeValidator(_seeds)] = (0,)  # every arm is trained once per seed
 
 
-def parse_lora(raw: Any) -> LoraConfig:
-    s = _Section(raw, "lora")
-    cfg = LoraConfig(rank=s.int("rank", 4, lo=1), alpha=s.float("alpha", 1.0, lo=0.0, lo_open=True))
-    s.check_unknown()
-    return cfg
+class PgdConfig(Schema):
+    steps: int = Field(10, ge=1)
+    rel_step_size: Number | None = Field(None, gt=0)  # step = rel_step_size·ε
+    step_size: Number | None = Field(None, gt=0, le=1)  # or an absolute step, [0,1] pixels
+    random_start: bool = True
+    restarts: int = Field(1, ge=1)
+    sanity_eps: Number | None = Field(0.5, gt=0, le=1)  # one extra run that must reach ~100 %; null = skip
+
+    @model_validator(mode="after")
+    def _one_step_size(self) -> PgdConfig:
+        if (self.rel_step_size is None) == (self.step_size is None):
+            raise Invalid("", "needs exactly one of step_size (absolute, [0,1] pixels) or rel_step_size "
+                          "(fraction of ε)")
+        return self
+
+    def step_for(self, eps: float) -> float:
+        """The PGD step at ``eps``, both in [0,1] pixels."""
+        return self.step_size if self.step_size is not None else self.rel_step_size * eps  # type: ignore[operator]
 
 
-@dataclass(frozen=True)
-class FullConfig:
-    train_batchnorm: bool = True  # regular fine-tuning updates BatchNorm statistics
+class AttackConfig(Schema):
+    n_images: int = Field(200, ge=1)  # a fixed seeded subset of val, the same for every arm and seed
+    batch_size: int = Field(128, ge=1)
+    seed: int = Field(0, ge=0)
+    device: Device = "auto"
+    eps: Annotated[tuple[float, ...], BeforeValidator(_eps_grid)] = tuple(k / 255 for k in (1, 2, 4, 8, 16))
+    pgd: PgdConfig = PgdConfig(rel_step_size=0.25)
 
 
-def parse_full(raw: Any) -> FullConfig:
-    s = _Section(raw, "full")
-    cfg = FullConfig(train_batchnorm=s.bool("train_batchnorm", True))
-    s.check_unknown()
-    return cfg
+Arm = Literal["baseline", "lora_fc", "lora_fc_conv1"]  # the paper's roles
+ARMS: tuple[str, ...] = get_args(Arm)
 
 
-@dataclass(frozen=True)
-class VariantSpec:
-    """One trained setting: ``full`` fine-tuning, ``lora`` on ``targets``, or ``none`` (the pretrained model as is)."""
+class ReportConfig(Schema):
+    eps: Number = Field(8 / 255, ge=0, le=1)  # the main ε of findings and comparisons; one of attack.eps
+    reference_fgsm_asr: Number = Field(0.65, ge=0, le=1)  # the paper's baseline FGSM success rate
+    tolerance: Number = Field(0.10, ge=0, le=1)  # "about the reference" = within ± tolerance
+    alpha: Number = Field(0.05, gt=0, lt=1)  # significance level after Holm correction
+    n_boot: int = Field(2000, ge=100)  # hierarchical bootstrap resamples
+    seed: int = Field(0, ge=0)
+    arms: dict[Arm, str | None] = Field(default_factory=lambda: {a: a for a in ARMS})  # role -> variant; null = absent
+
+    @field_validator("arms")
+    @classmethod
+    def _every_role(cls, arms: dict[str, str | None]) -> dict[str, str | None]:
+        missing = [a for a in ARMS if a not in arms]
+        if missing:
+            raise ValueError(f"must give every role ({', '.join(ARMS)}; null = no such arm), missing {missing[0]}")
+        return arms
+
+
+class MlflowConfig(Schema):
+    experiment: Text = "robustlora"
+
+
+class VariantSpec(Schema):
+    """One arm: a kind of adaptation, its targets (lora), and the kind's settings with the variant's overrides."""
 
     name: str
     adaptation: str
-    targets: tuple[str, ...] = ()
-    rank: int | None = None
-    alpha: float | None = None
+    targets: Annotated[tuple[Text, ...], BeforeValidator(_as_tuple)] = ()  # layer names or globs (lora)
+    settings: SerializeAsAny[Schema]  # KINDS[adaptation].settings; defaults to that kind's defaults
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_settings(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "settings" not in raw and isinstance(raw.get("adaptation"), str):
+            kind = KINDS.get(raw["adaptation"])
+            return raw | {"settings": kind.settings()} if kind else raw
+        return raw
+
+    @field_validator("adaptation")
+    @classmethod
+    def _known_kind(cls, adaptation: str) -> str:
+        if adaptation not in KINDS:
+            raise ValueError(f"must be one of {', '.join(KINDS)}")
+        return adaptation
+
+    @model_validator(mode="after")
+    def _fits_its_kind(self) -> VariantSpec:
+        kind, targets = self.kind, list(self.targets)
+        if kind.takes_targets and not targets:
+            raise Invalid("targets", "must be a non-empty list of layer names or glob patterns", targets)
+        if targets and not kind.takes_targets:
+            takers = ", ".join(k.name for k in KINDS.values() if k.takes_targets)
+            raise Invalid("targets", f"is only for adaptation: {takers} (this variant is {self.adaptation})", targets)
+        if not isinstance(self.settings, kind.settings):
+            raise Invalid("settings", f"must be {kind.settings.__name__}", self.settings)
+        return self
+
+    @property
+    def kind(self) -> Kind:
+        return KINDS[self.adaptation]
+
+    @property
+    def rank(self) -> int | None:
+        return getattr(self.settings, "rank", None)
+
+    @property
+    def alpha(self) -> float | None:
+        return getattr(self.settings, "alpha", None)
 
 
-def parse_variants(raw: Any, lora: LoraConfig) -> dict[str, VariantSpec]:
-    if not isinstance(raw, dict) or not raw:
-        raise ParamError(f"params.yaml: variants must be a non-empty mapping of name -> spec, got {raw!r}")
-    out = {}
-    for name, spec in raw.items():
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(name)):
-            raise ParamError(f"params.yaml: variants.{name} is not a valid name (letters, digits, _ and - only)")
-        s = _Section(spec, f"variants.{name}")
-        adaptation = s.str("adaptation", choices=ADAPTATIONS)
-        targets = s.get("targets", [])
-        if adaptation == "lora":
-            if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
-                raise s.fail("targets", "must be a non-empty list of layer names or glob patterns", targets)
-        elif targets:
-            raise s.fail("targets", f"is only for adaptation: lora (this variant is {adaptation})", targets)
-        s.check_unknown()
-        out[str(name)] = VariantSpec(
-            name=str(name), adaptation=adaptation, targets=tuple(targets),
-            rank=lora.rank if adaptation == "lora" else None, alpha=lora.alpha if adaptation == "lora" else None,
-        )
-    return out
+class Params(Schema):
+    """All of params.yaml. Each kind of adaptation has its settings section under its own name."""
 
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: TrainConfig = TrainConfig()
+    train: TrainLoopConfig = TrainLoopConfig()
+    full: FullSettings = FullSettings()
+    lora: LoraSettings = LoraSettings()
+    none: NoneSettings = NoneSettings()
+    variants: dict[str, VariantSpec]  # after the kinds' sections: a variant's settings start from its section
+    attack: AttackConfig = AttackConfig()
+    report: ReportConfig = ReportConfig()
+    mlflow: MlflowConfig = MlflowConfig()
 
-@dataclass(frozen=True)
-class AttackConfig:
-    n_images: int = 200
-    batch_size: int = 128
-    seed: int = 0
-    n_boot: int = 1000
-    fgsm_eps: tuple[float, ...] = ()
-    pgd_eps: tuple[float, ...] = ()
-    pgd_steps: int = 10
-    pgd_rel_step_size: float | None = 0.25
-    pgd_step_size: float | None = None
-    pgd_random_start: bool = True
-    pgd_restarts: int = 1
-    device: str = "auto"
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _apply_overrides(cls, raw: Any, info: ValidationInfo) -> Any:
+        if not isinstance(raw, dict) or not raw:
+            raise ValueError("must be a non-empty mapping of name -> spec")
+        return {str(name): _variant_input(str(name), entry, info.data) for name, entry in raw.items()}
 
-
-def _eps_list(s: _Section, name: str) -> tuple[float, ...]:
-    raw = s.get(name)
-    if not isinstance(raw, list) or not raw:
-        raise s.fail(name, "must be a non-empty list of ε values in [0, 1] (e.g. 8/255)", raw)
-    out = []
-    for v in raw:
-        x = _number(v)
-        if x is None or not 0.0 <= x <= 1.0:
-            raise s.fail(name, "values must be numbers in [0, 1] pixel units (write 8/255 for 8 grey levels)", v)
-        out.append(x)
-    return tuple(sorted(set(out)))
-
-
-def parse_attack(raw: Any) -> AttackConfig:
-    s = _Section(raw, "attack")
-    fg, pg = s.sub("fgsm"), s.sub("pgd")
-    fgsm_eps = _eps_list(fg, "eps")
-    fg.check_unknown()
-    pgd_eps = _eps_list(pg, "eps")
-    rel = pg.get("rel_step_size", None)
-    absolute = pg.get("step_size", None)
-    if (rel is None) == (absolute is None):
-        raise ParamError("params.yaml: attack.pgd needs exactly one of step_size (absolute, [0,1] pixels) or rel_step_size (fraction of ε)")
-    cfg = AttackConfig(
-        n_images=s.int("n_images", 200, lo=1),
-        batch_size=s.int("batch_size", 128, lo=1),
-        seed=s.int("seed", 0, lo=0),
-        n_boot=s.int("n_boot", 1000, lo=100),
-        fgsm_eps=fgsm_eps,
-        pgd_eps=pgd_eps,
-        pgd_steps=pg.int("steps", 10, lo=1),
-        pgd_rel_step_size=pg.float("rel_step_size", lo=0.0, lo_open=True) if rel is not None else None,
-        pgd_step_size=pg.float("step_size", lo=0.0, hi=1.0, lo_open=True) if absolute is not None else None,
-        pgd_random_start=pg.bool("random_start", True),
-        pgd_restarts=pg.int("restarts", 1, lo=1),
-        device=s.str("device", "auto"),
-    )
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
-        raise s.fail("device", "must be auto, cpu, mps, cuda or cuda:N", cfg.device)
-    pg.check_unknown()
-    s.check_unknown()
-    return cfg
-
-
-@dataclass(frozen=True)
-class MlflowConfig:
-    experiment: str = "robustlora"
-
-
-def parse_mlflow(raw: Any) -> MlflowConfig:
-    s = _Section(raw, "mlflow")
-    cfg = MlflowConfig(experiment=s.str("experiment", "robustlora"))
-    s.check_unknown()
-    return cfg
-
-
-@dataclass(frozen=True)
-class Params:
-    data: DataConfig
-    model: ModelConfig
-    pretrain: TrainConfig
-    train: TrainConfig
-    full: FullConfig
-    lora: LoraConfig
-    variants: dict[str, VariantSpec]
-    attack: AttackConfig
-    mlflow: MlflowConfig
-    raw: dict
+    @model_validator(mode="after")
+    def _cross_section_rules(self) -> Params:
+        if self.model.weights == "pretrain" and self.data.source != "synthetic":
+            raise ParamError(
+                "params.yaml: model.weights 'pretrain' trains on the synthetic source domain and needs data.source "
+                f"'synthetic', got {self.data.source!r}; use model.weights 'imagenet' or a checkpoint path")
+        if self.report.eps not in self.attack.eps:
+            grid, eps = ", ".join(map(_eps_text, self.attack.eps)), _eps_text(self.report.eps)
+            raise ParamError(f"params.yaml: report.eps must be one of attack.eps ({grid}), got {eps}")
+        for role, name in self.report.arms.items():
+            if name is not None and name not in self.variants:
+                raise ParamError(f"params.yaml: report.arms.{role} names no variant {name!r} "
+                                 f"(have: {', '.join(self.variants)}; null = no such arm)")
+        for spec in self.variants.values():
+            if self.model.head == "new" and not spec.kind.trains:
+                raise ParamError(f"params.yaml: variants.{spec.name} (adaptation: {spec.adaptation}) has no lr to "
+                                 "train the fresh head of model.head 'new'; use model.head 'pretrained' or drop it")
+        return self
 
     def variant(self, name: str) -> VariantSpec:
         if name not in self.variants:
             raise ParamError(f"params.yaml: no variant {name!r} under variants (have: {', '.join(self.variants)})")
         return self.variants[name]
 
+    def fit_config(self, variant: str, seed: int) -> TrainConfig:
+        """The run that trains ``variant`` with ``seed``: the ``train`` loop, its kind's lr and weight_decay.
 
-def parse_params(raw: dict) -> Params:
+        A kind that trains nothing (``none``) has no fit config: ParamError (its arm is evaluated as is).
+        """
+        spec = self.variant(variant)
+        if not spec.kind.trains:
+            raise ParamError(f"params.yaml: variants.{variant} (adaptation: {spec.adaptation}) trains nothing")
+        if seed not in self.train.seeds:
+            raise ParamError(f"params.yaml: seed {seed} is not in train.seeds {list(self.train.seeds)}")
+        loop = self.train.model_dump(exclude={"seeds"})
+        return TrainConfig(**loop, lr=spec.settings.lr, weight_decay=spec.settings.weight_decay, seed=int(seed))
+
+
+assert set(KINDS) <= set(Params.model_fields), "every kind of adaptation needs its settings section in Params"
+
+
+def _variant_input(name: str, entry: Any, sections: dict[str, Any]) -> Any:
+    """A variants.<name> entry as VariantSpec input: its kind's section with the entry's overrides applied."""
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+        raise ParamError(f"params.yaml: variants.{name} is not a valid name (letters, digits, _ and - only)")
+    if not isinstance(entry, dict):
+        return entry
+    spec = {"name": name, **{k: entry[k] for k in ("adaptation", "targets") if k in entry}}
+    kind = KINDS.get(entry["adaptation"]) if isinstance(entry.get("adaptation"), str) else None
+    if kind is None or sections.get(kind.name) is None:
+        return spec  # VariantSpec names the bad adaptation; a bad section was reported before the variants
+    overrides = {k: v for k, v in entry.items() if k not in spec}
+    known = ["adaptation", *(["targets"] if kind.takes_targets else []), *kind.settings.model_fields]
+    unknown = [k for k in overrides if k not in known]
+    if unknown:
+        raise ParamError(f"params.yaml: unknown key variants.{name}.{unknown[0]} (known: {', '.join(known)})")
+    try:
+        return spec | {"settings": kind.settings.model_validate(sections[kind.name].model_dump() | overrides)}
+    except SchemaError as e:
+        raise _explain(e, kind.settings, ("variants", name)) from None
+
+
+# ----------------------------------------------------------------------------- pydantic errors as one line
+
+_TYPES = {"int": "an integer", "float": "a finite number", "finite": "a finite number", "bool": "true or false",
+          "string": "a non-empty string", "tuple": "a list", "list": "a list", "dict": "a mapping",
+          "model": "a mapping"}  # by the first word of pydantic's error type
+_BOUNDS = ("gt", "ge", "lt", "le")
+
+
+def _field(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, Any]:
+    """(the model holding the last key of ``loc``, that key's FieldInfo or None) — for bounds and known keys."""
+    tp: Any = root
+    parent, info = None, None
+    for part in loc:
+        while get_origin(tp) in (Union, types.UnionType, Annotated):
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            parent, info = tp, tp.model_fields.get(str(part))
+            tp = info.annotation if info else None
+        else:  # into a dict value or a list item, where the field's own bounds do not apply
+            tp, info = ([a for a in get_args(tp) if a is not Ellipsis] or [None])[-1], None
+    return parent, info
+
+
+def _explain(e: SchemaError, root: type[BaseModel], prefix: tuple[str, ...] = ()) -> ParamError:
+    """The first error of ``e`` as one line naming the full dotted key and the bad value."""
+    err = e.errors()[0]
+    ctx = err.get("ctx", {})
+    cause = ctx.get("error")
+    if isinstance(cause, ParamError):  # raised with its full message by a validator
+        return cause
+    loc = [*prefix, *(str(p) for p in err["loc"] if p != "[key]")]
+    parent, info = _field(root, err["loc"])
+    value, kind = err.get("input"), err["type"]
+    if isinstance(cause, Invalid):
+        loc += [cause.key] if cause.key else []
+        msg, value = str(cause), cause.value
+    elif cause is not None:
+        msg = str(cause)
+    elif kind == "missing":
+        return ParamError(f"params.yaml: {'.'.join(loc)} is missing")
+    elif kind == "extra_forbidden":
+        what = "key" if len(loc) > 1 else "section"
+        known = ", ".join(parent.model_fields) if parent and parent.model_fields else "none: it takes no keys"
+        return ParamError(f"params.yaml: unknown {what} {'.'.join(loc)} (known: {known})")
+    elif kind == "literal_error":
+        msg = "must be one of " + ", ".join(re.findall(r"'([^']*)'", ctx["expected"]))
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bounds = {b: getattr(m, b) for m in (info.metadata if info else []) for b in _BOUNDS if hasattr(m, b)} | ctx
+        lo, hi = bounds.get("gt", bounds.get("ge")), bounds.get("lt", bounds.get("le"))
+        msg = (f"must be in {'(' if 'gt' in bounds else '['}{'-inf' if lo is None else f'{lo:g}'}, "
+               f"{'inf' if hi is None else f'{hi:g}'}{')' if 'lt' in bounds else ']'}")
+    elif kind.split("_")[0] in _TYPES:  # int_type, int_from_float, finite_number, string_too_short, ...
+        nullable = info is not None and type(None) in get_args(info.annotation)
+        msg = f"must be {_TYPES[kind.split('_')[0]]}" + (" or null" if nullable else "")
+    else:
+        msg = err["msg"].lower()  # pydantic's own words
+    got = "" if value is Invalid.NO_VALUE else f", got {value!r}"
+    return ParamError(f"params.yaml: {'.'.join(loc)} {msg}{got}")
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a params mapping (as read from YAML); ParamError names the first bad key."""
     if not isinstance(raw, dict):
         raise ParamError(f"params.yaml must be a mapping of sections, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ParamError(f"params.yaml: unknown section {unknown[0]} (known: {', '.join(SECTIONS)})")
-    _Section(raw.get("none"), "none").check_unknown()  # `adaptation: none` has no settings
-    lora = parse_lora(raw.get("lora"))
-    params = Params(
-        data=parse_data(raw.get("data")),
-        model=parse_model(raw.get("model")),
-        pretrain=parse_train(raw.get("pretrain"), "pretrain"),
-        train=parse_train(raw.get("train")),
-        full=parse_full(raw.get("full")),
-        lora=lora,
-        variants=parse_variants(raw.get("variants"), lora),
-        attack=parse_attack(raw.get("attack")),
-        mlflow=parse_mlflow(raw.get("mlflow")),
-        raw=raw,
-    )
-    if params.model.weights == "pretrain" and params.data.source != "synthetic":
-        raise ParamError(
-            "params.yaml: model.weights 'pretrain' trains on the synthetic source domain and needs data.source "
-            f"'synthetic', got {params.data.source!r}; use model.weights 'imagenet' or a checkpoint path"
-        )
-    return params
+    try:
+        return Params.model_validate(raw)
+    except SchemaError as e:
+        raise _explain(e, Params) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -433,6 +426,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(raw or {})
 
 
-def to_dict(obj: Any) -> Any:
-    """A dataclass config as plain JSON-able data."""
-    return asdict(obj)
+def to_dict(obj: BaseModel) -> dict[str, Any]:
+    """A config as plain JSON-able data (tuples as lists), e.g. to record next to an output."""
+    return obj.model_dump(mode="json")

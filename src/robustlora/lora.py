@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robustlora.errors import ModelError
+
 __all__ = [
     "LoRALayer",
     "LoRALinear",
@@ -161,8 +163,8 @@ def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def _not_found(target: str, layers: dict[str, nn.Module]) -> ValueError:
-    return ValueError(f"lora target '{target}' not found; layers with weights: {', '.join(layers)}")
+def _not_found(target: str, layers: dict[str, nn.Module]) -> ModelError:
+    return ModelError(f"lora target '{target}' not found; layers with weights: {', '.join(layers)}")
 
 
 def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]:
@@ -174,7 +176,7 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]
     if isinstance(targets, str):
         targets = [targets]
     if not targets:
-        raise ValueError("lora targets is empty; name at least one layer, e.g. ['fc'] or ['layer*.*.conv*']")
+        raise ModelError("lora targets is empty; name at least one layer, e.g. ['fc'] or ['layer*.*.conv*']")
     layers = _weight_layers(model)
     modules = dict(model.named_modules())
     selected: list[str] = []
@@ -184,9 +186,9 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str]) -> list[str]
         elif t in layers:
             hits = [t]
         elif t in modules and isinstance(modules[t], (nn.Linear, nn.Conv2d)):
-            raise ValueError(f"lora target '{t}' is inside a LoRA wrapper; name the wrapper, or use a fresh model")
+            raise ModelError(f"lora target '{t}' is inside a LoRA wrapper; name the wrapper, or use a fresh model")
         elif t in modules and t:
-            raise ValueError(
+            raise ModelError(
                 f"lora target '{t}' is a {type(modules[t]).__name__}, not Linear/Conv2d; "
                 f"layers with weights: {', '.join(layers)}"
             )
@@ -212,13 +214,13 @@ def _check_args(rank: int, alpha: float) -> None:
 
 def _wrap(name: str, layer: nn.Module, rank: int, alpha: float) -> LoRALayer:
     if isinstance(layer, LoRALayer):
-        raise ValueError(f"lora target '{name}' already has LoRA; wrap a layer once (use a fresh model for a new rank)")
+        raise ModelError(f"lora target '{name}' already has LoRA; wrap a layer once (use a fresh model for a new rank)")
     if isinstance(layer, nn.Linear):
         return LoRALinear(layer, rank, alpha)
     if layer.groups != 1:
-        raise ValueError(f"lora target '{name}' is a grouped conv (groups={layer.groups}); only groups=1 is supported")
+        raise ModelError(f"lora target '{name}' is a grouped conv (groups={layer.groups}); only groups=1 is supported")
     if layer.padding_mode != "zeros":
-        raise ValueError(f"lora target '{name}' uses padding_mode='{layer.padding_mode}'; only 'zeros' is supported")
+        raise ModelError(f"lora target '{name}' uses padding_mode='{layer.padding_mode}'; only 'zeros' is supported")
     return LoRAConv2d(layer, rank, alpha)
 
 

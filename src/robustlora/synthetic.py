@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from robustlora.config import SyntheticConfig
 from robustlora.io import atomic_path
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "star", "hexagon")
@@ -258,22 +259,6 @@ def write_domain_archive(
     return Path(path)
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """The ``data.synthetic`` params section."""
-
-    seed: int = 0
-    image_size: int = 64
-    source_classes: int = 16
-    target_classes: int = 10
-    source_train_per_class: int = 150
-    source_val_per_class: int = 30
-    target_train_per_class: int = 100
-    target_val_per_class: int = 50
-    test_images: int = 20
-    shift: float = 1.0
-
-
 def make_synthetic(cfg: SyntheticConfig, out_dir: Path, progress: bool | None = None) -> dict[str, Path]:
     """Write ``source.zip`` and ``tiny-imagenet-200.zip`` (the target) into ``out_dir``."""
     if not 1 <= cfg.target_classes <= cfg.source_classes:
@@ -300,7 +285,8 @@ def make_synthetic(cfg: SyntheticConfig, out_dir: Path, progress: bool | None = 
 
 def describe(cfg: SyntheticConfig) -> dict:
     """The settings and the class definitions, for the record written next to the archives."""
-    return {"config": asdict(cfg), "classes": [asdict(s) | {"words": s.words} for s in class_specs(cfg.source_classes, cfg.seed)]}
+    classes = [asdict(s) | {"words": s.words} for s in class_specs(cfg.source_classes, cfg.seed)]
+    return {"config": cfg.model_dump(mode="json"), "classes": classes}
 
 
 def _quiet(progress: bool | None) -> bool | None:
