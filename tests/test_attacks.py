@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import foolbox as fb
 import numpy as np
 import pytest
@@ -11,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlora.attacks import eval_mode, fgsm, fgsm_sweep, pgd
-from robustlora.evaluate import SUITE_COLUMNS, attack_suite, flat_metrics, summarize
-from robustlora.metrics import METRICS
+from robustlora.attacks import fgsm, fgsm_sweep, pgd
+from robustlora.config import AttackConfig, PgdConfig
+from robustlora.evaluate import IMAGE_COLUMNS, attack_suite, summarize_images
+from robustlora.models import eval_mode
 
 N_CLASSES = 4
 SIZE = 16
@@ -183,6 +182,7 @@ def test_input_gradient_flag_of_caller_untouched(trained, batch):
     (lambda m, x, y: pgd(m, x, y, 8 / 255, 2 / 255, 3, restarts=0), "restarts"),
     (lambda m, x, y: pgd(m, x, y, 8 / 255, -1.0, 3), "step_size"),
     (lambda m, x, y: fgsm(m, x, y.float(), 8 / 255), "int64"),
+    (lambda m, x, y: pgd(m, x, y, 8 / 255, 2 / 255, 3, keep="first"), "keep"),
 ])
 def test_refuses_silently_wrong_usage(trained, batch, call, match):
     x, y = batch
@@ -213,7 +213,7 @@ def test_fgsm_equals_foolbox(trained, batch, eps):
 @pytest.mark.parametrize("eps, step, steps", [(8 / 255, 2 / 255, 10), (4 / 255, 1 / 255, 5)])
 def test_pgd_equals_foolbox(trained, batch, eps, step, steps):
     x, y = batch
-    ours = pgd(trained, x, y, eps, step, steps, random_start=False)
+    ours = pgd(trained, x, y, eps, step, steps, random_start=False, keep="last")
     attack = fb.attacks.LinfPGD(abs_stepsize=step, steps=steps, random_start=False)
     theirs = foolbox_attack(trained, attack, x, y, eps)
     assert (ours - theirs).abs().max() <= 1e-6
@@ -259,7 +259,7 @@ def test_restarts_keep_successful_restart_per_example():
     x = torch.full((n, 1, 2, 2), 0.45)
     y = torch.zeros(n, dtype=torch.long)
     # step size 0: each run ends at its random start, so success depends only on the draw
-    runs = [pgd(model, x, y, eps, 0.0, 1, restarts=1, generator=g)
+    runs = [pgd(model, x, y, eps, 0.0, 1, restarts=1, generator=g, keep="last")
             for g in [torch.Generator().manual_seed(11)] for _ in range(3)]
     success = torch.stack([r[:, 0, 0, 0] > 0.5 for r in runs])  # (restart, example)
     # the constructed case exercises every branch: first-run success, later-run success, and no success at all
@@ -269,7 +269,7 @@ def test_restarts_keep_successful_restart_per_example():
         hits = torch.nonzero(success[:, i]).flatten()
         best = int(hits[0]) if len(hits) else int(torch.stack([r[i, 0, 0, 0] for r in runs]).argmax())
         expected[i] = runs[best][i]
-    got = pgd(model, x, y, eps, 0.0, 1, restarts=3, generator=torch.Generator().manual_seed(11))
+    got = pgd(model, x, y, eps, 0.0, 1, restarts=3, generator=torch.Generator().manual_seed(11), keep="last")
     assert torch.equal(got, expected)
     assert (got[:, 0, 0, 0] > 0.5).sum() == success.any(0).sum()
 
@@ -285,7 +285,97 @@ def test_pgd_under_bf16_autocast(trained, batch):
     assert ce(trained, x_adv, y).mean() > ce(trained, x, y).mean() + 0.1
 
 
+# --- PGD's strongest iterate ------------------------------------------------------------------------------------
+
+
+def outcome(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(misclassified, cross-entropy) per example."""
+    with torch.no_grad():
+        logits = model(x_adv)
+    return logits.argmax(1) != y, F.cross_entropy(logits, y, reduction="none")
+
+
+@pytest.mark.parametrize("eps, rel_step, restarts", [(4 / 255, 0.5, 1), (4 / 255, 1.0, 3), (3 / 255, 0.25, 2)])
+def test_best_iterate_never_weaker_than_last(trained, batch, eps, rel_step, restarts):
+    x, y = batch
+    kw = dict(step_size=rel_step * eps, steps=10, random_start=True, restarts=restarts)
+    best = pgd(trained, x, y, eps, generator=torch.Generator().manual_seed(0), **kw)
+    last = pgd(trained, x, y, eps, generator=torch.Generator().manual_seed(0), keep="last", **kw)
+    assert_invariants(x, best, eps)
+    fooled_best, loss_best = outcome(trained, best, y)
+    fooled_last, loss_last = outcome(trained, last, y)
+    assert fooled_last.any() and not fooled_best.all()  # the comparison is not decided by the setting alone
+    # per image: if the last iterate fools the model, so does the best; alike outcomes -> best has no lower loss
+    assert not (fooled_last & ~fooled_best).any()
+    alike = fooled_best == fooled_last
+    assert (loss_best[alike] >= loss_last[alike] - 1e-6).all()
+    assert fooled_best.sum() >= fooled_last.sum()
+
+
+def test_best_iterate_is_the_strongest_of_all_iterates(trained, batch):
+    x, y = batch
+    eps, step, steps = 8 / 255, 3 / 255, 6
+    # without a random start the k-step last iterate is the k-th iterate of the longer run
+    iterates = [x] + [pgd(trained, x, y, eps, step, k, random_start=False, keep="last") for k in range(1, steps + 1)]
+    scores = [outcome(trained, it, y) for it in iterates]
+    expected = torch.empty_like(x)
+    for i in range(len(y)):
+        # lexicographic (misclassified, loss); max() keeps the first of equals, as pgd does
+        k = max(range(len(iterates)), key=lambda k: (bool(scores[k][0][i]), float(scores[k][1][i])))
+        expected[i] = iterates[k][i]
+    got = pgd(trained, x, y, eps, step, steps, random_start=False)
+    assert torch.equal(got, expected)
+    # not vacuous: for some images an earlier iterate beats the last one
+    assert not torch.equal(got, iterates[-1])
+
+
+class Bump(nn.Module):
+    """Class 1 wins iff pixel (0, 0) lies in (0.515, 0.535); its logit peaks at 0.525, so sign-gradient steps of 0.04
+    from 0.45 oscillate 0.49 <-> 0.53 and an odd number of steps ends outside the fooling window."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = 1 - 10_000 * (x[:, 0, 0, 0] - 0.525) ** 2
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+def test_best_iterate_keeps_a_success_that_the_last_step_loses():
+    model, x, y = Bump(), torch.full((3, 1, 2, 2), 0.45), torch.zeros(3, dtype=torch.long)
+    last = pgd(model, x, y, 0.1, 0.04, 9, random_start=False, keep="last")
+    best = pgd(model, x, y, 0.1, 0.04, 9, random_start=False)
+    assert torch.allclose(last[:, 0, 0, 0], torch.tensor(0.49)) and torch.allclose(best[:, 0, 0, 0], torch.tensor(0.53))
+    assert (outcome(model, best, y)[0]).all() and not (outcome(model, last, y)[0]).any()
+
+
+def test_best_iterate_across_restarts_takes_the_highest_loss():
+    # Threshold's loss grows with pixel (0, 0): the best of every restart's iterates is the largest pixel drawn
+    model, n, eps = Threshold(), 64, 0.1
+    x, y = torch.full((n, 1, 2, 2), 0.45), torch.zeros(n, dtype=torch.long)
+    runs = [pgd(model, x, y, eps, 0.0, 1, generator=g) for g in [torch.Generator().manual_seed(4)] for _ in range(3)]
+    got = pgd(model, x, y, eps, 0.0, 1, restarts=3, generator=torch.Generator().manual_seed(4))
+    expected = torch.stack([r[:, 0, 0, 0] for r in runs]).max(0).values
+    assert torch.equal(got[:, 0, 0, 0], expected)
+    # differs from keep='last', which keeps the first successful restart
+    first = pgd(model, x, y, eps, 0.0, 1, restarts=3, generator=torch.Generator().manual_seed(4), keep="last")
+    assert not torch.equal(got, first) and ((got[:, 0, 0, 0] > 0.5) == (first[:, 0, 0, 0] > 0.5)).all()
+
+
+@pytest.mark.parametrize("keep, forwards", [("best", 5 + 1), ("last", 5)])
+def test_best_iterate_costs_one_forward_per_run(batch, keep, forwards):
+    x, y = batch
+    torch.manual_seed(3)
+    model = CountingNet()
+    pgd(model, x, y, 8 / 255, 2 / 255, 5, keep=keep)
+    # the loss of each iterate comes from its gradient's forward pass; only the last iterate is evaluated anew
+    assert (model.forwards, model.backwards) == (forwards, 5)
+
+
 # --- the attack suite -------------------------------------------------------------------------------------------
+
+
+def attack_cfg(eps=(2 / 255, 4 / 255), sanity_eps: float | None = 0.5, seed: int = 0, batch_size: int = 20,
+               steps: int = 10, rel_step_size: float = 0.25) -> AttackConfig:
+    pgd_cfg = PgdConfig(steps=steps, rel_step_size=rel_step_size, sanity_eps=sanity_eps)
+    return AttackConfig(n_images=48, batch_size=batch_size, seed=seed, device="cpu", eps=list(eps), pgd=pgd_cfg)
 
 
 @pytest.fixture(scope="module")
@@ -295,92 +385,95 @@ def suite_data() -> tuple[np.ndarray, np.ndarray]:
     return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), y.numpy()
 
 
-SUITE = dict(fgsm_eps=[2 / 255, 4 / 255, 0.5], pgd_eps=[2 / 255, 4 / 255, 0.5], pgd_steps=10, pgd_rel_step_size=0.25,
-             batch_size=20, n_boot=200, seed=0)
+IDS = np.arange(100, 148)  # the images' indices in their split
 
 
 @pytest.fixture(scope="module")
 def suite_df(trained, suite_data):
-    return attack_suite(trained, *suite_data, **SUITE)
+    return attack_suite(trained, *suite_data, attack_cfg(), image_ids=IDS)
 
 
-def test_attack_suite_tidy_table(suite_df):
-    assert list(suite_df.columns) == SUITE_COLUMNS
-    assert set(suite_df["attack"]) == {"fgsm", "pgd"}
-    assert len(suite_df) == 2 * 3 * len(METRICS)
-    for attack in ("fgsm", "pgd"):
-        part = suite_df[suite_df["attack"] == attack]
-        assert sorted(set(part["eps"])) == sorted(SUITE["fgsm_eps"])
-        assert set(part["eps_label"]) == {"eps_2", "eps_4", "eps_0.5"}
-        for _, group in part.groupby("eps"):
-            assert list(group["metric"]) == METRICS
-    assert (suite_df.loc[suite_df["metric"] == "clean_accuracy", "n"] == 48).all()
-    assert suite_df.loc[suite_df["metric"] == "clean_accuracy", "value"].nunique() == 1
+def test_attack_suite_per_image_rows(suite_df, suite_data):
+    images, labels = suite_data
+    assert list(suite_df.columns) == IMAGE_COLUMNS
+    # n_images x (FGSM and PGD at every ε, plus PGD at the sanity ε)
+    assert len(suite_df) == 48 * (2 * 2 + 1)
+    runs = suite_df.groupby(["attack", "eps_label"], sort=False)
+    assert list(runs.groups) == [("fgsm", "eps_2"), ("fgsm", "eps_4"), ("pgd", "eps_2"), ("pgd", "eps_4"),
+                                 ("pgd", "eps_0.5")]
+    clean = ["image", "label", "clean_pred", "clean_correct", "clean_true_prob", "clean_max_prob", "clean_margin"]
+    first = suite_df.iloc[:48][clean].reset_index(drop=True)
+    for _, part in runs:
+        assert part[clean].reset_index(drop=True).equals(first)  # the same clean outcome under every attack
+    assert first["image"].tolist() == IDS.tolist() and first["label"].tolist() == labels.tolist()
+    dtypes = suite_df.dtypes.astype(str).to_dict()
+    assert {k: dtypes[k] for k in ("eps", "image", "label", "clean_pred", "adv_pred", "clean_correct", "adv_margin",
+                                   "adv_max_prob")} == {
+        "eps": "float64", "image": "int32", "label": "int16", "clean_pred": "int16", "adv_pred": "int16",
+        "clean_correct": "bool", "adv_margin": "float32", "adv_max_prob": "float32"}
 
 
-def test_attack_suite_pgd_stronger_than_fgsm_and_total_at_half(suite_df):
-    asr = suite_df[suite_df["metric"] == "attack_success_rate"].set_index(["attack", "eps"])["value"]
-    for eps in SUITE["pgd_eps"]:
-        assert asr["pgd", eps] >= asr["fgsm", eps]
-    assert asr["pgd", 4 / 255] > asr["pgd", 2 / 255]
-    assert asr["pgd", 4 / 255] > asr["fgsm", 4 / 255]  # iterating finds adversarials one step misses
-    assert asr["pgd", 0.5] >= 0.99
-    robust = suite_df[suite_df["metric"] == "robust_accuracy"].set_index(["attack", "eps"])["value"]
-    assert robust["pgd", 0.5] <= 0.01
+def test_attack_suite_outcomes_are_consistent(trained, suite_df, suite_data):
+    images, labels = suite_data
+    with torch.no_grad():
+        logits = trained(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    probs = logits.softmax(1)
+    first = suite_df.iloc[:48]
+    assert first["clean_pred"].tolist() == logits.argmax(1).tolist()
+    np.testing.assert_allclose(first["clean_max_prob"], probs.max(1).values, atol=1e-6)
+    np.testing.assert_allclose(first["clean_true_prob"], probs[torch.arange(48), labels], atol=1e-6)
+    for when in ("clean", "adv"):
+        correct = suite_df[f"{when}_correct"]
+        assert (correct == (suite_df[f"{when}_pred"] == suite_df["label"])).all()
+        assert (correct == (suite_df[f"{when}_margin"] > 0)).all()
+        assert (suite_df[f"{when}_max_prob"] >= suite_df[f"{when}_true_prob"] - 1e-7).all()
+
+
+def test_attack_suite_pgd_stronger_than_fgsm_and_total_at_sanity_eps(suite_df):
+    table = summarize_images(suite_df)
+    asr = table[table["metric"] == "attack_success_rate"].set_index(["attack", "eps_label"])["value"]
+    for label in ("eps_2", "eps_4"):
+        assert asr["pgd", label] >= asr["fgsm", label]
+    assert asr["pgd", "eps_4"] > asr["pgd", "eps_2"]
+    assert asr["pgd", "eps_4"] > asr["fgsm", "eps_4"]  # iterating finds adversarials one step misses
+    assert asr["pgd", "eps_0.5"] == 1.0
+    assert ("fgsm", "eps_0.5") not in asr.index  # the sanity ε is a PGD check only
 
 
 def test_attack_suite_deterministic_and_layout_agnostic(trained, suite_data, suite_df):
     images, labels = suite_data
-    again = attack_suite(trained, images, labels, **SUITE)
-    assert again.equals(suite_df)
-    # float NCHW in [0, 1] gives the same table as uint8 NHWC
+    assert attack_suite(trained, images, labels, attack_cfg(), image_ids=IDS).equals(suite_df)
+    # float NCHW in [0, 1] gives the same rows as uint8 NHWC
     as_float = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    assert attack_suite(trained, as_float, torch.from_numpy(labels), **SUITE).equals(suite_df)
-    other_seed = attack_suite(trained, images, labels, **{**SUITE, "seed": 1})
+    assert attack_suite(trained, as_float, torch.from_numpy(labels), attack_cfg(), image_ids=IDS).equals(suite_df)
+    other_seed = attack_suite(trained, images, labels, attack_cfg(seed=1), image_ids=IDS)
     assert not other_seed.equals(suite_df)
+    pgd_rows = suite_df["attack"] == "pgd"
+    assert other_seed[~pgd_rows].equals(suite_df[~pgd_rows])  # the seed moves only PGD's random starts
 
 
-def test_attack_suite_restores_mode(suite_data):
+def test_attack_suite_evaluates_in_float32_under_autocast(trained, suite_data):
+    images, labels = suite_data
+    cfg = attack_cfg(eps=[4 / 255], sanity_eps=None, steps=2)
+    plain = attack_suite(trained, images[:8], labels[:8], cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = attack_suite(trained, images[:8], labels[:8], cfg)
+    assert inside.equals(plain)
+
+
+def test_attack_suite_restores_mode_and_skips_sanity_when_unset(suite_data):
     model = TinyNet().train()
-    attack_suite(model, *suite_data, fgsm_eps=[8 / 255], pgd_eps=[], pgd_steps=1, n_boot=0)
+    df = attack_suite(model, *suite_data, attack_cfg(eps=[8 / 255], sanity_eps=None, steps=1))
     assert model.training
+    assert len(df) == 48 * 2 and set(df["eps_label"]) == {"eps_8"}
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(pgd_step_size=0.01, pgd_rel_step_size=0.25), "exactly one"),
-    (dict(), "exactly one"),
-    (dict(pgd_rel_step_size=0.25, pgd_eps=[8 / 255, 8 / 255]), "duplicate"),
-    (dict(pgd_rel_step_size=0.25, pgd_steps=0), "pgd_steps"),
-])
-def test_attack_suite_refuses_bad_arguments(trained, suite_data, kwargs, match):
-    args = dict(fgsm_eps=[8 / 255], pgd_eps=[8 / 255], pgd_steps=2, n_boot=0) | kwargs
-    with pytest.raises(ValueError, match=match):
-        attack_suite(trained, *suite_data, **args)
+def test_attack_suite_refuses_mismatched_image_ids(trained, suite_data):
+    with pytest.raises(ValueError, match="image_ids"):
+        attack_suite(trained, *suite_data, attack_cfg(), image_ids=np.arange(3))
 
 
 def test_attack_suite_refuses_nchw_uint8(trained, suite_data):
     images, labels = suite_data
     with pytest.raises(ValueError, match="NHWC"):
-        attack_suite(trained, images.transpose(0, 3, 1, 2).copy(), labels, fgsm_eps=[0.1], pgd_eps=[], pgd_steps=1)
-
-
-def test_summarize_and_flat_metrics(suite_df):
-    summary = summarize(suite_df)
-    clean = float(suite_df.loc[suite_df["metric"] == "clean_accuracy", "value"].iloc[0])
-    assert summary["clean_accuracy"] == clean
-    assert set(summary) == {"clean_accuracy", "fgsm", "pgd"}
-    assert set(summary["pgd"]) == {"eps_2", "eps_4", "eps_0.5"}
-    assert set(summary["fgsm"]["eps_4"]) == {"asr", "robust_accuracy", "certainty_clean", "certainty_adv",
-                                             "certainty_clean_correct", "certainty_adv_correct",
-                                             "true_class_prob_clean", "true_class_prob_adv"}
-    row = suite_df[(suite_df["attack"] == "pgd") & (suite_df["eps_label"] == "eps_4")].set_index("metric")["value"]
-    assert summary["pgd"]["eps_4"]["asr"] == row["attack_success_rate"]
-    json.dumps(summary, allow_nan=False)
-
-    flat = flat_metrics(suite_df)
-    assert flat["clean_accuracy"] == clean
-    assert flat["pgd/eps_4/asr"] == row["attack_success_rate"]
-    assert flat["fgsm/eps_2/robust_accuracy"] == float(
-        suite_df[(suite_df["attack"] == "fgsm") & (suite_df["eps_label"] == "eps_2")
-                 & (suite_df["metric"] == "robust_accuracy")]["value"].iloc[0])
-    assert len(flat) == 1 + 2 * 3 * 8
+        attack_suite(trained, images.transpose(0, 3, 1, 2).copy(), labels, attack_cfg())

@@ -1,16 +1,21 @@
-"""Tests for robustlora.metrics on hand-made outputs where the answer is known."""
+"""Tests for robustlora.metrics and the summaries of robustlora.evaluate on hand-made per-image rows."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from robustlora.metrics import COLUMNS, METRICS, attack_metrics, eps_label, image_stats, metrics_from_stats
+from robustlora.evaluate import SHORT_NAMES, SUMMARY_COLUMNS, flat_metrics, metrics_json, success_curves, \
+    summarize_images
+from robustlora.metrics import METRICS, eps_label, image_outcomes, outcome_metrics
+from robustlora.stats import wilson_interval
 
-# 5 images, 3 classes; labels 0, 1, 2, 0, 1
+# 5 images, 3 classes; labels 0, 1, 2, 0, 1 (as probabilities; image_outcomes takes their logs)
 LABELS = torch.tensor([0, 1, 2, 0, 1])
 CLEAN = torch.tensor([
     [0.7, 0.2, 0.1],  # correct
@@ -24,28 +29,62 @@ ADV = torch.tensor([
     [0.3, 0.6, 0.1],  # still correct
     [0.9, 0.05, 0.05],  # still wrong: was wrong before, must not count as a success
     [0.2, 0.1, 0.7],  # fooled
-    [0.1, 0.8, 0.1],  # wrong before, right after: counts for robust accuracy, never for success
+    [0.1, 0.8, 0.1],  # wrong before, right after: neither robust nor a success
 ], dtype=torch.float64)
 
 
-def table(clean=CLEAN, adv=ADV, labels=LABELS, **kw):
-    df = attack_metrics(clean, adv, labels, probs=True, **kw)
-    return df.set_index("metric")
+def rows(clean: torch.Tensor = CLEAN, adv: torch.Tensor = ADV, labels: torch.Tensor = LABELS, **extra) -> pd.DataFrame:
+    """Per-image rows as attack_suite writes them, from (N, C) probabilities."""
+    before, after = image_outcomes(clean.log(), labels), image_outcomes(adv.log(), labels)
+    df = pd.DataFrame({"attack": "pgd", "eps": 8 / 255, "eps_label": "eps_8", "image": np.arange(len(labels)),
+                       "label": labels.numpy(), "clean_pred": before["pred"], "adv_pred": after["pred"],
+                       **{f"{w}_{k}": o[k] for k in ("correct", "true_prob", "max_prob", "margin")
+                          for w, o in (("clean", before), ("adv", after))}})
+    for k, v in extra.items():
+        df.insert(0, k, v)
+    return df
 
 
-def test_columns_and_metric_names_exact():
-    df = attack_metrics(CLEAN, ADV, LABELS, probs=True, n_boot=50)
-    assert list(df.columns) == COLUMNS == ["metric", "value", "ci_low", "ci_high", "n"]
+def table(df: pd.DataFrame) -> pd.DataFrame:
+    return summarize_images(df).set_index("metric")
+
+
+def test_image_outcomes_per_image():
+    logits = CLEAN.log() + torch.tensor([[3.0], [-1.0], [0.5], [2.0], [0.0]], dtype=torch.float64)  # shift-invariant
+    out = image_outcomes(logits.float(), LABELS)
+    assert out["pred"].tolist() == [0, 1, 0, 0, 2] and out["pred"].dtype == np.int16
+    assert out["correct"].tolist() == [True, True, False, True, False]
+    np.testing.assert_allclose(out["max_prob"], [0.7, 0.8, 0.5, 0.6, 0.6], atol=1e-6)
+    np.testing.assert_allclose(out["true_prob"], [0.7, 0.8, 0.2, 0.6, 0.2], atol=1e-6)
+    # margin: true-class logit minus the largest other one; > 0 exactly for the correct images
+    np.testing.assert_allclose(out["margin"], np.log([0.7 / 0.2, 0.8 / 0.1, 0.2 / 0.5, 0.6 / 0.3, 0.2 / 0.6]),
+                               atol=1e-5)
+    assert out["margin"].dtype == out["max_prob"].dtype == np.float32
+
+
+def test_image_outcomes_refuses_bad_inputs():
+    with pytest.raises(ValueError, match="labels must lie"):
+        image_outcomes(CLEAN, torch.tensor([0, 1, 2, 3, 0]))
+    with pytest.raises(ValueError, match="labels must be integers"):
+        image_outcomes(CLEAN, LABELS.float())
+    with pytest.raises(ValueError, match="expected logits"):
+        image_outcomes(CLEAN[:4], LABELS)
+
+
+def test_summary_columns_and_metric_names_exact():
+    df = summarize_images(rows())
+    assert list(df.columns) == SUMMARY_COLUMNS
     assert list(df["metric"]) == METRICS == [
         "clean_accuracy", "robust_accuracy", "attack_success_rate", "certainty_clean", "certainty_adv",
         "certainty_clean_correct", "certainty_adv_correct", "true_class_prob_clean", "true_class_prob_adv"]
 
 
-def test_known_values_and_counts():
-    t = table(n_boot=0)
+def test_known_values_and_conventions():
+    t = table(rows())
     v, n = t["value"], t["n"]
     assert v["clean_accuracy"] == pytest.approx(3 / 5) and n["clean_accuracy"] == 5
-    assert v["robust_accuracy"] == pytest.approx(2 / 5) and n["robust_accuracy"] == 5
+    # robust = correct before AND after: image 4 (wrong before, right after) is not robust
+    assert v["robust_accuracy"] == pytest.approx(1 / 5) and n["robust_accuracy"] == 5
     # images 0 and 3 fooled among the 3 originally correct (0, 1, 3); images 2 and 4 never count
     assert v["attack_success_rate"] == pytest.approx(2 / 3) and n["attack_success_rate"] == 3
     assert v["certainty_clean"] == pytest.approx(np.mean([0.7, 0.8, 0.5, 0.6, 0.6]))
@@ -55,76 +94,114 @@ def test_known_values_and_counts():
     assert n["certainty_clean_correct"] == n["certainty_adv_correct"] == 3
     assert v["true_class_prob_clean"] == pytest.approx(np.mean([0.7, 0.8, 0.2, 0.6, 0.2]))
     assert v["true_class_prob_adv"] == pytest.approx(np.mean([0.4, 0.6, 0.05, 0.2, 0.8]))
-    assert t["ci_low"].isna().all() and t["ci_high"].isna().all()  # n_boot=0: no intervals
 
 
-def test_logits_give_the_same_answer_as_probabilities():
-    shift = torch.tensor([[3.0], [-1.0], [0.5], [2.0], [0.0]], dtype=torch.float64)  # softmax is shift-invariant
-    from_logits = attack_metrics(CLEAN.log() + shift, ADV.log(), LABELS, n_boot=100, seed=3)
-    from_probs = attack_metrics(CLEAN, ADV, LABELS, probs=True, n_boot=100, seed=3)
-    np.testing.assert_allclose(from_logits[["value", "ci_low", "ci_high"]].to_numpy(),
-                               from_probs[["value", "ci_low", "ci_high"]].to_numpy(), atol=1e-12)
-
-
-def test_success_rate_is_nan_when_nothing_correct():
+def test_wrong_before_is_never_a_success():
+    # every image wrong before the attack, right after: no success, no robust image, success rate undefined
     wrong = torch.tensor([[0.1, 0.9], [0.8, 0.2]], dtype=torch.float64)
-    t = table(wrong, wrong, torch.tensor([0, 1]), n_boot=100)
+    t = table(rows(wrong, wrong.flip(1), torch.tensor([0, 1])))
+    assert t.loc["clean_accuracy", "value"] == 0 and t.loc["robust_accuracy", "value"] == 0
     for name in ("attack_success_rate", "certainty_clean_correct", "certainty_adv_correct"):
         assert math.isnan(t.loc[name, "value"]) and t.loc[name, "n"] == 0
         assert math.isnan(t.loc[name, "ci_low"]) and math.isnan(t.loc[name, "ci_high"])
-    assert t.loc["clean_accuracy", "value"] == 0 and t.loc["clean_accuracy", "n"] == 2
 
 
-def bernoulli_case(n: int = 2000, p_clean: float = 0.7, p_fool: float = 0.4, seed: int = 0):
-    """Correctness drawn per image: clean correct w.p. p_clean, fooled w.p. p_fool among the correct ones."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(n, dtype=np.int64)
-    clean_ok = rng.random(n) < p_clean
-    adv_ok = clean_ok & (rng.random(n) >= p_fool)
-    clean = np.where(clean_ok[:, None], [[2.0, 0.0]], [[0.0, 2.0]])
-    adv = np.where(adv_ok[:, None], [[2.0, 0.0]], [[0.0, 2.0]])
-    return clean, adv, labels, clean_ok, adv_ok
+@pytest.mark.parametrize("fooled", [0, 40])
+def test_wilson_intervals_never_zero_width_at_0_and_n(fooled):
+    # 40 correct images, `fooled` of them fooled: success rate 0 % or 100 %
+    n = 40
+    clean = torch.tensor([[0.9, 0.1]] * n, dtype=torch.float64)
+    adv = torch.tensor([[0.2, 0.8]] * fooled + [[0.9, 0.1]] * (n - fooled), dtype=torch.float64)
+    t = table(rows(clean, adv, torch.zeros(n, dtype=torch.long)))
+    low, value, high = t.loc["attack_success_rate", ["ci_low", "value", "ci_high"]]
+    assert value == fooled / n and (low, high) == pytest.approx(wilson_interval(fooled, n))
+    # the exact bounds are 0 at 0 successes and 1 at n (up to the float rounding of the Wilson formula)
+    assert low - 1e-12 <= value <= high + 1e-12 and high - low > 0.05
+    assert low == pytest.approx(0, abs=1e-12) if fooled == 0 else high == pytest.approx(1, abs=1e-12)
+    assert t.loc["robust_accuracy", "ci_high"] - t.loc["robust_accuracy", "ci_low"] > 0.05
 
 
-def test_bootstrap_ci_covers_truth_and_has_binomial_width():
-    clean, adv, labels, clean_ok, _ = bernoulli_case()
-    t = attack_metrics(clean, adv, labels, n_boot=1000, seed=0).set_index("metric")
-    for name, truth, n in (("clean_accuracy", 0.7, 2000), ("attack_success_rate", 0.4, int(clean_ok.sum()))):
-        low, value, high = t.loc[name, ["ci_low", "value", "ci_high"]]
-        assert low < truth < high and low <= value <= high
-        assert t.loc[name, "n"] == n
-        # percentile bootstrap of a proportion ≈ normal interval: width 2·1.96·sqrt(v(1-v)/n)
-        assert high - low == pytest.approx(2 * 1.96 * math.sqrt(value * (1 - value) / n), rel=0.15)
+def test_mean_intervals_are_normal_approximations():
+    t = table(rows())
+    probs = np.array([0.5, 0.6, 0.9, 0.7, 0.8])  # adversarial max probabilities
+    half = 1.96 * probs.std(ddof=1) / math.sqrt(5)
+    assert t.loc["certainty_adv", "ci_low"] == pytest.approx(probs.mean() - half, abs=1e-3)
+    assert t.loc["certainty_adv", "ci_high"] == pytest.approx(probs.mean() + half, abs=1e-3)
+    # clipped to [0, 1]: a mean of ones cannot get a bound above 1
+    ones = pd.concat([rows()] * 4, ignore_index=True).assign(clean_max_prob=np.float32(1.0))
+    assert table(ones).loc["certainty_clean", ["ci_low", "ci_high"]].tolist() == [1.0, 1.0]
+    # one image: no spread to estimate, no interval
+    one = table(rows().iloc[:1])
+    assert math.isnan(one.loc["certainty_adv", "ci_low"]) and one.loc["certainty_adv", "n"] == 1
 
 
-def test_bootstrap_is_seeded():
-    clean, adv, labels, *_ = bernoulli_case(n=300)
-    a = attack_metrics(clean, adv, labels, n_boot=200, seed=7)
-    b = attack_metrics(clean, adv, labels, n_boot=200, seed=7)
-    c = attack_metrics(clean, adv, labels, n_boot=200, seed=8)
-    assert a.equals(b)
-    assert not a["ci_low"].equals(c["ci_low"])
-    assert a["value"].equals(c["value"])
+def two_seeds() -> pd.DataFrame:
+    """Two seeds x two attacks of one variant; seed 1 fools one more image under PGD."""
+    adv1 = ADV.clone()
+    adv1[1] = torch.tensor([0.1, 0.2, 0.7], dtype=torch.float64)
+    parts = []
+    for seed, adv in ((0, ADV), (1, adv1)):
+        for attack, eps in (("fgsm", 2 / 255), ("pgd", 2 / 255), ("pgd", 0.5)):
+            adv_used = CLEAN if attack == "fgsm" else adv  # FGSM fools nothing here
+            part = rows(CLEAN, adv_used, variant="lora_fc", seed=np.int16(seed))
+            parts.append(part.assign(attack=attack, eps=eps, eps_label=eps_label(eps)))
+    return pd.concat(parts, ignore_index=True)
 
 
-def test_refuses_bad_inputs():
-    with pytest.raises(ValueError, match="probability vectors"):
-        attack_metrics(CLEAN.log(), ADV.log(), LABELS, probs=True)
-    with pytest.raises(ValueError, match="labels must lie"):
-        attack_metrics(CLEAN, ADV, torch.tensor([0, 1, 2, 3, 0]), probs=True)
-    with pytest.raises(ValueError, match="different images"):
-        metrics_from_stats(image_stats(CLEAN, LABELS, probs=True), image_stats(ADV[:4], LABELS[:4], probs=True))
-    with pytest.raises(ValueError, match="labels"):
-        attack_metrics(CLEAN[:4], ADV[:4], LABELS, probs=True)
-    with pytest.raises(ValueError, match="labels must be integers"):
-        image_stats(CLEAN, LABELS.float())
+def test_summary_groups_by_variant_and_seed():
+    df = summarize_images(two_seeds())
+    assert list(df.columns) == ["variant", "seed"] + SUMMARY_COLUMNS
+    assert len(df) == 2 * 3 * len(METRICS)
+    asr = df[df["metric"] == "attack_success_rate"].set_index(["seed", "attack", "eps_label"])["value"]
+    assert asr[0, "pgd", "eps_2"] == pytest.approx(2 / 3) and asr[1, "pgd", "eps_2"] == 1.0
+    assert asr[0, "fgsm", "eps_2"] == 0.0
+    assert (df.loc[df["metric"] == "clean_accuracy", "value"] == 0.6).all()
 
 
-def test_image_stats_per_image():
-    s = image_stats(CLEAN, LABELS, probs=True)
-    assert s.correct.tolist() == [True, True, False, True, False]
-    np.testing.assert_allclose(s.confidence, [0.7, 0.8, 0.5, 0.6, 0.6])
-    np.testing.assert_allclose(s.true_prob, [0.7, 0.8, 0.2, 0.6, 0.2])
+def test_metrics_json_means_stds_and_seeds():
+    out = metrics_json(two_seeds())
+    assert set(out) == {"clean_accuracy", "fgsm", "pgd", "seeds"}
+    assert out["clean_accuracy"] == {"mean": pytest.approx(0.6), "std": 0.0}
+    assert set(out["pgd"]) == {"eps_2", "eps_0.5"} and set(out["pgd"]["eps_2"]) == set(SHORT_NAMES.values())
+    assert out["pgd"]["eps_2"]["asr"]["mean"] == pytest.approx((2 / 3 + 1) / 2)
+    assert out["pgd"]["eps_2"]["asr"]["std"] == pytest.approx(np.std([2 / 3, 1], ddof=1))
+    assert set(out["seeds"]) == {"0", "1"}
+    assert out["seeds"]["1"]["pgd"]["eps_2"]["asr"] == 1.0 and out["seeds"]["0"]["clean_accuracy"] == pytest.approx(0.6)
+    json.dumps(out, allow_nan=False)
+    # NaN (no image correct before the attack) becomes None
+    wrong = torch.tensor([[0.1, 0.9], [0.8, 0.2]], dtype=torch.float64)
+    none = metrics_json(rows(wrong, wrong, torch.tensor([0, 1]), seed=0))
+    assert none["pgd"]["eps_8"]["asr"] == {"mean": None, "std": None}
+    assert none["seeds"]["0"]["pgd"]["eps_8"]["asr"] is None
+    json.dumps(none, allow_nan=False)
+    with pytest.raises(ValueError, match="seed"):
+        metrics_json(rows())
+
+
+def test_flat_metrics_of_one_seed():
+    df = two_seeds()
+    flat = flat_metrics(df[df["seed"] == 1])
+    assert flat["clean_accuracy"] == pytest.approx(0.6)
+    assert flat["pgd/eps_2/asr"] == 1.0 and flat["fgsm/eps_2/robust_accuracy"] == pytest.approx(0.6)
+    assert len(flat) == 1 + 3 * len(SHORT_NAMES)
+    with pytest.raises(ValueError, match="one seed"):
+        flat_metrics(df)
+
+
+def test_success_curves_average_over_seeds():
+    curves = success_curves(two_seeds())
+    assert list(curves.columns) == ["eps", "eps_255", "fgsm_asr", "fgsm_robust_accuracy", "pgd_asr",
+                                    "pgd_robust_accuracy"]
+    assert curves["eps_255"].tolist() == [2.0, 127.5]
+    assert curves.loc[0, "pgd_asr"] == pytest.approx((2 / 3 + 1) / 2) and curves.loc[0, "fgsm_asr"] == 0.0
+    assert math.isnan(curves.loc[1, "fgsm_asr"])  # the sanity ε is PGD's only
+
+
+def test_outcome_metrics_without_groups_and_missing_columns():
+    df = outcome_metrics(rows(), by=[])
+    assert list(df.columns) == ["metric", "value", "ci_low", "ci_high", "n"] and len(df) == len(METRICS)
+    with pytest.raises(ValueError, match="adv_correct"):
+        outcome_metrics(rows().drop(columns="adv_correct"), by=["attack"])
 
 
 @pytest.mark.parametrize("eps, label", [

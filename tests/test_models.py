@@ -1,9 +1,12 @@
+import math
+
 import pytest
 import torch
 
+from robustlora.data import Split
 from robustlora.models import (
-    ModelError, build_model, build_variant, load_backbone, load_checkpoint, load_imagenet_backbone,
-    load_variant, save_checkpoint,
+    ModelError, accuracy, build_model, load_backbone, load_checkpoint, load_imagenet_backbone,
+    load_variant, predict, save_checkpoint,
 )
 
 SOURCE = ["n01440764", "n01443537", "n01484850", "n01491361"]
@@ -77,7 +80,9 @@ def test_imagenet_weights_missing_or_corrupt(tmp_path, monkeypatch):
 
 def test_variant_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = build_variant(3, 32, "lora", ["fc", "conv1"], rank=2, alpha=0.5)
+    from robustlora.lora import apply_lora
+
+    model = apply_lora(build_model(3, 32), ["fc", "conv1"], rank=2, alpha=0.5)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_A" in name:
@@ -109,6 +114,45 @@ def test_model_weights_typo_is_named(tmp_path):
         pretrain_backbone(ModelConfig(weights="imagnet"), TrainConfig(), None, tmp_path / "b.pt")
     source = build_model(len(SOURCE))
     save_checkpoint(tmp_path / "mine.pt", source.state_dict(), SOURCE)
-    metrics = pretrain_backbone(ModelConfig(weights=str(tmp_path / "mine.pt")), TrainConfig(), None, tmp_path / "b.pt")
-    assert metrics == {"source": "checkpoint", "classes": len(SOURCE)}
+    metrics, history = pretrain_backbone(ModelConfig(weights=str(tmp_path / "mine.pt")), TrainConfig(), None,
+                                         tmp_path / "b.pt")
+    assert metrics == {"source": "checkpoint", "classes": len(SOURCE)} and history == []
     assert load_checkpoint(tmp_path / "b.pt")["wnids"] == SOURCE
+
+
+def test_predict_is_float32_eval_mode_and_restores_modes():
+    torch.manual_seed(0)
+    model = build_model(3, input_size=16).train()
+    model.bn1.eval()  # a mixed-mode model (frozen BatchNorm) must come back exactly as it was
+    images = torch.randint(0, 256, (10, 16, 16, 3), dtype=torch.uint8)
+    stats = model.bn1.running_mean.clone(), model.layer1[0].bn1.running_mean.clone()
+    logits = predict(model, images, batch_size=4)
+    assert logits.dtype == torch.float32 and logits.shape == (10, 3) and logits.device.type == "cpu"
+    assert model.training and not model.bn1.training and model.layer1[0].bn1.training
+    # eval mode: BatchNorm running statistics untouched, and the logits are the eval-mode forward's
+    assert torch.equal(model.layer1[0].bn1.running_mean, stats[1]) and torch.equal(model.bn1.running_mean, stats[0])
+    with torch.no_grad():
+        reference = model.eval()(images.permute(0, 3, 1, 2).float() / 255)
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
+    assert predict(model, images[:0]).numel() == 0
+
+
+def test_predict_ignores_a_callers_autocast():
+    torch.manual_seed(0)
+    model = build_model(3, input_size=16)
+    images = torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8)
+    plain = predict(model, images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = predict(model, images)
+        assert model.eval()(images.permute(0, 3, 1, 2).float() / 255).dtype == torch.bfloat16  # autocast is on
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)
+
+
+def test_accuracy_counts_top1_and_is_nan_when_empty():
+    torch.manual_seed(0)
+    model = build_model(3, input_size=16)
+    images = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8)
+    pred = predict(model, images).argmax(1)
+    labels = torch.where(torch.arange(8) < 6, pred, (pred + 1) % 3)  # the last two wrong
+    assert accuracy(model, Split(images, labels), batch_size=3) == pytest.approx(6 / 8)
+    assert math.isnan(accuracy(model, Split(images[:0], labels[:0])))

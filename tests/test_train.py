@@ -1,13 +1,11 @@
-import dataclasses
-
 import pytest
 import torch
 
 from robustlora.config import TrainConfig
 from robustlora.data import Split
 from robustlora.lora import apply_lora
-from robustlora.models import build_model
-from robustlora.train import accuracy, augment, draw_augmentation, fit
+from robustlora.models import accuracy, build_model
+from robustlora.train import augment, draw_augmentation, fit
 
 CFG = TrainConfig(lr=0.05, batch_size=16, max_epochs=4, patience=10, device="cpu", crop_padding=2, eval_batch_size=64)
 
@@ -45,7 +43,8 @@ def test_same_seed_same_weights():
     b = fit(make_model(), train, holdout, CFG, device=torch.device("cpu"), progress=False)
     for k in a.best_state:
         assert torch.equal(a.best_state[k], b.best_state[k]), k
-    c = fit(make_model(), train, holdout, dataclasses.replace(CFG, seed=1), device=torch.device("cpu"), progress=False)
+    c = fit(make_model(), train, holdout, CFG.model_copy(update=dict(seed=1)), device=torch.device("cpu"),
+            progress=False)
     assert not torch.equal(a.best_state["fc.weight"], c.best_state["fc.weight"])
 
 
@@ -71,7 +70,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
 
 def test_early_stopping_keeps_the_best_epoch():
     train, holdout = toy_split(32, 0), toy_split(16, 1)
-    cfg = dataclasses.replace(CFG, max_epochs=30, patience=2, lr=0.2)
+    cfg = CFG.model_copy(update=dict(max_epochs=30, patience=2, lr=0.2))
     result = fit(make_model(), train, holdout, cfg, device=torch.device("cpu"), progress=False)
     accs = [h["holdout_accuracy"] for h in result.history]
     assert result.epochs_run < 30
@@ -83,7 +82,7 @@ def test_lora_training_moves_only_factors_and_keeps_batchnorm_statistics():
     train, holdout = toy_split(48, 0), toy_split(16, 1)
     model = apply_lora(make_model(), ["fc", "conv1"], rank=2, alpha=1.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = fit(model, train, holdout, dataclasses.replace(CFG, max_epochs=2), device=torch.device("cpu"),
+    result = fit(model, train, holdout, CFG.model_copy(update=dict(max_epochs=2)), device=torch.device("cpu"),
                  train_batchnorm=False, progress=False)
     after = result.best_state
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -96,10 +95,10 @@ def test_full_finetuning_with_frozen_batchnorm_statistics():
     train, holdout = toy_split(32, 0), toy_split(16, 1)
     model = make_model()
     before = model.bn1.running_var.clone()
-    fit(model, train, holdout, dataclasses.replace(CFG, max_epochs=1), device=torch.device("cpu"),
+    fit(model, train, holdout, CFG.model_copy(update=dict(max_epochs=1)), device=torch.device("cpu"),
         train_batchnorm=False, progress=False)
     assert torch.equal(before, model.bn1.running_var)
-    fit(model, train, holdout, dataclasses.replace(CFG, max_epochs=1), device=torch.device("cpu"), progress=False)
+    fit(model, train, holdout, CFG.model_copy(update=dict(max_epochs=1)), device=torch.device("cpu"), progress=False)
     assert not torch.equal(before, model.bn1.running_var)
 
 

@@ -8,33 +8,22 @@ Conventions (the same everywhere in robustlora):
 - gradients are taken w.r.t. the input only (torch.autograd.grad), so param.grad and requires_grad are untouched;
 - the loss is computed in float32, so a caller may wrap the attack in torch.autocast (e.g. bfloat16 on CUDA).
 
-The update rules match Foolbox 3 (LinfFastGradientAttack, LinfPGD with abs_stepsize), which the study used.
+The update rules match Foolbox 3 (LinfFastGradientAttack, LinfPGD with abs_stepsize), which the study used; PGD
+then returns, per image, the strongest iterate of all its steps and restarts (as APGD does), not just the last.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator, Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["fgsm", "fgsm_sweep", "pgd", "eval_mode"]
+from robustlora.models import eval_mode
 
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode; restore each submodule's own train/eval flag on exit."""
-    # per-module flags, not model.train(prev): a model may mix modes (e.g. frozen BatchNorm kept in eval)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
+__all__ = ["fgsm", "fgsm_sweep", "pgd"]
 
 
 def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -59,14 +48,16 @@ def _check_eps(eps: float, name: str = "eps") -> float:
     return eps
 
 
-def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Gradient of the summed cross-entropy w.r.t. the input ``x`` only (parameters get no grad)."""
+def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient of the summed cross-entropy w.r.t. the input ``x`` only (parameters get no grad), with the
+    per-example loss and misclassification at ``x`` that the same forward pass gives."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        # float32 loss even under autocast; sum (not mean) so the gradient scale does not depend on batch size
-        loss = F.cross_entropy(model(x).float(), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad
+        # float32 loss even under autocast; summed (not mean) so the gradient scale does not depend on batch size
+        logits = model(x).float()
+        loss = F.cross_entropy(logits, y, reduction="none")
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    return grad, loss.detach(), logits.detach().argmax(1) != y
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -81,26 +72,28 @@ def fgsm_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Seq
     if not any(eps_list):
         return [x.detach().clone() for _ in eps_list]
     with eval_mode(model):
-        grad = _input_grad(model, x, y)
+        grad, _, _ = _input_grad(model, x, y)
     direction = grad.sign_()
     # ε = 0 returns x exactly (no model-dependent rounding)
     return [(x + e * direction).clamp_(0.0, 1.0) if e > 0 else x.detach().clone() for e in eps_list]
 
 
-def _pgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
-             random_start: bool, generator: torch.Generator | None) -> torch.Tensor:
-    """One PGD run from x (or a uniform random point of the ε-ball), projected onto the ε-ball ∩ [0, 1]."""
-    x = x.detach()
-    # the feasible set ε-ball ∩ [0, 1] is a per-pixel box: projecting onto it is one clamp
-    lo, hi = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
-    x_adv = x.clone()
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv.add_(noise.mul_(2 * eps).sub_(eps)).clamp_(lo, hi)
-    for _ in range(steps):
-        grad = _input_grad(model, x_adv, y)
-        x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
-    return x_adv
+class _Strongest:
+    """Per example, the strongest point offered so far: a misclassified one beats one that is not, then the higher
+    cross-entropy wins (``first_success``: a misclassified point is kept even against a later, higher-loss one)."""
+
+    def __init__(self, x: torch.Tensor, loss: torch.Tensor, success: torch.Tensor, first_success: bool = False) -> None:
+        self.x, self.loss, self.success, self.first_success = x.clone(), loss, success, first_success
+
+    def offer(self, x: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
+        # strict '>' keeps the earlier point on ties, so the choice is deterministic
+        higher = (success == self.success) & (loss > self.loss)
+        if self.first_success:
+            higher &= ~self.success
+        better = (success & ~self.success) | higher
+        self.x = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x, self.x)
+        self.loss = torch.where(better, loss, self.loss)
+        self.success = self.success | success
 
 
 @torch.no_grad()
@@ -110,12 +103,50 @@ def _loss_and_success(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
     return F.cross_entropy(logits, y, reduction="none"), logits.argmax(1) != y
 
 
+def _pgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
+             random_start: bool, generator: torch.Generator | None, keep: str,
+             score: bool) -> _Strongest | torch.Tensor:
+    """One PGD run from x (or a uniform random point of the ε-ball), projected onto the ε-ball ∩ [0, 1].
+
+    Returns the strongest iterate (``keep='best'``) or the last one, scored with its per-example loss and
+    misclassification; for ``keep='last'`` without ``score``, the bare last iterate (no extra forward pass).
+    """
+    x = x.detach()
+    # the feasible set ε-ball ∩ [0, 1] is a per-pixel box: projecting onto it is one clamp
+    lo, hi = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
+    x_adv = x.clone()
+    if random_start:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv.add_(noise.mul_(2 * eps).sub_(eps)).clamp_(lo, hi)
+    best: _Strongest | None = None
+    for _ in range(steps):
+        grad, loss, success = _input_grad(model, x_adv, y)
+        if keep == "best":  # the gradient's forward pass scores the current iterate for free
+            if best is None:
+                best = _Strongest(x_adv, loss, success)
+            else:
+                best.offer(x_adv, loss, success)
+        x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
+    if keep == "last" and not score:
+        return x_adv
+    loss, success = _loss_and_success(model, x_adv, y)  # the last iterate has had no forward pass yet
+    if best is None:
+        return _Strongest(x_adv, loss, success)
+    best.offer(x_adv, loss, success)
+    return best
+
+
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
-        random_start: bool = True, restarts: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+        random_start: bool = True, restarts: int = 1, generator: torch.Generator | None = None,
+        keep: Literal["best", "last"] = "best") -> torch.Tensor:
     """L∞ PGD on cross-entropy; ε and step_size in [0, 1] pixel units; x float NCHW in [0, 1]; returns x_adv.
 
-    With ``restarts`` > 1 each example keeps the first successful restart (misclassified), else the one with the
-    highest loss. ``generator`` (on x's device) makes the random starts reproducible.
+    ``keep='best'`` (default, as APGD): per example, the strongest of all iterates (the start, every step, every
+    restart): a misclassified one if any, and among those alike the one with the highest cross-entropy; so the
+    result is never weaker than the last iterate or any earlier one. Costs one extra forward pass per restart.
+    ``keep='last'``: the last iterate of each restart (Foolbox's LinfPGD); across restarts the first misclassified
+    one, else the one with the highest loss. Restarts stop early once every example is misclassified.
+    ``generator`` (on x's device) makes the random starts reproducible.
     """
     _check_images(x, y)
     eps = _check_eps(eps)
@@ -124,23 +155,21 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
         raise ValueError(f"pgd steps must be an integer >= 1, got {steps}")
     if int(restarts) != restarts or restarts < 1:
         raise ValueError(f"pgd restarts must be an integer >= 1, got {restarts}")
+    if keep not in ("best", "last"):
+        raise ValueError(f"pgd keep must be 'best' or 'last', got {keep!r}")
     if eps == 0:
         return x.detach().clone()
     # without a random start every restart would be the same deterministic run
     restarts = int(restarts) if random_start else 1
     with eval_mode(model):
-        best = _pgd_run(model, x, y, eps, step_size, int(steps), random_start, generator)
-        if restarts == 1:
-            return best
-        best_loss, best_success = _loss_and_success(model, best, y)
+        first = _pgd_run(model, x, y, eps, step_size, int(steps), random_start, generator, keep, score=restarts > 1)
+        if isinstance(first, torch.Tensor):
+            return first
+        best = first
+        best.first_success = keep == "last"
         for _ in range(restarts - 1):
-            if bool(best_success.all()):
-                break  # every example already fooled: more restarts cannot change the result
-            cand = _pgd_run(model, x, y, eps, step_size, int(steps), random_start, generator)
-            loss, success = _loss_and_success(model, cand, y)
-            # replace only examples not yet fooled: by a success, else by a higher loss
-            better = ~best_success & (success | (loss > best_loss))
-            best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), cand, best)
-            best_loss = torch.where(better, loss, best_loss)
-            best_success |= success
-    return best
+            if bool(best.success.all()):
+                break  # every example already fooled: more restarts cannot change its success
+            run = _pgd_run(model, x, y, eps, step_size, int(steps), random_start, generator, keep, score=True)
+            best.offer(run.x, run.loss, run.success)
+    return best.x

@@ -1,14 +1,16 @@
-"""The attack suite the `attack` stage runs: clean, FGSM and PGD outputs per batch, then metrics per (attack, ε).
+"""The attack suite the `attack` stage runs, its per-image results, and the summaries made from them.
 
-Per batch: clean logits once, one gradient for every FGSM ε, one PGD run per ε. Only per-image reductions are kept
-(robustlora.metrics.image_stats), so memory does not grow with the number of classes × ε.
+Per batch: clean logits once, one gradient for every FGSM ε, one PGD run per ε (strongest iterate, see
+robustlora.attacks.pgd). Everything runs in float32 in eval mode. The suite keeps one row per (attack, ε, image);
+every summary (tidy table, DVC metrics JSON, MLflow metrics, ε curves) is computed from those rows, so paired
+statistics across arms and seeds stay possible afterwards.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,14 +18,25 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from robustlora.attacks import eval_mode, fgsm_sweep, pgd
-from robustlora.metrics import ImageStats, concat_stats, eps_label, image_stats, metrics_from_stats
-from robustlora.models import to_pixels
+from robustlora.attacks import fgsm_sweep, pgd
+from robustlora.errors import DataError
+from robustlora.metrics import eps_label, image_outcomes, outcome_metrics
+from robustlora.models import autocast_off, eval_mode, pick_device, to_pixels
+from robustlora.stats import seed_summary
 
-__all__ = ["attack_suite", "summarize", "flat_metrics", "SUITE_COLUMNS", "SHORT_NAMES"]
+if TYPE_CHECKING:
+    from robustlora.config import AttackConfig  # pydantic; the suite only reads its attributes
 
-SUITE_COLUMNS = ["attack", "eps", "eps_label", "metric", "value", "ci_low", "ci_high", "n"]
-# metric -> key in the DVC metrics JSON / MLflow names
+__all__ = ["attack_suite", "summarize_images", "metrics_json", "flat_metrics", "success_curves", "IMAGE_COLUMNS",
+           "SUMMARY_COLUMNS", "SHORT_NAMES"]
+
+# attack_suite's columns; the attack stage prepends variant and seed
+IMAGE_COLUMNS = ["attack", "eps", "eps_label", "image", "label", "clean_pred", "adv_pred", "clean_correct",
+                 "adv_correct", "clean_true_prob", "adv_true_prob", "clean_max_prob", "adv_max_prob", "clean_margin",
+                 "adv_margin"]
+# summarize_images' columns after the variant / seed columns the rows carry
+SUMMARY_COLUMNS = ["attack", "eps", "eps_label", "metric", "value", "ci_low", "ci_high", "n"]
+# metric -> key in the DVC metrics JSON and MLflow names (clean_accuracy is a key of its own, once per seed)
 SHORT_NAMES = {
     "attack_success_rate": "asr",
     "robust_accuracy": "robust_accuracy",
@@ -34,6 +47,7 @@ SHORT_NAMES = {
     "true_class_prob_clean": "true_class_prob_clean",
     "true_class_prob_adv": "true_class_prob_adv",
 }
+_GROUPS = ("variant", "seed")  # the columns a summary groups by when the rows carry them
 
 
 def _to_batch(images: torch.Tensor | np.ndarray, start: int, stop: int, device: torch.device) -> torch.Tensor:
@@ -44,8 +58,7 @@ def _to_batch(images: torch.Tensor | np.ndarray, start: int, stop: int, device: 
 
 def _check_images(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Validate layout and labels; return labels as an int64 CPU tensor."""
-    dtype = images.dtype
-    is_uint8 = dtype in (torch.uint8, np.uint8)
+    is_uint8 = images.dtype in (torch.uint8, np.uint8)
     if getattr(images, "ndim", 0) != 4:
         raise ValueError(f"images must be 4-d (uint8 NHWC or float NCHW), got shape {tuple(images.shape)}")
     if is_uint8 and images.shape[-1] not in (1, 3):
@@ -53,119 +66,166 @@ def _check_images(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
     if not is_uint8 and images.shape[1] not in (1, 3):
         raise ValueError(f"float images must be NCHW in [0, 1] with 1 or 3 channels, got shape {tuple(images.shape)}")
     if images.shape[0] == 0:
-        raise ValueError("no images to attack: images is empty")
+        raise DataError("no images to attack: the attacked split is empty")
     y = torch.as_tensor(labels)
     if y.dtype != torch.int64 or y.shape != (images.shape[0],):
         raise ValueError(f"labels must be int64 of shape ({images.shape[0]},), got {y.dtype} {tuple(y.shape)}")
     return y.cpu()
 
 
-def _is_count(v: float) -> bool:
-    return int(v) == v and v >= 1
+def _pgd_eps(cfg: AttackConfig) -> list[float]:
+    """PGD's ε: the grid, plus the sanity ε when it is set and not already on the grid."""
+    grid = [float(e) for e in cfg.eps]
+    sanity = cfg.pgd.sanity_eps
+    return grid + ([float(sanity)] if sanity is not None and float(sanity) not in grid else [])
 
 
-def _resolve_step(eps: float, step_size: float | None, rel_step_size: float | None) -> float:
-    """PGD step in pixel units: absolute, or relative to ε."""
-    return float(step_size) if step_size is not None else float(rel_step_size) * eps
+def attack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                 cfg: AttackConfig, *, image_ids: Sequence[int] | np.ndarray | None = None,
+                 device: str | torch.device | None = None, progress: bool | None = None) -> pd.DataFrame:
+    """Attack ``model`` with FGSM and PGD at every ε of ``cfg.eps`` ([0, 1] pixels); one row per attack·ε·image.
 
-
-def attack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, *,
-                 fgsm_eps: Sequence[float], pgd_eps: Sequence[float], pgd_steps: int,
-                 pgd_rel_step_size: float | None = None, pgd_step_size: float | None = None,
-                 pgd_random_start: bool = True, pgd_restarts: int = 1, batch_size: int = 256,
-                 device: str | torch.device | None = None, seed: int = 0, n_boot: int = 1000,
-                 progress: bool | None = None) -> pd.DataFrame:
-    """Attack ``model`` with FGSM and PGD at each ε ([0, 1] pixel units); return the tidy metrics table.
-
-    images: uint8 NHWC (as stored by the data stages) or float NCHW in [0, 1]; labels: int64 (N,).
-    PGD step: ``pgd_step_size`` (pixel units) or ``pgd_rel_step_size`` (step = rel · ε), exactly one.
-    ``device`` defaults to the model's; the model is moved there. Deterministic given ``seed`` (PGD random starts,
-    bootstrap). Columns: attack, eps, eps_label, metric, value, ci_low, ci_high, n.
+    cfg: the attack section of params.yaml (batch_size, seed, device, eps, pgd.steps / random_start / restarts /
+    sanity_eps / step_for(ε)); PGD also runs at ``cfg.pgd.sanity_eps`` when set. images: uint8 NHWC (as stored by
+    the data stages) or float NCHW in [0, 1]; labels: int64 (N,); image_ids: the images' indices in their split
+    (default 0..N-1). ``device`` defaults to ``cfg.device``; the model is moved there. Evaluated in float32, eval
+    mode; deterministic given ``cfg.seed`` (PGD random starts). Columns: IMAGE_COLUMNS, rows ordered by attack
+    (fgsm, then pgd), ε (as given), image.
     """
-    fgsm_eps, pgd_eps = [float(e) for e in fgsm_eps], [float(e) for e in pgd_eps]
-    if (pgd_step_size is None) == (pgd_rel_step_size is None) and (pgd_eps or pgd_step_size is not None):
-        raise ValueError("give exactly one of pgd_step_size (pixel units) or pgd_rel_step_size (step = rel * eps), "
-                         f"got pgd_step_size={pgd_step_size}, pgd_rel_step_size={pgd_rel_step_size}")
-    if not fgsm_eps and not pgd_eps:
-        raise ValueError("nothing to evaluate: fgsm_eps and pgd_eps are both empty")
-    for name, eps_list in (("fgsm_eps", fgsm_eps), ("pgd_eps", pgd_eps)):
-        labels_seen = [eps_label(e) for e in eps_list]  # also rejects negative ε
-        if len(set(labels_seen)) != len(labels_seen):
-            raise ValueError(f"{name} has duplicate values: {eps_list}")
-    if pgd_eps and not (_is_count(pgd_steps) and _is_count(pgd_restarts)):
-        raise ValueError(f"pgd_steps and pgd_restarts must be integers >= 1, got {pgd_steps} and {pgd_restarts}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    fgsm_eps, pgd_eps = [float(e) for e in cfg.eps], _pgd_eps(cfg)  # AttackConfig has checked them
     y_all = _check_images(images, labels)
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    device = torch.device(device)
-    model.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-
     n = len(y_all)
-    n_batches = math.ceil(n / batch_size)
-    clean: list[ImageStats] = []
-    adv: dict[tuple[str, float], list[ImageStats]] = {("fgsm", e): [] for e in fgsm_eps}
+    ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
+    if ids.shape != (n,):
+        raise ValueError(f"image_ids must have shape ({n},), got {ids.shape}")
+    device = pick_device(cfg.device, "attack.device") if device is None else torch.device(device)
+    model.to(device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    clean: list[dict[str, np.ndarray]] = []
+    adv: dict[tuple[str, float], list[dict[str, np.ndarray]]] = {("fgsm", e): [] for e in fgsm_eps}
     adv.update({("pgd", e): [] for e in pgd_eps})
-    runs_per_batch = (1 if fgsm_eps else 0) + len(pgd_eps)
-    bar = tqdm(total=n_batches * runs_per_batch, desc="attack", unit="run",
+    bar = tqdm(total=math.ceil(n / cfg.batch_size) * (1 + len(pgd_eps)), desc="attack", unit="run",
                disable=(not sys.stderr.isatty()) if progress is None else not progress)
-    with eval_mode(model), bar:
-        for start in range(0, n, batch_size):
-            x = _to_batch(images, start, start + batch_size, device)
-            y = y_all[start:start + batch_size].to(device)
-            clean.append(_stats(model, x, y))
-            if fgsm_eps:
-                bar.set_postfix_str(f"fgsm x{len(fgsm_eps)}")
-                for e, x_adv in zip(fgsm_eps, fgsm_sweep(model, x, y, fgsm_eps)):
-                    adv["fgsm", e].append(_stats(model, x_adv, y))
-                bar.update()
+    with eval_mode(model), autocast_off(device), bar:
+        for start in range(0, n, cfg.batch_size):
+            x = _to_batch(images, start, start + cfg.batch_size, device)
+            y = y_all[start:start + cfg.batch_size].to(device)
+            clean.append(_outcomes(model, x, y))
+            bar.set_postfix_str(f"fgsm x{len(fgsm_eps)}")
+            for e, x_adv in zip(fgsm_eps, fgsm_sweep(model, x, y, fgsm_eps)):
+                adv["fgsm", e].append(_outcomes(model, x_adv, y))
+            bar.update()
             for e in pgd_eps:
                 bar.set_postfix_str(f"pgd {eps_label(e)}")
-                step = _resolve_step(e, pgd_step_size, pgd_rel_step_size)
-                x_adv = pgd(model, x, y, e, step, pgd_steps, random_start=pgd_random_start,
-                            restarts=pgd_restarts, generator=generator)
-                adv["pgd", e].append(_stats(model, x_adv, y))
+                x_adv = pgd(model, x, y, e, cfg.pgd.step_for(e), cfg.pgd.steps, random_start=cfg.pgd.random_start,
+                            restarts=cfg.pgd.restarts, generator=generator)
+                adv["pgd", e].append(_outcomes(model, x_adv, y))
                 bar.update()
 
-    clean_all = concat_stats(clean)
-    tables = []
+    before = _concat(clean)
+    common = {"image": ids.astype(np.int32), "label": y_all.numpy().astype(np.int16),
+              "clean_pred": before["pred"]}
+    frames = []
     for (attack, e), parts in adv.items():
-        table = metrics_from_stats(clean_all, concat_stats(parts), n_boot=n_boot, seed=seed)
-        table.insert(0, "eps_label", eps_label(e))
-        table.insert(0, "eps", e)
-        table.insert(0, "attack", attack)
-        tables.append(table)
-    return pd.concat(tables, ignore_index=True)[SUITE_COLUMNS]
+        after = _concat(parts)
+        frames.append(pd.DataFrame({
+            "attack": attack, "eps": np.float64(e), "eps_label": eps_label(e), **common, "adv_pred": after["pred"],
+            **{f"{when}_{key}": out[key] for key in ("correct", "true_prob", "max_prob", "margin")
+               for when, out in (("clean", before), ("adv", after))},
+        }))
+    return pd.concat(frames, ignore_index=True)[IMAGE_COLUMNS]
 
 
 @torch.no_grad()
-def _stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ImageStats:
-    return image_stats(model(x).float(), y)
+def _outcomes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+    return image_outcomes(model(x), y)
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-batch outcomes concatenated in order."""
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def summarize_images(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Tidy metrics table from per-image rows: one row per (variant, seed, attack, ε, metric), metrics as defined in
+    robustlora.metrics, with Wilson intervals for proportions and normal intervals for mean probabilities.
+
+    Groups by whichever of variant / seed the rows carry. Columns: those, then SUMMARY_COLUMNS.
+    """
+    by = [c for c in _GROUPS if c in df.columns] + ["attack", "eps", "eps_label"]
+    return outcome_metrics(df, by, confidence)
 
 
 def _value(v: float) -> float | None:
     """NaN (e.g. success rate with no correct image) -> None, which JSON can store."""
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    return None if v is None or math.isnan(v) else float(v)
 
 
-def summarize(df: pd.DataFrame) -> dict:
-    """Nested dict for the DVC metrics JSON: {"clean_accuracy": v, "fgsm": {"eps_8": {"asr": v, ...}}, "pgd": ...}.
+def _leaves(summary: pd.DataFrame) -> dict[tuple[str, ...], float]:
+    """One seed's figures keyed by path: ('clean_accuracy',) and (attack, eps_label, short name)."""
+    clean = summary.loc[summary["metric"] == "clean_accuracy", "value"]
+    out = {("clean_accuracy",): float(clean.iloc[0])}  # the same clean columns under every attack and ε
+    for row in summary[summary["metric"].isin(SHORT_NAMES)].itertuples(index=False):
+        out[row.attack, row.eps_label, SHORT_NAMES[row.metric]] = float(row.value)
+    return out
 
-    NaN values become None (valid JSON).
+
+def _nest(leaves: dict[tuple[str, ...], Any]) -> dict:
+    out: dict = {}
+    for path, v in leaves.items():
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = v
+    return out
+
+
+def _one(df: pd.DataFrame, column: str, what: str) -> None:
+    if column in df.columns and df[column].nunique() > 1:
+        raise ValueError(f"{what} takes the rows of one {column}, got {sorted(df[column].unique().tolist())}")
+
+
+def metrics_json(df: pd.DataFrame) -> dict:
+    """The DVC metrics file of one variant from its per-image rows (a ``seed`` column is required).
+
+    {"clean_accuracy": {"mean", "std"}, "fgsm": {"eps_8": {"asr": {"mean", "std"}, ...}}, "pgd": {...},
+     "seeds": {"0": {"clean_accuracy": v, "fgsm": {"eps_8": {"asr": v, ...}}, ...}}}: mean and sample std (ddof=1,
+    0 for one seed) across seeds of each seed's figure; NaN becomes None (valid JSON).
     """
-    clean = df.loc[df["metric"] == "clean_accuracy", "value"]
-    out: dict = {"clean_accuracy": _value(float(clean.iloc[0])) if len(clean) else None}
-    for row in df[df["metric"].isin(SHORT_NAMES)].itertuples(index=False):
-        out.setdefault(row.attack, {}).setdefault(row.eps_label, {})[SHORT_NAMES[row.metric]] = _value(float(row.value))
+    _one(df, "variant", "metrics_json")
+    if "seed" not in df.columns:
+        raise ValueError("metrics_json needs a 'seed' column (the training seed of each row's model)")
+    summary = summarize_images(df)
+    per_seed = {str(int(s)): _leaves(part) for s, part in summary.groupby("seed", sort=True)}
+    paths = list(dict.fromkeys(p for leaves in per_seed.values() for p in leaves))
+    across = {}
+    for path in paths:
+        stats = seed_summary([leaves.get(path, math.nan) for leaves in per_seed.values()])
+        mean = _value(stats["mean"])
+        across[path] = {"mean": mean, "std": None if mean is None else _value(stats["std"])}
+    out = _nest(across)
+    out["seeds"] = {s: _nest({p: _value(v) for p, v in leaves.items()}) for s, leaves in per_seed.items()}
     return out
 
 
 def flat_metrics(df: pd.DataFrame) -> dict[str, float]:
-    """Flat names for MLflow: 'clean_accuracy', 'pgd/eps_8/asr', 'fgsm/eps_2/robust_accuracy', ... (NaN kept)."""
-    clean = df.loc[df["metric"] == "clean_accuracy", "value"]
-    out = {"clean_accuracy": float(clean.iloc[0])} if len(clean) else {}
-    for row in df[df["metric"].isin(SHORT_NAMES)].itertuples(index=False):
-        out[f"{row.attack}/{row.eps_label}/{SHORT_NAMES[row.metric]}"] = float(row.value)
-    return out
+    """MLflow metrics of one model (one variant and seed) from its per-image rows: 'clean_accuracy', 'pgd/eps_8/asr',
+    'fgsm/eps_2/robust_accuracy', ... (NaN kept)."""
+    _one(df, "variant", "flat_metrics")
+    _one(df, "seed", "flat_metrics")
+    return {"/".join(path): v for path, v in _leaves(summarize_images(df)).items()}
+
+
+def success_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per ε (in [0, 1] and in /255) of one variant's per-image rows: each attack's success rate and robust
+    accuracy, averaged over seeds (for DVC plots). Columns eps, eps_255, <attack>_asr, <attack>_robust_accuracy."""
+    _one(df, "variant", "success_curves")
+    summary = summarize_images(df)
+    rows = summary[summary["metric"].isin(["attack_success_rate", "robust_accuracy"])]
+    column = rows["attack"] + "_" + rows["metric"].map(SHORT_NAMES)
+    wide = rows.assign(column=column).pivot_table(index="eps", columns="column", values="value", aggfunc="mean")
+    wide = wide.reset_index().sort_values("eps", ignore_index=True)
+    wide.insert(1, "eps_255", (wide["eps"] * 255).round(3))
+    wide.columns.name = None
+    return wide

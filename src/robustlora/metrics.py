@@ -1,140 +1,127 @@
-"""Robustness metrics of one attack at one ε, with seeded 95% percentile-bootstrap confidence intervals.
+"""Per-image outcomes of a classifier, and the study's robustness metrics over them with 95 % intervals.
 
-The study's definitions, for N evaluated images:
-- clean / robust accuracy: share classified correctly before / after the attack;
+The study's definitions, for the N images of one (model, attack, ε):
+- clean accuracy: share classified correctly before the attack;
+- robust accuracy: share classified correctly before AND after the attack (RobustBench: an image wrong before the
+  attack and right after it is not robust);
 - attack success rate: among images classified correctly before the attack, the share misclassified after it
-  (an image wrong before the attack never counts; NaN with n = 0 when no image is correct);
-- model certainty: mean max-softmax probability, before and after the attack, over all images and over the
+  (an image wrong before never counts; NaN with n = 0 when no image is correct);
+- certainty: mean max-softmax probability, before and after the attack, over all images and over the
   originally-correct ones; plus the mean true-class probability before and after.
-
-Per-image quantities are reduced first (``image_stats``) so a large evaluation never keeps full logits around.
+Proportions get Wilson score intervals (never zero width, also at 0 % and 100 %); means of probabilities get the
+normal-approximation interval value ± z·sd/√n, clipped to [0, 1].
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["ImageStats", "image_stats", "concat_stats", "attack_metrics", "metrics_from_stats", "eps_label",
-           "METRICS", "COLUMNS"]
+from robustlora.stats import wilson_interval
 
-COLUMNS = ["metric", "value", "ci_low", "ci_high", "n"]
-METRICS = ["clean_accuracy", "robust_accuracy", "attack_success_rate", "certainty_clean", "certainty_adv",
-           "certainty_clean_correct", "certainty_adv_correct", "true_class_prob_clean", "true_class_prob_adv"]
-_BOOT_CHUNK = 64  # bootstrap resamples per matrix product: bounds memory at 64·N floats
+__all__ = ["METRICS", "PROPORTIONS", "image_outcomes", "outcome_metrics", "eps_label"]
+
+# metric -> (per-image value column, images it averages over: every image or the clean-correct ones)
+_DEFINITIONS = {
+    "clean_accuracy": ("clean_correct", "all"),
+    "robust_accuracy": ("robust", "all"),
+    "attack_success_rate": ("fooled", "clean_correct"),
+    "certainty_clean": ("clean_max_prob", "all"),
+    "certainty_adv": ("adv_max_prob", "all"),
+    "certainty_clean_correct": ("clean_max_prob", "clean_correct"),
+    "certainty_adv_correct": ("adv_max_prob", "clean_correct"),
+    "true_class_prob_clean": ("clean_true_prob", "all"),
+    "true_class_prob_adv": ("adv_true_prob", "all"),
+}
+METRICS = list(_DEFINITIONS)
+PROPORTIONS = ("clean_accuracy", "robust_accuracy", "attack_success_rate")  # Wilson intervals; the rest are means
+_OUTCOME_COLUMNS = ("clean_correct", "adv_correct", "clean_max_prob", "adv_max_prob", "clean_true_prob",
+                    "adv_true_prob")
 
 
-@dataclass(frozen=True)
-class ImageStats:
-    """Per-image reductions of a classifier's output: correctness, max-softmax prob, true-class prob."""
+def image_outcomes(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-image outcome of (N, C) logits and (N,) int labels.
 
-    correct: np.ndarray  # bool (N,)
-    confidence: np.ndarray  # float64 (N,), max class probability
-    true_prob: np.ndarray  # float64 (N,), probability of the true class
-
-    def __len__(self) -> int:
-        return len(self.correct)
-
-
-def image_stats(outputs: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, *,
-                probs: bool = False) -> ImageStats:
-    """Reduce (N, C) logits (or probabilities when ``probs``) and (N,) int labels to per-image stats."""
-    out = torch.as_tensor(outputs).detach().cpu().double()
+    Returns pred (int16 argmax), correct (bool), true_prob and max_prob (float32 softmax probabilities) and margin
+    (float32: the true class's logit minus the largest other logit, > 0 iff the image is classified correctly).
+    """
+    z = logits.detach().float().cpu().double()  # float64 on the CPU: MPS has no float64
     y = torch.as_tensor(labels).detach().cpu()
-    if out.dim() != 2 or y.shape != out.shape[:1]:
-        raise ValueError(f"expected outputs (N, C) and labels (N,), got {tuple(out.shape)} and {tuple(y.shape)}")
+    if z.dim() != 2 or z.shape[1] < 2 or y.shape != z.shape[:1]:
+        raise ValueError(f"expected logits (N, C >= 2) and labels (N,), got {tuple(z.shape)} and {tuple(y.shape)}")
     if y.is_floating_point() or y.dtype == torch.bool:
         raise ValueError(f"labels must be integers, got {y.dtype}")
     y = y.long()
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= out.shape[1]):
-        raise ValueError(f"labels must lie in [0, {out.shape[1] - 1}], got [{int(y.min())}, {int(y.max())}]")
-    if probs:
-        # probabilities passed as logits (or vice versa) would give silently wrong certainties
-        row_sums = out.sum(1)
-        if bool((out < 0).any()) or not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-3):
-            raise ValueError("probs=True but rows are not probability vectors (non-negative, summing to 1); "
-                             "pass logits with probs=False")
-        p = out
-    else:
-        p = torch.softmax(out, dim=1)
-    conf, pred = p.max(dim=1)
-    true_prob = p.gather(1, y[:, None])[:, 0]
-    return ImageStats((pred == y).numpy(), conf.numpy(), true_prob.numpy())
-
-
-def concat_stats(parts: list[ImageStats]) -> ImageStats:
-    """Concatenate per-batch stats in order."""
-    return ImageStats(*(np.concatenate([getattr(s, f) for s in parts]) for f in ("correct", "confidence", "true_prob")))
-
-
-def _bootstrap_ratios(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """Resample images with replacement; return (n_boot, K) ratios Σnum/Σden per resample (NaN where Σden = 0)."""
-    n = len(num)
-    rng = np.random.default_rng(seed)
-    out = np.empty((n_boot, num.shape[1]))
-    for start in range(0, n_boot, _BOOT_CHUNK):
-        b = min(_BOOT_CHUNK, n_boot - start)
-        # draw N image indices with replacement per resample, then count each image's multiplicity
-        idx = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[start:start + b] = (counts @ num) / (counts @ den)
-    return out
-
-
-def metrics_from_stats(clean: ImageStats, adv: ImageStats, *, n_boot: int = 1000, seed: int = 0,
-                       confidence_level: float = 0.95) -> pd.DataFrame:
-    """The study's metrics for one attack at one ε; columns metric, value, ci_low, ci_high, n (see module doc).
-
-    CIs are percentile bootstrap over images (``n_boot`` resamples, seeded); ratio metrics such as the success rate
-    are recomputed over each resample's originally-correct images. ``n_boot=0`` gives NaN CIs.
-    """
-    if len(clean) != len(adv):
-        raise ValueError(f"clean and adversarial stats cover different images: {len(clean)} vs {len(adv)}")
-    if n_boot < 0:
-        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-    if not 0 < confidence_level < 1:
-        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}")
-    every = np.ones(len(clean))
-    ok = clean.correct.astype(np.float64)
-    # each metric is Σ(value·mask) / Σ(mask): mask = all images, or the originally-correct ones
-    spec = {
-        "clean_accuracy": (clean.correct, every),
-        "robust_accuracy": (adv.correct, every),
-        "attack_success_rate": (~adv.correct, ok),
-        "certainty_clean": (clean.confidence, every),
-        "certainty_adv": (adv.confidence, every),
-        "certainty_clean_correct": (clean.confidence, ok),
-        "certainty_adv_correct": (adv.confidence, ok),
-        "true_class_prob_clean": (clean.true_prob, every),
-        "true_class_prob_adv": (adv.true_prob, every),
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= z.shape[1]):
+        raise ValueError(f"labels must lie in [0, {z.shape[1] - 1}], got [{int(y.min())}, {int(y.max())}]")
+    p = torch.softmax(z, dim=1)
+    max_prob, pred = p.max(dim=1)
+    true_logit = z.gather(1, y[:, None])[:, 0]
+    other = z.scatter(1, y[:, None], -math.inf).max(dim=1).values
+    return {
+        "pred": pred.numpy().astype(np.int16),
+        "correct": (pred == y).numpy(),
+        "true_prob": p.gather(1, y[:, None])[:, 0].numpy().astype(np.float32),
+        "max_prob": max_prob.numpy().astype(np.float32),
+        "margin": (true_logit - other).numpy().astype(np.float32),
     }
-    num = np.stack([np.asarray(v, np.float64) * m for v, m in spec.values()], axis=1)
-    den = np.stack([m for _, m in spec.values()], axis=1)
-    n = den.sum(0)
+
+
+def outcome_metrics(df: pd.DataFrame, by: Sequence[str], confidence: float = 0.95) -> pd.DataFrame:
+    """The study's metrics (see module doc) of per-image rows, per group of ``by`` columns.
+
+    ``df`` needs the columns clean_correct, adv_correct, clean/adv_max_prob, clean/adv_true_prob. Returns the
+    ``by`` columns then metric, value, ci_low, ci_high, n: one row per group (in order of first appearance) and
+    metric (in METRICS order); n is the number of images the metric averages over. NaN value and interval where
+    n = 0; NaN interval for a mean over one image.
+    """
+    by = list(by)
+    missing = [c for c in (*by, *_OUTCOME_COLUMNS) if c not in df.columns]
+    if missing:
+        raise ValueError(f"per-image rows lack column(s) {', '.join(missing)}")
+    clean_ok = df["clean_correct"].to_numpy(bool)
+    adv_ok = df["adv_correct"].to_numpy(bool)
+    columns = {"clean_correct": clean_ok, "robust": clean_ok & adv_ok, "fooled": ~adv_ok}
+    columns.update({c: df[c].to_numpy(np.float64) for c in _OUTCOME_COLUMNS[2:]})
+    masks = {"all": np.ones(len(df)), "clean_correct": clean_ok.astype(np.float64)}
+    # Σ mask, Σ value·mask and Σ value²·mask per group give n, mean and sd of every metric in one groupby
+    sums = {}
+    for k, (column, over) in enumerate(_DEFINITIONS.values()):
+        v, m = np.asarray(columns[column], np.float64), masks[over]
+        sums[f"n{k}"], sums[f"s{k}"], sums[f"q{k}"] = m, v * m, v * v * m
+    table = pd.DataFrame(sums)
+    if by:
+        grouped = table.groupby([df[c].to_numpy() for c in by], sort=False, dropna=False).sum()
+    else:
+        grouped = table.sum().to_frame().T
+    k_range = range(len(_DEFINITIONS))
+    n = np.stack([grouped[f"n{k}"].to_numpy() for k in k_range], axis=1)
+    s = np.stack([grouped[f"s{k}"].to_numpy() for k in k_range], axis=1)
+    q = np.stack([grouped[f"q{k}"].to_numpy() for k in k_range], axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        value = num.sum(0) / n
-    ci = np.full((2, len(spec)), np.nan)
-    if n_boot > 0 and len(clean) > 0:
-        boot = _bootstrap_ratios(num, den, n_boot, seed)
-        tail = 100 * (1 - confidence_level) / 2
-        for k in np.flatnonzero(n > 0):
-            ci[:, k] = np.nanpercentile(boot[:, k], [tail, 100 - tail])
-    return pd.DataFrame({"metric": list(spec), "value": value, "ci_low": ci[0], "ci_high": ci[1],
-                         "n": n.astype(np.int64)})[COLUMNS]
+        value = s / n
+        sd = np.sqrt(np.maximum(q - n * value * value, 0.0) / (n - 1))
+        half = NormalDist().inv_cdf(0.5 + confidence / 2) * sd / np.sqrt(n)
+    low, high = np.clip(value - half, 0.0, 1.0), np.clip(value + half, 0.0, 1.0)
+    low[n < 2], high[n < 2] = np.nan, np.nan
+    is_prop = np.array([m in PROPORTIONS for m in METRICS])
+    counts = np.rint(s[:, is_prop])  # proportions: Σ value·mask is the number of successes
+    low[:, is_prop], high[:, is_prop] = wilson_interval(counts, n[:, is_prop], confidence)
 
-
-def attack_metrics(clean_outputs: torch.Tensor | np.ndarray, adv_outputs: torch.Tensor | np.ndarray,
-                   labels: torch.Tensor | np.ndarray, *, probs: bool = False, n_boot: int = 1000, seed: int = 0,
-                   confidence_level: float = 0.95) -> pd.DataFrame:
-    """Metrics from clean and adversarial (N, C) logits (or probabilities when ``probs``) and (N,) labels."""
-    return metrics_from_stats(image_stats(clean_outputs, labels, probs=probs),
-                              image_stats(adv_outputs, labels, probs=probs),
-                              n_boot=n_boot, seed=seed, confidence_level=confidence_level)
+    n_groups, n_metrics = value.shape
+    out = pd.DataFrame(index=range(n_groups * n_metrics))
+    keys = grouped.index.to_frame(index=False).to_numpy() if by else np.empty((1, 0))
+    for j, c in enumerate(by):
+        out[c] = pd.Series(np.repeat(keys[:, j], n_metrics)).astype(df[c].dtype)
+    out["metric"] = np.tile(METRICS, n_groups)
+    out["value"], out["ci_low"], out["ci_high"] = value.ravel(), low.ravel(), high.ravel()
+    out["n"] = n.ravel().astype(np.int64)
+    return out
 
 
 def eps_label(eps: float) -> str:

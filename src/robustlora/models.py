@@ -6,15 +6,21 @@ Attacks therefore work in [0,1] pixel space on the very model that was trained.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
+
+from robustlora.errors import ModelError
+
+if TYPE_CHECKING:
+    from robustlora.data import Split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,8 +28,6 @@ IMAGENET_WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weight
 IMAGENET_WEIGHTS_URL = f"https://download.pytorch.org/models/{IMAGENET_WEIGHTS_FILE}"
 
 
-class ModelError(ValueError):
-    """A checkpoint or head that does not fit; the message names the file or class."""
 
 
 class Classifier(ResNet):
@@ -52,6 +56,58 @@ def to_pixels(images_uint8: torch.Tensor, device: torch.device | str | None = No
     """uint8 N x H x W x 3 (as stored) -> float N x 3 x H x W in [0,1] on ``device``."""
     x = images_uint8.to(device, non_blocking=True) if device is not None else images_uint8
     return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def prepare_input(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> the model's float input in [0,1] on ``device`` (channels_last on CUDA, for cuDNN)."""
+    x = to_pixels(images_uint8, device)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+# --- prediction -----------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode; restore each submodule's own train/eval flag on exit."""
+    # per-module flags, not model.train(prev): a model may mix modes (e.g. frozen BatchNorm kept in eval)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device``: evaluation runs in float32 even inside a caller's torch.autocast."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+            device: torch.device | None = None) -> torch.Tensor:
+    """Float32 logits (on the CPU) for uint8 N x H x W x 3 images, in eval mode; each module's mode is restored.
+
+    Runs in float32 on every device (autocast off): evaluation numbers must not depend on the accelerator.
+    """
+    device = device or next(model.parameters()).device
+    out = []
+    with eval_mode(model), autocast_off(device):
+        for i in range(0, len(images), batch_size):
+            out.append(model(prepare_input(images[i:i + batch_size], device)).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy(model: nn.Module, split: Split, batch_size: int = 256, device: torch.device | None = None) -> float:
+    """Top-1 accuracy on a split, in [0,1] (float32, eval mode); NaN for an empty split."""
+    if len(split) == 0:
+        return float("nan")
+    logits = predict(model, split.images, batch_size, device)
+    return (logits.argmax(1) == split.labels).float().mean().item()
 
 
 def pick_device(preference: str = "auto", key: str = "train.device") -> torch.device:
@@ -186,24 +242,14 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Any) -> 
         raise ModelError(f"{path}: weights do not fit this ResNet18 ({kind} key {bad!r})")
 
 
-def build_variant(num_classes: int, input_size: int, adaptation: str, targets: tuple[str, ...] | list[str] = (),
-                  rank: int | None = None, alpha: float | None = None) -> nn.Module:
-    """The architecture of a trained variant (ResNet18, with LoRA wrappers for ``adaptation='lora'``)."""
-    model = build_model(num_classes, input_size)
-    if adaptation == "lora":
-        from robustlora.lora import apply_lora
-
-        apply_lora(model, list(targets), rank=int(rank), alpha=float(alpha))  # type: ignore[arg-type]
-    return model
-
-
 def load_variant(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """A model written by the train stage, rebuilt and loaded, in eval mode; and its metadata."""
     ckpt = load_checkpoint(path)
     spec = ckpt.get("variant")
     if not isinstance(spec, dict):
         raise ModelError(f"{path}: not a trained variant (no 'variant' entry); was it written by the train stage?")
-    model = build_variant(len(ckpt["wnids"]), int(ckpt["input_size"]), spec["adaptation"], spec.get("targets", ()),
-                          spec.get("rank"), spec.get("alpha"))
+    from robustlora.adaptation import rebuild  # what each kind's architecture is lives there
+
+    model = rebuild(build_model(len(ckpt["wnids"]), int(ckpt["input_size"])), spec, str(path))
     _load_state(model, ckpt["state_dict"], path)
     return model.eval(), ckpt

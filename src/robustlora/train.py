@@ -3,6 +3,8 @@
 The uint8 dataset lives on the training device and is augmented there (random crop with padding, horizontal flip),
 so a GPU epoch is not input-bound. All randomness of the loop comes from one seeded generator whose state is saved
 in every checkpoint: a killed run resumed from its last epoch ends with the same weights as an uninterrupted one.
+Training steps run under bfloat16 autocast on CUDA; the holdout accuracy that selects the best epoch is
+evaluated in float32 on every device (robustlora.models.accuracy).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from robustlora.config import TrainConfig
 from robustlora.data import Split
 from robustlora.io import atomic_path
-from robustlora.models import to_pixels
+from robustlora.models import accuracy, prepare_input
 
 
 @dataclass
@@ -64,34 +66,8 @@ def augment(images: torch.Tensor, padding: int, params: torch.Tensor) -> torch.T
 
 
 def _autocast(device: torch.device):
+    """bf16 autocast for training steps on CUDA; evaluation (models.predict) always runs in float32."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
-def _prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = to_pixels(x, device)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> torch.Tensor:
-    """Logits (float32, CPU) for uint8 N x H x W x 3 images; the model's train/eval mode is restored."""
-    from robustlora.attacks import eval_mode  # restores each module's own mode (frozen BatchNorm stays frozen)
-
-    device = device or next(model.parameters()).device
-    out = []
-    with eval_mode(model):
-        for i in range(0, len(images), batch_size):
-            with _autocast(device):
-                out.append(model(_prepare_input(images[i:i + batch_size], device)).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
-
-
-def accuracy(model: nn.Module, split: Split, batch_size: int = 256, device: torch.device | None = None) -> float:
-    """Top-1 accuracy on a split, in [0,1]."""
-    if len(split) == 0:
-        return float("nan")
-    logits = predict(model, split.images, batch_size, device)
-    return (logits.argmax(1) == split.labels).float().mean().item()
 
 
 def _set_batchnorm_eval(model: nn.Module) -> None:
@@ -182,7 +158,7 @@ def fit(
             idx = perm[i:i + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a single image
                 continue
-            x = _prepare_input(augment(images[idx], cfg.crop_padding, aug[i:i + cfg.batch_size]), device)
+            x = prepare_input(augment(images[idx], cfg.crop_padding, aug[i:i + cfg.batch_size]), device)
             y = labels[idx]
             with _autocast(device):
                 logits = model(x)
