@@ -12,9 +12,9 @@ app = _common.app(__doc__)
 
 @app.command()
 def main(
+    raw: Path = typer.Option(..., help="folder with the archives, e.g. data/raw"),
+    out: Path = typer.Option(..., help="folder for the prepared domains, e.g. data/prepared"),
     params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (section: data, model.weights)"),
-    raw: Path = typer.Option(_common.ROOT / "data" / "raw", help="folder with the archives"),
-    out: Path = typer.Option(_common.ROOT / "data" / "prepared", help="folder for the prepared domains"),
     workers: int = typer.Option(0, help="decoding processes (0 = one per CPU core)"),
 ) -> None:
     """Prepare the target domain (train / holdout / val) and, for model.weights=pretrain, the source domain."""
@@ -28,11 +28,13 @@ def main(
     if "source" not in domains:
         shutil.rmtree(out / "source", ignore_errors=True)
     for name, dom in domains.items():
+        # how many images each split and class gets comes from the archive itself (data.expected_counts)
         manifest = prepare_domain(dom.archive, out / name, classes=dom.classes, train_per_class=dom.train_per_class,
-                                  val_per_class=dom.val_per_class, holdout=p.data.holdout, seed=p.data.seed,
+                                  val_per_class=dom.val_per_class, holdout=dom.holdout, seed=dom.seed,
                                   image_size=dom.image_size, workers=workers or None)
         counts = manifest.groupby("split").size().to_dict()
         print(f"preprocess: {name}: {manifest['wnid'].nunique()} classes, {counts}")
+
 
 if __name__ == "__main__":
     _common.run(app)

@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from robustlora.validation import MANIFEST_COLUMNS, class_count_table, validate_manifest
+from robustlora.data import ArchiveSizes
+from robustlora.validation import MANIFEST_COLUMNS, class_count_table, validate_archive_sizes, validate_manifest
 
 CLASSES = ["n01443537", "n01629819", "n01641577"]
 PER_CLASS = {"train": 4, "holdout": 1, "val": 2}
@@ -146,3 +147,27 @@ def test_bad_arguments_raise_one_clear_line():
         validate_manifest(manifest, CLASSES, {"train": {"n99999999": 1}}, SIZE)
     with pytest.raises(ValueError, match="unknown split"):
         validate_manifest(manifest, CLASSES, {"test": {}}, SIZE)
+
+
+def test_any_image_size_passes_when_none_is_expected_but_not_a_zero_size():
+    manifest, expected = make_manifest()
+    manifest.loc[[0, 5], ["height", "width"]] = [48, 500]  # a user's zip: images of many sizes, resized when stored
+    assert validate_manifest(manifest, CLASSES, expected, None).success
+    assert failed(validate_manifest(manifest, CLASSES, expected, SIZE)) == [
+        ("expect_column_values_to_be_in_set", ("height",)), ("expect_column_values_to_be_in_set", ("width",))]
+    manifest.loc[7, "height"] = 0
+    assert failed(validate_manifest(manifest, CLASSES, expected, None)) == [
+        ("expect_column_values_to_be_between", ("height",))]
+
+
+def test_archive_sizes_name_the_class_split_and_the_number_of_classes():
+    sizes = ArchiveSizes(wnids=3, train_per_class=5, val_per_class=2, image_size=8)
+    held = {"train": {w: 5 for w in CLASSES}, "val": {w: 2 for w in CLASSES}}
+    report = validate_archive_sizes(held, sizes, name="target")
+    assert report.success and {o.table for o in report.outcomes} == {"archive_counts"}
+    held["val"][CLASSES[1]] = 1
+    held["train"]["n09999999"] = 5  # a fourth class, with no val images
+    summary = validate_archive_sizes(held, sizes).summary()
+    assert "expect_column_pair_values_to_be_equal(archive_counts.actual, archive_counts.expected): 2 rows" in summary
+    assert f"val/{CLASSES[1]}: 1 image, expected 2" in summary and "val/n09999999: 0 images, expected 2" in summary
+    assert "expect_column_unique_value_count_to_be_between(archive_counts.wnid): observed 4, expected 3" in summary

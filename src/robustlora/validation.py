@@ -1,9 +1,12 @@
 """Great Expectations checks on a data manifest (one row per stored image).
 
-The suite asks: are the per-class counts what the split plan promised, do labels agree with
-the class list, are all images the stored size, and is every image (pixel hash) and archive
-member unique across all splits (a duplicate across train/val is leakage). All expectations
-run; failures are reported together with a few offending rows.
+The suite asks: are the per-class counts what the archive and the caps imply (counted in the
+archive itself, by :func:`robustlora.data.expected_counts`, the function preprocessing cuts by),
+do labels agree with the class list, are all images the expected size, and is every image
+(pixel hash) and archive member unique across all splits (a duplicate across train/val is
+leakage). Only the official Tiny ImageNet zip (by md5) must also have the official sizes:
+200 classes of 500 train and 50 val images, 64 x 64 px. All expectations run; failures are
+reported together with a few offending rows.
 
 Great Expectations runs in an in-memory (ephemeral) context: nothing is written to disk,
 no data docs, no analytics, no progress bars. It is imported lazily (~7 s) on first use.
@@ -14,9 +17,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from robustlora.data import ArchiveSizes, Domain
 
 SPLITS = ("train", "holdout", "val")
 MANIFEST_COLUMNS = (
@@ -35,7 +42,7 @@ class ExpectationOutcome:
     """The result of one expectation, reduced to plain JSON-able values."""
 
     type: str  # e.g. "expect_column_values_to_be_unique"
-    table: str  # "manifest" or "class_counts" (actual vs expected images per split and class)
+    table: str  # "manifest", "class_counts" (manifest vs expected images per split and class) or "archive_counts"
     columns: tuple[str, ...]  # empty for table-level expectations
     success: bool
     unexpected_count: int | None = None  # offending rows; None for table-level expectations
@@ -77,6 +84,7 @@ class ValidationReport:
 
     name: str  # which manifest: "target" or "source"
     outcomes: tuple[ExpectationOutcome, ...]
+    archive: dict[str, Any] | None = None  # which archive the counts came from: {"file", "md5", "official"}
 
     @property
     def success(self) -> bool:
@@ -96,36 +104,97 @@ class ValidationReport:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: name, success, statistics and one dict per expectation (see ExpectationOutcome)."""
+        """JSON-able: name, success, statistics, archive and one dict per expectation (see ExpectationOutcome)."""
         return {
-            "name": self.name, "success": self.success, "statistics": self.statistics,
+            "name": self.name, "success": self.success, "statistics": self.statistics, "archive": self.archive,
             "expectations": [o.to_dict() for o in self.outcomes],
         }
 
     def summary(self) -> str:
         """Readable multi-line text: the verdict, then one line per failed expectation."""
+        source = ""
+        if self.archive is not None:
+            official = "official Tiny ImageNet sizes checked" if self.archive["official"] else "not the official zip"
+            source = f" (counts from {self.archive['file']}; {official})"
         if self.success:
-            return f"validation of {self.name} manifest passed: {len(self.outcomes)} expectations"
+            return f"validation of {self.name} manifest passed: {len(self.outcomes)} expectations{source}"
         n_failed, n_total = len(self.failures), len(self.outcomes)
-        lines = [f"validation of {self.name} manifest FAILED: {n_failed} of {n_total} expectations"]
+        lines = [f"validation of {self.name} manifest FAILED: {n_failed} of {n_total} expectations{source}"]
         lines += [f"  - {o.describe()}" for o in self.failures]
         return "\n".join(lines)
+
+
+def validate_domain(domain: Domain, prepared_dir: str | os.PathLike) -> ValidationReport:
+    """Validate a prepared domain (``prepared_dir/manifest.csv``) against what its archive and the params imply.
+
+    Expected counts come from the archive itself (:func:`robustlora.data.expected_counts`: its images per class,
+    the caps, the holdout), so a user's own zip of any size passes. Only when the archive's md5 is the official
+    Tiny ImageNet md5 must it also have the official sizes (:func:`validate_archive_sizes`, 64 x 64 px images).
+    """
+    from robustlora.data import Archive, expected_counts, official_sizes
+    from robustlora.download import md5sum
+
+    archive = Archive(domain.archive)
+    classes = archive.select_classes(domain.classes)
+    expected = expected_counts(archive, classes, domain.train_per_class, domain.val_per_class, domain.holdout)
+    manifest = read_manifest(Path(prepared_dir) / "manifest.csv")
+    md5 = md5sum(archive.path)  # once per archive: it decides whether the official sizes apply
+    official = official_sizes(md5)
+    size = official.image_size if official else domain.archive_image_size
+    report = validate_manifest(manifest, classes, expected, None if size is None else (size, size), name=domain.name)
+    outcomes = report.outcomes
+    if official:
+        outcomes += validate_archive_sizes(archive.available(), official, name=domain.name).outcomes
+    info = {"file": archive.path.name, "md5": md5, "official": official is not None}
+    return ValidationReport(name=domain.name, outcomes=outcomes, archive=info)
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """A prepared domain's manifest.csv; names stay strings even when they look like numbers (a class '0042')."""
+    path = Path(path)
+    if not path.is_file():
+        from robustlora.errors import DataError
+
+        raise DataError(f"{path}: not found (run the preprocess stage first)")
+    text_columns = ("split", "wnid", "member", "mode", "pixel_hash")
+    return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, na_values=[""])
+
+
+def validate_archive_sizes(available: dict[str, dict[str, int]], sizes: ArchiveSizes,
+                           name: str = "target") -> ValidationReport:
+    """Check that an archive holds ``sizes``: ``sizes.wnids`` classes, each with ``sizes.train_per_class`` training
+    and ``sizes.val_per_class`` val images. available: images per class, {"train"|"val": {wnid: n}}
+    (:meth:`robustlora.data.Archive.available`). Table "archive_counts", one row per split and wnid.
+    """
+    wnids = sorted({w for per_class in available.values() for w in per_class})
+    official = {"train": {w: sizes.train_per_class for w in wnids}, "val": {w: sizes.val_per_class for w in wnids}}
+    held = pd.DataFrame([(split, w, n) for split, per in available.items() for w, n in per.items()],
+                        columns=["split", "wnid", "actual"])
+    table = _count_table(held, official)
+    gx = _import_gx()
+    E = gx.expectations
+    checks = [
+        E.ExpectColumnPairValuesToBeEqual(column_A="actual", column_B="expected"),
+        E.ExpectColumnUniqueValueCountToBeBetween(column="wnid", min_value=sizes.wnids, max_value=sizes.wnids),
+    ]
+    outcomes = _run_suite(gx, _quiet_context(gx), "archive_counts", table, checks, COUNT_KEY, _count_example)
+    return ValidationReport(name=name, outcomes=tuple(outcomes))
 
 
 def validate_manifest(
     manifest: pd.DataFrame,
     classes: list[str],
     expected_counts: dict[str, dict[str, int]],
-    image_size: tuple[int, int],
+    image_size: tuple[int, int] | None,
     name: str = "target",
 ) -> ValidationReport:
     """Run the manifest suite with Great Expectations and collect every outcome.
 
     manifest: one row per image with columns MANIFEST_COLUMNS. classes: wnids, label i <-> classes[i].
-    expected_counts: {split: {wnid: images}}. image_size: (height, width) in pixels of the stored arrays.
+    expected_counts: {split: {wnid: images}}. image_size: (height, width) in pixels every archive image must have;
+    None = any size (a user's own zip: images are resized when stored), only positive.
     """
     _check_inputs(manifest, classes, expected_counts, image_size)
-    height, width = image_size
     n_expected = sum(sum(per_class.values()) for per_class in expected_counts.values())
     gx = _import_gx()
     context = _quiet_context(gx)
@@ -141,13 +210,17 @@ def validate_manifest(
     )
     label_checks = [E.ExpectColumnPairValuesToBeEqual(column_A="wnid", column_B="classes[label]")]
 
+    if image_size is None:
+        size_checks = [E.ExpectColumnValuesToBeBetween(column=c, min_value=1) for c in ("height", "width")]
+    else:
+        size_checks = [E.ExpectColumnValuesToBeInSet(column=c, value_set=[int(s)])
+                       for c, s in zip(("height", "width"), image_size)]
     manifest_checks = [
         E.ExpectTableRowCountToEqual(value=n_expected),
         E.ExpectTableColumnsToMatchSet(column_set=list(MANIFEST_COLUMNS), exact_match=True),
         E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
         E.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=len(classes) - 1),
-        E.ExpectColumnValuesToBeInSet(column="height", value_set=[height]),
-        E.ExpectColumnValuesToBeInSet(column="width", value_set=[width]),
+        *size_checks,
         E.ExpectColumnValuesToBeInSet(column="channels", value_set=[3]),
         E.ExpectColumnValuesToBeUnique(column="pixel_hash"),
         E.ExpectColumnValuesToBeUnique(column="member"),
@@ -166,9 +239,14 @@ def validate_manifest(
 
 def class_count_table(manifest: pd.DataFrame, expected_counts: dict[str, dict[str, int]]) -> pd.DataFrame:
     """Images per (split, wnid): columns split, wnid, actual, expected; 0 where one side has none."""
+    actual = manifest.groupby(COUNT_KEY, dropna=False).size().rename("actual").reset_index()
+    return _count_table(actual, expected_counts)
+
+
+def _count_table(actual: pd.DataFrame, expected_counts: dict[str, dict[str, int]]) -> pd.DataFrame:
+    """Join observed counts (columns split, wnid, actual) with expected ones; a missing side counts 0."""
     planned = [(split, wnid, int(n)) for split, per in expected_counts.items() for wnid, n in per.items()]
     expected = pd.DataFrame(planned, columns=["split", "wnid", "expected"])
-    actual = manifest.groupby(COUNT_KEY, dropna=False).size().rename("actual").reset_index()
     table = expected.merge(actual, on=COUNT_KEY, how="outer")
     table[["actual", "expected"]] = table[["actual", "expected"]].fillna(0).astype("int64")
     return table[["split", "wnid", "actual", "expected"]].sort_values(COUNT_KEY, ignore_index=True)
@@ -178,7 +256,7 @@ def _check_inputs(
     manifest: pd.DataFrame,
     classes: list[str],
     expected_counts: dict[str, dict[str, int]],
-    image_size: tuple[int, int],
+    image_size: tuple[int, int] | None,
 ) -> None:
     """Refuse arguments the suite cannot judge: these are caller bugs, not data problems."""
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
@@ -198,7 +276,7 @@ def _check_inputs(
         if unknown:
             shown = ", ".join(unknown[:5])
             raise ValueError(f"expected_counts[{split!r}] names wnid(s) not in classes: {shown}")
-    if len(image_size) != 2 or any(int(s) <= 0 for s in image_size):
+    if image_size is not None and (len(image_size) != 2 or any(int(s) <= 0 for s in image_size)):
         raise ValueError(f"image_size must be (height, width) in pixels, got {image_size!r}")
 
 
@@ -265,6 +343,9 @@ def _outcome(table: str, result: Any, example: Example) -> ExpectationOutcome:
     error = _exception_message(result.exception_info)
     if "unexpected_count" not in info:
         expected = kwargs.get("value", kwargs.get("column_set", kwargs.get("type_list")))
+        if expected is None and kwargs.get("min_value") is not None:  # a range; "200" when it is one value
+            low, high = kwargs["min_value"], kwargs.get("max_value")
+            expected = low if low == high else [low, high]
         detail = None
         if "details" in info and "mismatched" in info["details"]:
             detail = str(_plain(info["details"]["mismatched"]))
