@@ -1,4 +1,4 @@
-"""Stage `report`: the study's tables, figures and sanity checks in reports/report.md (+ an MLflow report run)."""
+"""Stage `report`: findings, tables, figures and sanity checks in reports/ (+ an MLflow report run)."""
 
 from __future__ import annotations
 
@@ -10,43 +10,87 @@ import typer
 app = _common.app(__doc__)
 
 
+def _need(path: Path, stage: str) -> Path:
+    """`path`, or a one-line DataError naming the stage that writes it."""
+    from robustlora.errors import DataError
+
+    if not path.exists():
+        raise DataError(f"{_common.rel(path)} is missing; stage {stage} writes it (run `dvc repro {stage}`)")
+    return path
+
+
 @app.command()
 def main(
-    params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: attack, variants)"),
-    metrics_dir: Path = typer.Option(_common.ROOT / "metrics", help="folder with train/ and attack/ metrics"),
-    out: Path = typer.Option(_common.ROOT / "reports", help="folder for report.md and figures/"),
+    results_dir: Path = typer.Option(..., help="folder of per-image <variant>.parquet files, e.g. results/attack"),
+    train_metrics_dir: Path = typer.Option(..., help="folder of <variant>.json train metrics, e.g. metrics/train"),
+    histories_dir: Path = typer.Option(..., help="folder of <variant>/seed_<s>.csv histories, e.g. plots/train"),
+    prepared: Path = typer.Option(..., help="prepared target domain (its info.json gives the attacked image size), "
+                                  "e.g. data/prepared/target"),
+    out: Path = typer.Option(..., help="folder for report.md, figures/, findings.json, comparisons.csv, e.g. reports"),
+    params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: attack, report, variants, ...)"),
 ) -> None:
-    """Build reports/report.md (Table 1, success-rate and certainty tables, figures, sanity checks)."""
+    """Build reports/report.md (Findings first), its figures, findings.json and comparisons.csv."""
     import pandas as pd
 
-    from robustlora import tracking
+    from robustlora import adaptation, analysis, checks, figures, report, tracking
     from robustlora.config import load_params
-    from robustlora.io import read_json
-    from robustlora.report import build_report, plot_files, sanity_checks
+    from robustlora.io import atomic_path, read_json, write_json, write_text
 
     p = load_params(params)
-    train_metrics, tables = {}, []
-    for name in p.variants:
-        train_file, attack_file = metrics_dir / "train" / f"{name}.json", metrics_dir / "attack" / f"{name}.csv"
-        for f in (train_file, attack_file):
-            if not f.exists():
-                raise FileNotFoundError(f"{_common.rel(f)} is missing: run `dvc repro` (stages train@{name}, attack@{name})")
-        train_metrics[name] = read_json(train_file)
-        tables.append(pd.read_csv(attack_file))
-    table = pd.concat(tables, ignore_index=True)
-    specs = {name: p.raw["variants"][name] | ({"rank": s.rank, "alpha": s.alpha} if s.adaptation == "lora" else {})
-             for name, s in p.variants.items()}
-    report = build_report(train_metrics, table, p.raw["attack"], out, variant_specs=specs)
-    failed = [c for c in sanity_checks(table) if c.status != "passed"]
-    with tracking.start_run(p.mlflow.experiment, "report", tracking.flatten_params({"attack": p.raw["attack"]}),
-                            {"stage": "report"}):
-        tracking.log_artifact(report, "report")
-        for fig in plot_files(out):
-            tracking.log_artifact(fig, "report/figures")
-        tracking.log_metrics({"sanity_checks_flagged": float(len(failed))})
-    print(f"report: {_common.rel(report)} ({len(failed)} sanity checks flagged)")
-    for c in failed:
-        print(f"  {c.status}: {c.name}: {c.detail}")
+    frames, train_metrics, histories, info = [], {}, {}, {}
+    for name, spec in p.variants.items():
+        frames.append(pd.read_parquet(_need(results_dir / f"{name}.parquet", f"attack@{name}")))
+        train_metrics[name] = read_json(_need(train_metrics_dir / f"{name}.json", f"train@{name}"))
+        histories[name] = {}
+        for seed, seed_metrics in (train_metrics[name].get("seeds") or {}).items():
+            if (seed_metrics.get("epochs_run") or 0) > 0:  # an untrained arm (`none`) has no history
+                history = _need(histories_dir / name / f"seed_{seed}.csv", f"train@{name}")
+                histories[name][int(seed)] = pd.read_csv(history)
+        info[name] = report.ArmInfo(adaptation.describe(spec), adaptation.trains_batchnorm(spec))
+    results = pd.concat(frames, ignore_index=True)
+    image_size = read_json(_need(prepared / "info.json", "preprocess"))["image_size"]
+
+    settings = analysis.Settings(
+        eps_grid=tuple(p.attack.eps), report_eps=p.report.eps, arms=dict(p.report.arms),
+        reference_fgsm_asr=p.report.reference_fgsm_asr, tolerance=p.report.tolerance, alpha=p.report.alpha,
+        n_boot=p.report.n_boot, seed=p.report.seed)
+    pgd = p.attack.pgd
+    threat = report.ThreatModel(
+        eps=tuple(p.attack.eps), image_size=image_size, input_size=p.model.input_size, pgd_steps=pgd.steps,
+        pgd_step_sizes=tuple(pgd.step_for(e) for e in p.attack.eps), pgd_rel_step_size=pgd.rel_step_size,
+        pgd_random_start=pgd.random_start, pgd_restarts=pgd.restarts, sanity_eps=pgd.sanity_eps,
+        n_images_requested=p.attack.n_images, attack_seed=p.attack.seed)
+
+    result = analysis.analyse(results, settings)
+    found_checks = checks.run_checks(results, train_metrics, eps_grid=settings.eps_grid, sanity_eps=pgd.sanity_eps)
+    figs = figures.write_figures(out / "figures", arm_table=result.arm_table, comparisons=result.comparisons,
+                                 histories=histories, arms=result.arms, report_eps=settings.report_eps,
+                                 baseline=settings.baseline)
+    text = report.render(report.ReportInputs(
+        analysis=result, settings=settings, checks=found_checks, train=analysis.train_table(train_metrics),
+        arm_info=info, threat=threat, params=p.model_dump(mode="json"),
+        figures={key: f"figures/{path.name}" for key, path in figs.items()}))
+    counts = checks.count(found_checks)
+    write_text(out / "report.md", text)
+    write_json(out / "findings.json", analysis.findings_json(result.findings, settings, result.common_sizes, counts))
+    with atomic_path(out / "comparisons.csv") as tmp:
+        result.comparisons.to_csv(tmp, index=False)
+
+    flagged = [c for c in found_checks if c.flagged]
+    tags = {"stage": "report", **{f"finding.{f.key}": f.verdict for f in result.findings}}
+    with tracking.start_run(p.mlflow.experiment, "report", {"report": p.report.model_dump(mode="json")}, tags):
+        for name in ("report.md", "findings.json", "comparisons.csv"):
+            tracking.log_artifact(out / name, "report")
+        for path in figs.values():
+            tracking.log_artifact(path, "report/figures")
+        tracking.log_metrics({"sanity_checks_flagged": len(flagged), "sanity_checks_failed": counts["failed"],
+                              **{f"findings_{v.replace(' ', '_')}": sum(f.verdict == v for f in result.findings)
+                                 for v in analysis.VERDICTS}})
+    verdicts = ", ".join(f"{sum(f.verdict == v for f in result.findings)} {v}" for v in analysis.VERDICTS)
+    print(f"report: {_common.rel(out / 'report.md')} (findings: {verdicts}; {len(flagged)} sanity checks flagged)")
+    for c in flagged:
+        if c.status == "failed":
+            print(f"  FAILED {c.arm} seed {c.seed}: {c.title}: {c.detail}")
 
 
 if __name__ == "__main__":

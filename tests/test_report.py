@@ -1,282 +1,294 @@
-"""Tests for robustlora.report: tables, figures and Carlini-style sanity checks on a synthetic attack table."""
+"""Tests for the report: markdown (robustlora.report), figures (robustlora.figures) and the stage's wiring."""
 
 from __future__ import annotations
 
-import os
+import importlib.util
+import json
+import re
 import struct
-import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
-from robustlora.report import Check, build_report, format_eps, plot_files, sanity_checks
+from robustlora import checks as checks_mod
+from robustlora import figures, report
+from robustlora.analysis import analyse, train_table
+from robustlora.errors import DataError
+from robustlora.report import ArmInfo, ReportInputs, ThreatModel, render
+from test_analysis import GRID, SANITY, SEEDS, arm_frame, first_correct, robust_on_grid, settings, study
 
-VARIANTS = ["baseline", "lora_fc", "lora_fc_conv1"]
-EPS = [2 / 255, 8 / 255, 0.5]
-N_IMAGES = 200
-N_CORRECT = 150  # clean accuracy 0.75 on 200 images
-# success per (attack, ε index) as an offset from the variant's base: monotone, PGD >= FGSM, PGD ≈ 1 at ε = 0.5
-BASE = {"baseline": 0.3, "lora_fc": 0.25, "lora_fc_conv1": 0.2}
-FGSM_OFFSET = [0.0, 0.2, None]  # None: absolute value below
-PGD_OFFSET = [0.1, 0.3, None]
-AT_HALF = {"fgsm": 0.9, "pgd": 1.0}
-EXPECTED_FIGURES = ["success_rate_fgsm.png", "success_rate_pgd.png", "robustness_vs_eps_fgsm.png",
-                    "robustness_vs_eps_pgd.png", "certainty_fgsm.png", "certainty_pgd.png"]
+ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CI_CELL = re.compile(r"^-?\d+\.\d \[-?\d+\.\d, -?\d+\.\d\]( \((sd \d+\.\d|1 seed)\))?$")
 
-TRAIN_METRICS = {
-    "baseline": {"val_accuracy": 0.6123, "holdout_accuracy": 0.6, "trainable_params": 11_279_112,
-                 "total_params": 11_279_112, "epochs_run": 5, "train_seconds": 123.45,
-                 "images_per_second": 812.0},
-    "lora_fc": {"val_accuracy": 0.5871, "holdout_accuracy": 0.58, "trainable_params": 2_848,
-                "total_params": 11_279_080, "epochs_run": 7, "train_seconds": 60.0, "images_per_second": 1500.5},
-    "lora_fc_conv1": {"val_accuracy": 0.5902, "holdout_accuracy": 0.59, "trainable_params": 3_692,
-                      "total_params": 11_279_924, "epochs_run": 7, "train_seconds": 65.0, "images_per_second": 1400.0},
-    "pretrained": {"val_accuracy": 0.1},  # trained only, never attacked
+RESULTS = study(
+    p=arm_frame("pretrained", first_correct(24), seeds=(0,)),
+    b=arm_frame("baseline", first_correct(36)),
+    l=arm_frame("lora_fc", first_correct(38), robust_on_grid(first_correct(38))),
+    c=arm_frame("lora_fc_conv1", first_correct(39)),
+)
+
+
+ANALYSIS = analyse(RESULTS, settings())
+
+
+def seed_metrics(best: int, run: int, val: float) -> dict[str, Any]:
+    return {"val_accuracy": val, "holdout_accuracy": val, "best_epoch": best, "epochs_run": run, "max_epochs": 15,
+            "trainable_params": 2_052, "total_params": 11_178_564}
+
+
+TRAIN = {
+    "pretrained": {"seeds": {"0": {"val_accuracy": 0.6, "best_epoch": 0, "epochs_run": 0, "max_epochs": 15,
+                                   "trainable_params": 0, "total_params": 11_176_512}}},
+    "baseline": {"seeds": {"0": seed_metrics(1, 6, 0.9), "1": seed_metrics(8, 13, 0.88),
+                           "2": seed_metrics(9, 14, 0.92)}},
+    "lora_fc": {"seeds": {str(s): seed_metrics(7, 12, 0.95) for s in SEEDS}},
+    "lora_fc_conv1": {"seeds": {str(s): seed_metrics(6 + s, 12, 0.96) for s in SEEDS}},
 }
-SPECS = {
-    "baseline": {"adaptation": "full", "targets": [], "rank": None, "alpha": None},
-    "lora_fc": {"adaptation": "lora", "targets": ["fc"], "rank": 4, "alpha": 1.0},
-    "lora_fc_conv1": {"adaptation": "lora", "targets": ["fc", "conv1"], "rank": 4, "alpha": 1.0},
-    "pretrained": {"adaptation": "none"},
-}
-ATTACK_PARAMS = {"n_images": N_IMAGES, "batch_size": 128, "fgsm": {"eps": EPS},
-                 "pgd": {"eps": EPS, "steps": 10, "rel_step_size": 0.25, "random_start": True, "restarts": 1},
-                 "n_boot": 1000, "seed": 0, "extra_knob": "xyz"}
+HISTORIES = {arm: {s: pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.5, 1.0, 0.8 + 0.01 * s],
+                                    "holdout_accuracy": [0.6, 0.8, 0.85 + 0.01 * s]}) for s in SEEDS}
+             for arm in ("baseline", "lora_fc", "lora_fc_conv1")} | {"pretrained": {}}
+INFO = {"pretrained": ArmInfo("no adaptation (pretrained weights)", False),
+        "baseline": ArmInfo("full fine-tuning (BatchNorm statistics re-estimated)", True),
+        "lora_fc": ArmInfo("LoRA r=4, α=1 on fc", False),
+        "lora_fc_conv1": ArmInfo("LoRA r=4, α=1 on fc, conv1", False)}
+THREAT = ThreatModel(eps=GRID, image_size=64, input_size=32, pgd_steps=10, pgd_step_sizes=tuple(0.25 * e for e in GRID),
+                     pgd_rel_step_size=0.25, pgd_random_start=True, pgd_restarts=1, sanity_eps=SANITY,
+                     n_images_requested=300, attack_seed=0)
+PARAMS = {"attack": {"n_images": 300, "eps": list(GRID), "pgd": {"steps": 10, "rel_step_size": 0.25}},
+          "report": {"n_boot": 200, "alpha": 0.05}, "lora": {"rank": 4, "alpha": 1.0}}
 
 
-def success_rate(variant: str, attack: str, i: int) -> float:
-    offsets = FGSM_OFFSET if attack == "fgsm" else PGD_OFFSET
-    return AT_HALF[attack] if offsets[i] is None else BASE[variant] + offsets[i]
-
-
-def make_table(eps: list[float] = EPS, overrides: dict[tuple[str, str, int], float] | None = None) -> pd.DataFrame:
-    """Tidy attack table for 3 variants × 2 attacks × len(eps); overrides set success at (variant, attack, ε index)."""
-    overrides = overrides or {}
-    rows = []
-
-    def add(variant: str, attack: str, e: float, metric: str, value: float, n: int) -> None:
-        label = f"eps_{round(e * 255)}" if abs(e * 255 - round(e * 255)) < 1e-9 else f"eps_{e:g}"
-        rows.append({"variant": variant, "attack": attack, "eps": e, "eps_label": label, "metric": metric,
-                     "value": value, "ci_low": max(value - 0.05, 0.0), "ci_high": min(value + 0.05, 1.0), "n": n})
-
-    for variant in VARIANTS:
-        for attack in ("fgsm", "pgd"):
-            for i, e in enumerate(eps):
-                asr = overrides.get((variant, attack, i), success_rate(variant, attack, i))
-                add(variant, attack, e, "clean_accuracy", N_CORRECT / N_IMAGES, N_IMAGES)
-                add(variant, attack, e, "robust_accuracy", N_CORRECT / N_IMAGES * (1 - asr), N_IMAGES)
-                add(variant, attack, e, "attack_success_rate", asr, N_CORRECT)
-                add(variant, attack, e, "certainty_clean", 0.8, N_IMAGES)
-                add(variant, attack, e, "certainty_adv", 0.8 - 0.5 * asr, N_IMAGES)
-                add(variant, attack, e, "certainty_clean_correct", 0.9, N_CORRECT)
-                add(variant, attack, e, "certainty_adv_correct", 0.9 - 0.5 * asr, N_CORRECT)
-                add(variant, attack, e, "true_class_prob_clean", 0.7, N_IMAGES)
-                add(variant, attack, e, "true_class_prob_adv", 0.7 * (1 - asr), N_IMAGES)
-    return pd.DataFrame(rows)
-
-
-def build(tmp_path: Path, table: pd.DataFrame, name: str = "report", **kwargs) -> tuple[Path, str]:
-    report = build_report(TRAIN_METRICS, table, ATTACK_PARAMS, tmp_path / name, variant_specs=SPECS, **kwargs)
-    return report, report.read_text()
-
-
-def by_name(checks: list[Check]) -> dict[str, Check]:
-    return {c.name: c for c in checks}
+def build(tmp: Path) -> tuple[str, dict[str, Path]]:
+    """Analysis, checks, figures and markdown of the synthetic study, as the stage wires them."""
+    result = ANALYSIS
+    found = checks_mod.run_checks(RESULTS, TRAIN, eps_grid=GRID, sanity_eps=SANITY)
+    figs = figures.write_figures(tmp / "figures", arm_table=result.arm_table, comparisons=result.comparisons,
+                                 histories=HISTORIES, arms=result.arms, report_eps=8 / 255, baseline="baseline")
+    text = render(ReportInputs(analysis=result, settings=settings(), checks=found, train=train_table(TRAIN),
+                               arm_info=INFO, threat=THREAT, params=PARAMS,
+                               figures={k: f"figures/{p.name}" for k, p in figs.items()}))
+    return text, figs
 
 
 @pytest.fixture(scope="module")
-def good_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    return build(tmp_path_factory.mktemp("good"), make_table())
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Path]]:
+    return build(tmp_path_factory.mktemp("report"))
 
 
-# ----------------------------------------------------------------------------- report content
-
-def test_report_written_with_table1(good_report: tuple[Path, str]) -> None:
-    report, text = good_report
-    assert report.name == "report.md" and report.is_file()
-    assert text.startswith("# Exploring the Robustness of LoRA-Adapted ResNet18")
-    assert "## Table 1. Clean accuracy and trainable parameters" in text
-    assert ("| baseline | full fine-tuning | 61.2 | 75.0 [70.0, 80.0] | 200 | 60.0 | "
-            "11,279,112 (100% of 11,279,112) | 5 |") in text
-    assert ("| lora_fc | LoRA r=4, α=1.0 on fc | 58.7 | 75.0 [70.0, 80.0] | 200 | 58.0 | "
-            "2,848 (0.0253% of 11,279,080) | 7 |") in text
-    assert "| lora_fc_conv1 | LoRA r=4, α=1.0 on fc, conv1 | 59.0 |" in text
-    # a trained-but-not-attacked variant is listed with visible gaps, not dropped
-    assert "| pretrained | no adaptation (pretrained weights) | 10.0 | — | — | — | — | — |" in text
-    assert "| lora_fc | 60.0 | 1500.5 |" in text  # training cost
+def section(text: str, heading: str) -> str:
+    """The text under `heading` up to the next heading of the same or a higher level."""
+    level = heading.split(" ")[0]
+    start = text.index(heading + "\n")
+    rest = text[start + len(heading) + 1:]
+    ends = [m.start() for m in re.finditer(rf"^#{{1,{len(level)}}} ", rest, flags=re.M)]
+    return rest[:ends[0]] if ends else rest
 
 
-def test_report_success_robust_and_certainty_tables(good_report: tuple[Path, str]) -> None:
-    _, text = good_report
-    header = "| Variant | n (correct before) | ε = 2/255 | ε = 8/255 | ε = 0.5 |"
-    assert text.count(header) == 2  # FGSM and PGD
-    fgsm, pgd = text.split("### FGSM")[1], text.split("### PGD")[1]
-    # the trained-only variant stays in Table 1 but out of every attack table
-    assert "| pretrained |" not in text.split("## Attack success rate")[1].split("## Attack hyperparameters")[0]
-    assert "| baseline | 150 | 30.0 [25.0, 35.0] | 50.0 [45.0, 55.0] | 90.0 [85.0, 95.0] |" in fgsm
-    assert "| lora_fc_conv1 | 150 | 30.0 [25.0, 35.0] | 50.0 [45.0, 55.0] | 100.0 [95.0, 100.0] |" in pgd
-    # robust accuracy = 0.75·(1 − 0.3) = 52.5% for baseline FGSM at 2/255
-    assert "| baseline | 200 | 52.5 [47.5, 57.5] |" in text
-    # certainty: before 0.8 / after 0.8 − 0.5·0.5 = 0.55 for baseline FGSM at 8/255
-    assert ("| baseline | 8/255 | 0.800 [0.750, 0.850] | 0.550 [0.500, 0.600] | 0.900 [0.850, 0.950] | "
-            "0.650 [0.600, 0.700] | 0.700 [0.650, 0.750] | 0.350 [0.300, 0.400] |") in text
+def table_cells(block: str) -> list[list[str]]:
+    """Body cells of the first markdown table in `block`."""
+    lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines[2:]]
 
 
-def test_report_states_every_hyperparameter(good_report: tuple[Path, str]) -> None:
-    _, text = good_report
-    params = text.split("## Attack hyperparameters")[1]
-    for line in ["n_images: 200", "batch_size: 128", "fgsm:", f"  eps: [{EPS[0]!r}, {EPS[1]!r}, 0.5]", "  steps: 10",
-                 "  rel_step_size: 0.25", "  random_start: true", "  restarts: 1", "n_boot: 1000", "seed: 0",
-                 'extra_knob: "xyz"']:
-        assert line in params.splitlines(), line
-    assert "- PGD: ε = 2/255, 8/255, 0.5" in params
-    assert "rank: 4" in params  # variant settings printed too
+# ----------------------------------------------------------------------------- markdown
+
+def test_findings_come_first_with_bold_verdicts(built: tuple[str, dict]) -> None:
+    text, _ = built
+    assert text.startswith(f"# {report.TITLE}\n\n## Findings\n")
+    assert re.findall(r"^## .*", text, flags=re.M)[0] == "## Findings"
+    findings = section(text, "## Findings")
+    lines = [ln for ln in findings.splitlines() if ln.startswith("- ")]
+    assert len(lines) == 2 + 1 + 4 + 6  # (a) x 2, (b), (c) x 4, (d) x 3 arms x 2 attacks
+    assert all(re.match(r"- \*\*(supported|contradicted|inconclusive|not evaluated)\*\* \(", ln) for ln in lines)
+    c1 = next(ln for ln in lines if "(c1) lora_fc lowers the PGD" in ln)
+    # the common-correct set is the unadapted arm's 24 images: the baseline's PGD flips all, lora_fc's none
+    assert c1.startswith("- **supported**") and ": -100.0 [-100.0, -100.0] points; p < 0.001, Holm p < 0.001" in c1
+    assert "on the 24 images every arm classifies correctly in every seed" in c1
+    # one baseline seed has best epoch 1: the failed check is flagged above the findings
+    assert "**Sanity checks: 1 failed" in findings
 
 
-def test_figures_exist_are_png_and_linked_relatively(good_report: tuple[Path, str]) -> None:
-    report, text = good_report
-    figures = plot_files(report.parent)
-    assert [f.name for f in figures] == EXPECTED_FIGURES
-    for figure in figures:
-        data = figure.read_bytes()
-        assert data[:8] == PNG_MAGIC, figure
+def test_every_estimate_cell_carries_its_interval(built: tuple[str, dict]) -> None:
+    text, _ = built
+    for attack in ("FGSM", "PGD"):
+        block = section(text, f"## {attack}")
+        for sub in ("### Attack success rate", "### Robust accuracy", "### Certainty"):
+            heading = next(ln for ln in block.splitlines() if ln.startswith(sub))
+            rows = table_cells(section(block, heading))
+            assert [r[0] for r in rows] == ["pretrained", "baseline", "lora_fc", "lora_fc_conv1"]
+            for row in rows:
+                for cell in row[1:]:
+                    assert CI_CELL.match(cell), (attack, sub, cell)
+        seeds = table_cells(section(block, next(ln for ln in block.splitlines() if ln.startswith("### Per seed"))))
+        assert len(seeds) == 1 + 3 + 3 + 3
+        assert all(re.match(r"^\d+\.\d \[\d+\.\d, \d+\.\d\] \(\d+/\d+\)$", c) for r in seeds for c in r[2:])
+    comparisons = table_cells(section(text, "## Paired comparisons against baseline"))
+    assert len(comparisons) == 3 * 2 * 2 * 2
+    assert all(re.match(r"^[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]$", r[4]) for r in comparisons)
+
+
+def test_threat_model_and_table1(built: tuple[str, dict]) -> None:
+    text, _ = built
+    threat = section(text, "## Threat model")
+    assert "ε ∈ {2/255, 8/255} in [0,1] pixel units, the same grid for FGSM and PGD" in threat
+    assert "images of 64 px are resized to 32 px inside the model" in threat
+    assert "PGD: 10 steps, step size (0.25 · ε): 0.5/255 at ε = 2/255, 2/255 at ε = 8/255" in threat
+    assert "random start: yes; restarts: 1" in threat and "float32" in threat and "eval mode" in threat
+    assert "40 val images (attack.n_images = 300)" in threat and "pretrained: 0; baseline: 0, 1, 2" in threat
+    rows = {r[0]: r for r in table_cells(section(text, "## Table 1. Arms: accuracy, parameters, training"))}
+    assert rows["baseline"][1:4] == ["full fine-tuning (BatchNorm statistics re-estimated)", "yes", "90.0 ± 2.0 (3)"]
+    assert rows["baseline"][6] == "1/6, 8/13, 9/14"
+    assert rows["lora_fc"][2] == "no" and rows["lora_fc"][5] == "2,052 (0.0184 % of 11,178,564)"
+    assert CI_CELL.match(rows["lora_fc"][4]) and rows["lora_fc"][4].startswith("95.0 [")
+    assert rows["pretrained"][6] == "0/0" and rows["pretrained"][4].endswith("(1 seed)")
+
+
+def test_checks_definitions_and_params_are_all_shown(built: tuple[str, dict]) -> None:
+    text, _ = built
+    checks = section(text, "## Sanity checks")
+    rows = table_cells(checks)
+    assert len(rows) == 3 * 3 + (1 + 3 * 3) * 7  # best epoch per trained seed + 7 attack checks per arm x seed
+    assert rows[0][0] == "**FAILED**" and rows[0][2:4] == ["baseline", "0"]  # flagged first
+    assert "**1 of 79 checks flagged: 1 failed.**" in checks
+    definitions = section(text, "## Definitions")
+    assert "correctly before AND after the attack" in definitions and "Wilson" in definitions
+    assert "McNemar" in definitions and "Holm" in definitions and "hierarchical" in definitions
+    params = section(text, "## Parameters").splitlines()
+    for line in ["  n_images: 300", "    steps: 10", "    rel_step_size: 0.25", "  n_boot: 200", "  rank: 4"]:
+        assert line in params, line
+
+
+def test_not_evaluated_is_kept_apart_from_failed(tmp_path: Path) -> None:
+    result = analyse(RESULTS, settings(arms={"baseline": "baseline", "lora_fc": "lora_fc", "lora_fc_conv1": None}))
+    found = checks_mod.attack_checks(RESULTS, eps_grid=GRID, sanity_eps=None)
+    text = render(ReportInputs(analysis=result, settings=settings(), checks=found, train=train_table(TRAIN),
+                               arm_info=INFO, threat=THREAT, params=PARAMS, figures={}))
+    findings = section(text, "## Findings")
+    assert "- **not evaluated** (a) lora_fc_conv1 reaches higher clean accuracy" in findings
+    assert "Report.arms.lora_fc_conv1 is null." in findings
+    assert "**Sanity checks: 0 failed, 0 warning(s), 10 not evaluated**" in findings
+    assert "| **NOT EVALUATED** | PGD success ≥ 99 % at the sanity ε |" in text and "**FAILED**" not in text
+    assert "![" not in text  # no figures passed, no dangling links
+
+
+def test_markdown_links_every_figure_relatively(built: tuple[str, dict]) -> None:
+    text, figs = built
+    links = re.findall(r"\]\((figures/[^)]+\.png)\)", text)
+    assert sorted(links) == sorted(f"figures/{p.name}" for p in figs.values())
+    assert "/tmp" not in text and not re.search(r"\bnan\b", text, flags=re.I)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def test_figures_are_pngs_and_byte_identical_across_runs(built: tuple[str, dict], tmp_path: Path) -> None:
+    _, figs = built
+    assert list(figs) == ["training", "success_fgsm", "robust_fgsm", "certainty_fgsm", "success_pgd", "robust_pgd",
+                          "certainty_pgd", "forest"]
+    for key, path in figs.items():
+        data = path.read_bytes()
+        assert data[:8] == PNG_MAGIC, key
         width, height = struct.unpack(">II", data[16:24])  # IHDR
-        assert width >= 400 and height >= 300 and len(data) > 10_000, (figure, width, height, len(data))
-        assert f"](figures/{figure.name})" in text
-    assert str(report.parent) not in text  # no absolute paths
-    leftovers = [p for p in report.parent.rglob("*") if p.name.startswith(".")]
-    assert leftovers == []  # atomic writes left no temp files
+        assert width >= 400 and height >= 150 and len(data) > 5_000, (key, width, height)
+    # each kind of figure drawn again from the same inputs gives the same bytes
+    colors = figures.arm_colors(ANALYSIS.arms)
+    again = {"training": figures.training_figure(HISTORIES, colors),
+             "success_pgd": figures.eps_curve_figure(ANALYSIS.arm_table, "pgd", "attack_success_rate", colors),
+             "certainty_fgsm": figures.certainty_figure(ANALYSIS.arm_table, "fgsm", 8 / 255, colors),
+             "forest": figures.forest_figure(ANALYSIS.comparisons, 8 / 255, "baseline")}
+    for key, fig in again.items():
+        assert figures.save_figure(fig, tmp_path / f"{key}.png").read_bytes() == figs[key].read_bytes(), key
+    assert [p.name for p in tmp_path.rglob(".*")] == []  # atomic writes left no temp files
 
 
-def test_certainty_figures_use_median_or_chosen_eps(tmp_path: Path, good_report: tuple[Path, str]) -> None:
-    _, text = good_report
-    # study ε excludes the ε = 0.5 sanity point; upper median of [2/255, 8/255] is 8/255
-    assert "Fig. 3 — model certainty before/after FGSM at ε = 8/255" in text
-    assert "Fig. 4 — model certainty before/after PGD at ε = 8/255" in text
-    _, chosen = build(tmp_path, make_table(), report_eps=2 / 255)
-    assert "Fig. 4 — model certainty before/after PGD at ε = 2/255" in chosen
-    with pytest.raises(ValueError, match=r"report_eps 4/255 was not evaluated for fgsm; evaluated ε: 2/255, 8/255"):
-        build(tmp_path, make_table(), name="bad", report_eps=4 / 255)
+def test_markdown_is_deterministic(built: tuple[str, dict]) -> None:
+    text, figs = built
+    found = checks_mod.run_checks(RESULTS, TRAIN, eps_grid=GRID, sanity_eps=SANITY)
+    again = render(ReportInputs(analysis=analyse(RESULTS, settings()), settings=settings(), checks=found,
+                                train=train_table(TRAIN), arm_info=INFO, threat=THREAT, params=PARAMS,
+                                figures={k: f"figures/{p.name}" for k, p in figs.items()}))
+    assert again == text
 
 
-def test_output_is_deterministic(tmp_path: Path, good_report: tuple[Path, str]) -> None:
-    report, text = good_report
-    again, again_text = build(tmp_path, make_table())
-    assert again_text == text
-    for first, second in zip(plot_files(report.parent), plot_files(again.parent)):
-        assert first.read_bytes() == second.read_bytes(), first.name
-    _, stamped = build(tmp_path, make_table(), name="stamped", generated="2024-05-01")
-    assert "_Generated: 2024-05-01_" in stamped and "Generated" not in text
+# ----------------------------------------------------------------------------- the stage
+
+PARAMS_YAML = """
+variants:
+  pretrained: {adaptation: none}
+  baseline: {adaptation: full}
+  lora_fc: {adaptation: lora, targets: [fc]}
+  lora_fc_conv1: {adaptation: lora, targets: [fc, conv1]}
+model: {input_size: 32}
+attack: {eps: [2/255, 8/255], n_images: 40}
+report: {n_boot: 100}
+"""
 
 
-def test_plot_files_ignores_stale_pngs_and_needs_a_report(tmp_path: Path, good_report: tuple[Path, str]) -> None:
-    report, _ = good_report
-    (report.parent / "figures" / "old_plot.png").write_bytes(PNG_MAGIC)
-    assert "old_plot.png" not in [f.name for f in plot_files(report.parent)]
-    with pytest.raises(FileNotFoundError, match="no report at"):
-        plot_files(tmp_path / "nowhere")
+def stage_module() -> Any:
+    sys.path.insert(0, str(ROOT / "stages"))  # the stage imports its sibling _common
+    spec = importlib.util.spec_from_file_location("stage_report", ROOT / "stages" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-# ----------------------------------------------------------------------------- sanity checks
-
-def test_sanity_checks_pass_on_monotone_table(good_report: tuple[Path, str]) -> None:
-    checks = sanity_checks(make_table())
-    # per variant: PGD ≥ FGSM, monotone × 2 attacks, PGD at ε = 0.5, clean accuracy consistent
-    assert len(checks) == 3 * 5
-    assert all(c.passed and c.evaluated and c.status == "passed" for c in checks), [c for c in checks if not c.passed]
-    _, text = good_report
-    assert "All 15 checks passed." in text
-    assert "FAILED" not in text and "NOT EVALUATED" not in text
-
-
-def test_pgd_weaker_than_fgsm_is_flagged(tmp_path: Path) -> None:
-    fgsm = success_rate("lora_fc", "fgsm", 1)
-    table = make_table(overrides={("lora_fc", "pgd", 1): fgsm - 3 / N_CORRECT})  # 3 images below FGSM
-    checks = by_name(sanity_checks(table))
-    failed = [c for c in checks.values() if not c.passed]
-    assert [c.name for c in failed] == ["lora_fc: PGD success ≥ FGSM success at every shared ε"]
-    assert failed[0].status == "FAILED" and "ε=8/255: PGD 43.0% < FGSM 45.0%" in failed[0].detail
-    _, text = build(tmp_path, table)
-    assert "| **FAILED** | lora_fc: PGD success ≥ FGSM success at every shared ε |" in text
-    assert "**1 of 15 checks flagged: 1 FAILED, 0 NOT EVALUATED.**" in text
-    # half an image below FGSM is within the stated one-image tolerance
-    within = make_table(overrides={("lora_fc", "pgd", 1): fgsm - 0.5 / N_CORRECT})
-    assert all(c.passed for c in sanity_checks(within))
+def stage_inputs(root: Path) -> dict[str, Path]:
+    paths = {"params": root / "params.yaml", "results_dir": root / "results" / "attack",
+             "train_metrics_dir": root / "metrics" / "train", "histories_dir": root / "plots" / "train",
+             "prepared": root / "prepared", "out": root / "reports"}
+    paths["params"].write_text(PARAMS_YAML)
+    for d in ("results_dir", "train_metrics_dir", "prepared"):
+        paths[d].mkdir(parents=True)
+    for arm, rows in RESULTS.groupby("variant", sort=False):
+        rows.to_parquet(paths["results_dir"] / f"{arm}.parquet")
+        (paths["train_metrics_dir"] / f"{arm}.json").write_text(json.dumps(TRAIN[arm]))
+        for seed, history in HISTORIES[arm].items():
+            (paths["histories_dir"] / arm).mkdir(parents=True, exist_ok=True)
+            history.to_csv(paths["histories_dir"] / arm / f"seed_{seed}.csv", index=False)
+    (paths["prepared"] / "info.json").write_text(json.dumps({"image_size": 64}))
+    return paths
 
 
-def test_success_decreasing_in_eps_is_flagged(tmp_path: Path) -> None:
-    table = make_table(overrides={("baseline", "fgsm", 2): 0.4})  # 50% at 8/255 -> 40% at 0.5
-    failed = [c for c in sanity_checks(table) if not c.passed]
-    assert [c.name for c in failed] == ["baseline/fgsm: success non-decreasing in ε"]
-    assert "50.0% at ε=8/255 → 40.0% at ε=0.5" in failed[0].detail
-    _, text = build(tmp_path, table)
-    assert "| **FAILED** | baseline/fgsm: success non-decreasing in ε |" in text
-    # a slow drift (0.8 image per step, 1.6 overall) is caught even though each step is within tolerance
-    drift = {("baseline", "fgsm", i): 0.5 - 0.8 * i / N_CORRECT for i in range(3)}
-    drift.update({("baseline", "pgd", i): 0.99 + 0.005 * i for i in range(3)})
-    failed = [c for c in sanity_checks(make_table(overrides=drift)) if not c.passed]
-    assert [c.name for c in failed] == ["baseline/fgsm: success non-decreasing in ε"]
+def test_stage_writes_every_output_and_logs_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from contextlib import contextmanager
 
+    from robustlora import tracking
 
-def test_low_success_at_half_is_flagged(tmp_path: Path) -> None:
-    table = make_table(overrides={("lora_fc_conv1", "pgd", 2): 0.9})
-    failed = [c for c in sanity_checks(table) if not c.passed]
-    assert [c.name for c in failed] == ["lora_fc_conv1/pgd: success ≥ 99% at ε = 0.5 (image can turn grey)"]
-    assert failed[0].evaluated and "PGD success 90.0% at ε = 0.5 (n = 150)" in failed[0].detail
-    _, text = build(tmp_path, table)
-    assert "| **FAILED** | lora_fc_conv1/pgd: success ≥ 99% at ε = 0.5" in text
+    logged: dict[str, Any] = {"artifacts": [], "metrics": {}}
 
+    @contextmanager
+    def fake_run(experiment: str, name: str, params: Any = None, tags: Any = None, repo_root: Any = None):
+        logged.update(experiment=experiment, name=name, params=params, tags=tags)
+        yield None
 
-def test_missing_half_is_flagged_not_evaluated(tmp_path: Path) -> None:
-    table = make_table(eps=[2 / 255, 4 / 255, 8 / 255])
-    checks = sanity_checks(table)
-    skipped = [c for c in checks if not c.evaluated]
-    assert len(skipped) == 3 and all(not c.passed and c.status == "not evaluated" for c in skipped)
-    assert all("ε = 0.5 not evaluated for PGD" in c.detail for c in skipped)
-    assert all(c.passed for c in checks if c.evaluated)
-    _, text = build(tmp_path, table)
-    assert "| **NOT EVALUATED** | baseline/pgd: success ≥ 99% at ε = 0.5" in text
-    assert "**3 of 15 checks flagged: 0 FAILED, 3 NOT EVALUATED.**" in text
-    assert "model certainty before/after FGSM at ε = 4/255" in text  # median of three study ε
-
-
-def test_inconsistent_clean_accuracy_is_flagged() -> None:
-    table = make_table()
-    rows = (table["variant"] == "lora_fc") & (table["attack"] == "pgd") & (table["metric"] == "clean_accuracy")
-    table.loc[rows, "value"] = 0.7
-    failed = [c for c in sanity_checks(table) if not c.passed]
-    assert [c.name for c in failed] == ["lora_fc: clean accuracy identical across attacks and ε"]
-
-
-# ----------------------------------------------------------------------------- input errors and hygiene
-
-def test_bad_tables_give_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="attack table is missing column.s. variant"):
-        sanity_checks(make_table().drop(columns="variant"))
-    wrong_units = make_table()
-    wrong_units.loc[0, "eps"] = 8.0
-    with pytest.raises(ValueError, match=r"eps must be in \[0,1\] pixel units, got 8 .*pass k/255, not k"):
-        build(tmp_path, wrong_units)
-    table = make_table()
-    with pytest.raises(ValueError, match=r"attack table has 2 rows for .*baseline, fgsm, 2/255, clean_accuracy"):
-        sanity_checks(pd.concat([table, table.iloc[:1]]))
-    with pytest.raises(ValueError, match="attack table is empty"):
-        sanity_checks(table.iloc[:0])
-    assert not (tmp_path / "report").exists() or not (tmp_path / "report" / "report.md").exists()
-
-
-def test_format_eps() -> None:
-    assert [format_eps(e) for e in (0.0, 2 / 255, 8 / 255, 0.5, 1.0, 1 / 510)] == [
-        "0/255", "2/255", "8/255", "0.5", "255/255", "0.001961"]
-
-
-def test_import_leaves_pyplot_and_backend_alone() -> None:
-    # read rcParams raw: matplotlib.get_backend() may itself resolve the backend via pyplot
-    code = ("import matplotlib; raw = lambda: dict.__getitem__(matplotlib.rcParams, 'backend'); before = raw(); "
-            "import sys, robustlora.report; print('matplotlib.pyplot' in sys.modules, raw() == before)")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.split() == ["False", "True"]
+    monkeypatch.setattr(tracking, "start_run", fake_run)
+    monkeypatch.setattr(tracking, "log_artifact", lambda path, where=None: logged["artifacts"].append(Path(path).name))
+    monkeypatch.setattr(tracking, "log_metrics", lambda metrics, step=None: logged["metrics"].update(metrics))
+    # rendering PNGs is tested above; here a stub keeps the wiring test fast
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: (path.parent.mkdir(parents=True, exist_ok=True),
+                                                                   path.write_bytes(PNG_MAGIC), path)[-1])
+    paths = stage_inputs(tmp_path)
+    stage = stage_module()
+    stage.main(**paths)
+    out = paths["out"]
+    text = (out / "report.md").read_text()
+    assert text.startswith(f"# {report.TITLE}\n\n## Findings")
+    assert "images of 64 px are resized to 32 px" in text and "LoRA r=4, α=1 on fc, conv1" in text
+    findings = json.loads((out / "findings.json").read_text())
+    assert findings["verdicts"]["c1/pgd"] == "supported" and findings["checks"]["failed"] == 1
+    comparisons = pd.read_csv(out / "comparisons.csv")
+    assert len(comparisons) == 3 * 2 * 2 * 2 and set(comparisons["verdict"]) <= {"higher", "lower", "inconclusive"}
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(
+        n for n in logged["artifacts"] if n.endswith(".png"))
+    assert {"report.md", "findings.json", "comparisons.csv"} <= set(logged["artifacts"])
+    assert logged["tags"]["finding.c1/pgd"] == "supported" and logged["metrics"]["sanity_checks_failed"] == 1
+    printed = capsys.readouterr().out
+    assert "FAILED baseline seed 0: best epoch neither the first nor max_epochs" in printed
+    # a missing input names the file and the stage that writes it
+    (paths["results_dir"] / "lora_fc.parquet").unlink()
+    with pytest.raises(DataError, match=r"lora_fc\.parquet is missing; stage attack@lora_fc writes it"):
+        stage.main(**paths)
