@@ -156,3 +156,58 @@ def test_accuracy_counts_top1_and_is_nan_when_empty():
     labels = torch.where(torch.arange(8) < 6, pred, (pred + 1) % 3)  # the last two wrong
     assert accuracy(model, Split(images, labels), batch_size=3) == pytest.approx(6 / 8)
     assert math.isnan(accuracy(model, Split(images[:0], labels[:0])))
+
+
+def test_centre_tap_conv_equals_the_convolution_on_1x1_maps():
+    """models.Conv2d's linear shortcut gives the conv's output and gradients (zero for the taps that see padding)."""
+    from torch import nn
+
+    from robustlora.models import Conv2d
+
+    torch.manual_seed(0)
+    plain = nn.Conv2d(8, 6, 3, padding=1, bias=True)
+    fast = Conv2d(8, 6, 3, padding=1, bias=True)
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 8, 1, 1, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    out, out2 = plain(x), fast(x2)
+    torch.testing.assert_close(out2, out)
+    g = torch.randn_like(out)
+    out.backward(g)
+    out2.backward(g)
+    torch.testing.assert_close(x2.grad, x.grad)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad)
+    torch.testing.assert_close(fast.bias.grad, plain.bias.grad)
+    off_centre = fast.weight.grad.clone()
+    off_centre[:, :, 1, 1] = 0
+    assert off_centre.abs().sum() == 0 and fast.weight.grad[:, :, 1, 1].abs().sum() > 0
+    # any other shape takes the ordinary convolution
+    y = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(fast(y), plain(y))
+
+
+def test_classifier_uses_the_centre_tap_conv_and_keeps_torchvision_names():
+    from torch import nn
+    from torchvision.models import resnet18
+
+    from robustlora.models import Conv2d
+
+    model = build_model(10, 32)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(type(m) is Conv2d for m in convs)
+    reference = resnet18(num_classes=10)
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    # our ResNet18 is torchvision's: same logits with the same weights, at 32 px (layer4 on 1x1 maps) and 64 px
+    reference.load_state_dict(model.state_dict())
+    for size in (32, 64):
+        model.input_size = size
+        x = torch.rand(3, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(x), reference.eval()((x - model.mean) / model.std),
+                                       rtol=1e-4, atol=1e-5)
+    # and the same initialisation: from the same seed, a fresh model has torchvision's very weights
+    torch.manual_seed(7)
+    fresh = build_model(10, 32).state_dict()
+    torch.manual_seed(7)
+    ref_fresh = resnet18(num_classes=10).state_dict()
+    assert all(torch.equal(fresh[k], ref_fresh[k]) for k in ref_fresh)

@@ -1,6 +1,9 @@
 """ResNet18 that takes [0,1] images: resizing and ImageNet normalisation live inside the model.
 
-Module names are torchvision's (``conv1``, ``layer1.0.conv1``, ``fc``), so LoRA targets read like the study's.
+The architecture, module names and state_dict are torchvision's ResNet18 (``conv1``, ``layer1.0.conv1``, ``fc``;
+tests/test_models.py checks equality of keys and outputs against torchvision), so LoRA targets read like the study's
+and torchvision's ImageNet weights load as they are. It is written out here rather than imported because importing
+torchvision costs about 4 s per stage on a 2-core machine (it pulls in torch._dynamo), a tenth of a default run.
 Attacks therefore work in [0,1] pixel space on the very model that was trained.
 """
 
@@ -15,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from robustlora.errors import ModelError
 
@@ -30,11 +32,77 @@ IMAGENET_WEIGHTS_URL = f"https://download.pytorch.org/models/{IMAGENET_WEIGHTS_F
 
 
 
-class Classifier(ResNet):
-    """torchvision's ResNet18 with on-the-fly resizing to ``input_size`` and normalisation in ``forward``."""
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d that runs a 3x3, stride-1, padding-1 convolution of a 1x1 feature map as the linear map of its
+    centre tap — the other taps only ever see the zero padding, so outputs and gradients are those of the conv.
+
+    Why: at 32 px input ResNet18's layer4 works on 1x1 maps, and oneDNN's weight gradient for that shape runs at
+    about 3 GFLOP/s on a 2-core AVX2 CPU: half of a training step (benchmarks/bench_conv1x1.py). Same parameters,
+    same state_dict.
+    """
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if (x.shape[-2:] == (1, 1) and self.kernel_size == (3, 3) and self.padding == (1, 1)
+                and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+                and self.padding_mode == "zeros"):
+            return F.linear(x.flatten(1), weight[:, :, 1, 1], bias)[:, :, None, None]
+        return super()._conv_forward(x, weight, bias)
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> Conv2d:
+    return Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block: two 3x3 convs with BatchNorm, identity or 1x1-conv shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _conv(cin, cout, 3, stride), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = _conv(cout, cout, 3), nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(_conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet18(nn.Module):
+    """torchvision.models.resnet18: same modules, names, initialisation scheme and forward."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        widths = [64, 128, 256, 512]
+        for i, width in enumerate(widths):
+            cin, stride = (64, 1) if i == 0 else (widths[i - 1], 2)
+            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, width, stride), BasicBlock(width, width)))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class Classifier(ResNet18):
+    """ResNet18 with on-the-fly resizing to ``input_size`` and normalisation in ``forward``."""
 
     def __init__(self, num_classes: int, input_size: int = 64) -> None:
-        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        super().__init__(num_classes=num_classes)
         self.input_size = input_size
         # non-persistent: state_dicts stay torchvision-compatible
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
