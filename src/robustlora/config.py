@@ -132,6 +132,7 @@ class _Loop(Schema):
     gamma: Number = Field(0.1, gt=0, le=1)
     batch_size: int = Field(64, ge=1)
     max_epochs: int = Field(50, ge=1)
+    warmup_epochs: int = Field(0, ge=0)  # linear lr warm-up before the decay (fine-tuning: keeps epoch 1 gentle)
     patience: int = Field(5, ge=1)  # epochs without a better holdout accuracy before stopping
     crop_padding: int = Field(4, ge=0, le=64)
     flip: bool = True

@@ -76,10 +76,21 @@ def _set_batchnorm_eval(model: nn.Module) -> None:
             m.eval()
 
 
-def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+def lr_factor(epoch: int, cfg: TrainConfig) -> float:
+    """The lr of ``epoch`` (0-based) as a fraction of ``cfg.lr``: linear warm-up over ``cfg.warmup_epochs``
+    (epoch e < w gets (e+1)/(w+1)), then cosine decay to 0 at ``max_epochs`` or step decay by ``gamma``."""
+    warm = cfg.warmup_epochs
+    if epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    e = epoch - warm
     if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_epochs)
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        return 0.5 * (1 + math.cos(math.pi * e / max(cfg.max_epochs - warm, 1)))
+    return cfg.gamma ** (e // cfg.step_size)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    # a plain function (not a closure object) keeps the scheduler's state_dict to last_epoch and base_lrs
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, cfg))
 
 
 def fit(
