@@ -10,7 +10,6 @@ can check that checkpoints saved on a GPU load there (see benchmarks/README.md).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -23,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from robustlora.config import load_params  # noqa: E402
 from robustlora.data import load_classes, load_split, prepare_domain  # noqa: E402
-from robustlora.evaluate import summarize  # noqa: E402
+from robustlora.evaluate import attack_variant, metrics_json  # noqa: E402
+from robustlora.adaptation import prepare, training_seeds  # noqa: E402
 from robustlora.models import load_backbone  # noqa: E402
-from robustlora.study import adapt, attack_variant, pretrain_backbone, train_variant  # noqa: E402
+from robustlora.study import pretrain_backbone, train_variant  # noqa: E402
 from robustlora.synthetic import make_synthetic  # noqa: E402
 from robustlora.train import fit  # noqa: E402
 
@@ -59,28 +59,34 @@ def main() -> None:
     summary["seconds"]["data"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    summary["pretrain"] = pretrain_backbone(p.model, p.pretrain, prepared / "source", models / "backbone.pt", progress=False)
+    summary["pretrain"], _ = pretrain_backbone(p.model, p.pretrain, prepared / "source", models / "backbone.pt",
+                                               progress=False)
     summary["seconds"]["pretrain"] = round(time.perf_counter() - t, 2)
     summary["variants"] = {}
     for name, spec in p.variants.items():
-        t = time.perf_counter()
-        metrics, _ = train_variant(spec, backbone_path=models / "backbone.pt", prepared_dir=prepared / "target",
-                                   model_cfg=p.model, cfg=p.train, full_cfg=p.full, out_path=models / f"{name}.pt",
-                                   progress=False)
-        train_s = time.perf_counter() - t
-        t = time.perf_counter()
-        table = attack_variant(models / f"{name}.pt", prepared / "target", p.attack, progress=False)
-        summary["variants"][name] = {"train": metrics, "attack": summarize(table),
-                                     "train_seconds": round(train_s, 2), "attack_seconds": round(time.perf_counter() - t, 2)}
-        print(name, json.dumps({k: metrics[k] for k in ("val_accuracy", "trainable_params", "epochs_run")}), flush=True)
-    shutil.copy(models / "lora_fc_conv1.pt", args.out / "lora_fc_conv1.pt")
+        for seed in training_seeds(spec, p.train.seeds):
+            t = time.perf_counter()
+            cfg = p.fit_config(name, seed) if spec.kind.trains else None
+            metrics, _ = train_variant(spec, cfg, backbone_path=models / "backbone.pt", prepared_dir=prepared / "target",
+                                       model_cfg=p.model, out_path=models / name / f"seed_{seed}.pt", seed=seed,
+                                       progress=False)
+            train_s = time.perf_counter() - t
+            t = time.perf_counter()
+            rows = attack_variant(models / name / f"seed_{seed}.pt", prepared / "target", p.attack, progress=False)
+            summary["variants"][f"{name}/seed_{seed}"] = {
+                "train": metrics, "attack": metrics_json(rows.assign(seed=seed)), "train_seconds": round(train_s, 2),
+                "attack_seconds": round(time.perf_counter() - t, 2)}
+            print(name, seed, json.dumps({k: metrics[k] for k in ("val_accuracy", "trainable_params", "best_epoch")}),
+                  flush=True)
+    seed = p.train.seeds[0]
+    shutil.copy(models / "lora_fc_conv1" / f"seed_{seed}.pt", args.out / "lora_fc_conv1.pt")
 
     # a resume point written on the GPU, one epoch into training lora_fc_conv1 (the CPU side resumes it)
     spec = p.variant("lora_fc_conv1")
     wnids = load_classes(prepared / "target")
-    torch.manual_seed(p.train.seed)
-    model = adapt(load_backbone(models / "backbone.pt", wnids, p.model.input_size, p.model.head, p.train.seed), spec)
-    cfg = dataclasses.replace(p.train, max_epochs=2)
+    torch.manual_seed(seed)
+    model = prepare(load_backbone(models / "backbone.pt", wnids, p.model.input_size, p.model.head, seed), spec)
+    cfg = p.fit_config("lora_fc_conv1", seed).model_copy(update={"max_epochs": 2})
     fit(model, load_split(prepared / "target", "train"), load_split(prepared / "target", "holdout"), cfg,
         device=device, train_batchnorm=False, checkpoint_path=args.out / "resume_lora_fc_conv1.pt",
         fingerprint="gpu-check", progress=False, stop_after_epochs=1)
@@ -91,7 +97,7 @@ def main() -> None:
 def cpu_side(args: argparse.Namespace) -> None:
     """With CUDA hidden: the variant checkpoint loads and scores like on the GPU; the resume point continues on CPU."""
     from robustlora.models import load_variant
-    from robustlora.train import accuracy
+    from robustlora.models import accuracy
 
     assert not torch.cuda.is_available(), "run with CUDA_VISIBLE_DEVICES= to check loading on a CPU"
     p = load_params(args.params)
@@ -99,12 +105,14 @@ def cpu_side(args: argparse.Namespace) -> None:
     prepared = args.work / "prepared" / "target"
     model, _ = load_variant(args.out / "lora_fc_conv1.pt")
     cpu_acc = accuracy(model, load_split(prepared, "val"))
-    gpu_acc = summary["variants"]["lora_fc_conv1"]["train"]["val_accuracy"]
+    seed = p.train.seeds[0]
+    gpu_acc = summary["variants"][f"lora_fc_conv1/seed_{seed}"]["train"]["val_accuracy"]
     spec = p.variant("lora_fc_conv1")
     wnids = load_classes(prepared)
-    model = adapt(load_backbone(args.work / "models" / "backbone.pt", wnids, p.model.input_size), spec)
+    model = prepare(load_backbone(args.work / "models" / "backbone.pt", wnids, p.model.input_size), spec)
     result = fit(model, load_split(prepared, "train"), load_split(prepared, "holdout"),
-                 dataclasses.replace(p.train, max_epochs=2), device=torch.device("cpu"), train_batchnorm=False,
+                 p.fit_config("lora_fc_conv1", seed).model_copy(update={"max_epochs": 2}), device=torch.device("cpu"),
+                 train_batchnorm=False,
                  checkpoint_path=args.out / "resume_lora_fc_conv1.pt", fingerprint="gpu-check", progress=False)
     print(json.dumps({"cpu_val_accuracy_of_gpu_checkpoint": cpu_acc, "gpu_val_accuracy": gpu_acc,
                       "resumed_on_cpu_from_epoch": result.resumed_from_epoch, "epochs_run": result.epochs_run}))

@@ -1,4 +1,4 @@
-"""Stage `attack@<variant>`: FGSM and PGD over ε on a fixed val subset; robustness metrics with bootstrap CIs."""
+"""Stage `attack@<variant>`: FGSM and PGD over ε on a fixed val subset, for every training seed; per-image results."""
 
 from __future__ import annotations
 
@@ -13,38 +13,75 @@ app = _common.app(__doc__)
 @app.command()
 def main(
     variant: str = typer.Argument(..., help="a trained variant, e.g. lora_fc"),
-    params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (section: attack)"),
-    prepared: Path = typer.Option(_common.ROOT / "data" / "prepared" / "target", help="the prepared target domain"),
-    models: Path = typer.Option(_common.ROOT / "models", help="folder with <variant>.pt and <variant>.run.json"),
-    out_dir: Path = typer.Option(_common.ROOT / "metrics" / "attack", help="folder for <variant>.json and .csv"),
-    plots_dir: Path = typer.Option(_common.ROOT / "plots" / "attack", help="folder for <variant>.csv (curves over ε)"),
+    prepared: Path = typer.Option(..., help="the prepared target domain, e.g. data/prepared/target"),
+    models: Path = typer.Option(..., help="the variant's folder of seed_<s>.pt (+ .run.json), e.g. models/lora_fc"),
+    results: Path = typer.Option(..., help="per-image results (parquet), e.g. results/attack/lora_fc.parquet"),
+    metrics: Path = typer.Option(..., help="metrics JSON (per seed, mean, std), e.g. metrics/attack/lora_fc.json"),
+    plots: Path = typer.Option(..., help="success rate and robust accuracy vs ε (CSV), e.g. plots/attack/lora_fc.csv"),
+    params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: attack, train.seeds, variants)"),
 ) -> None:
-    """Attack VARIANT; write metrics JSON (DVC metrics), a tidy CSV and ε curves; log into its MLflow run."""
+    """Attack every seed's model of VARIANT on the same images; write one row per seed x attack x ε x image.
+
+    MLflow: each seed's metrics go into that seed's training run, the across-seed means into the variant's run.
+    """
+    import pandas as pd
+
     from robustlora import tracking
     from robustlora.config import load_params
-    from robustlora.evaluate import flat_metrics, summarize
+    from robustlora.errors import ModelError
+    from robustlora.evaluate import attack_variant, flat_metrics, metrics_json, success_curves
     from robustlora.io import atomic_path, write_json
-    from robustlora.study import attack_variant, success_curves
+    from robustlora.adaptation import training_seeds
 
     p = load_params(params)
-    p.variant(variant)
-    table = attack_variant(models / f"{variant}.pt", prepared, p.attack, device=p.attack.device)
-    table.insert(0, "variant", variant)
-    with atomic_path(out_dir / f"{variant}.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    summary = summarize(table)
-    write_json(out_dir / f"{variant}.json", summary)
-    with atomic_path(plots_dir / f"{variant}.csv") as tmp:
+    spec = p.variant(variant)
+    frames = []
+    for seed in training_seeds(spec, p.train.seeds):
+        model_file = models / f"seed_{seed}.pt"
+        if not model_file.is_file():
+            raise ModelError(f"{_common.rel(model_file)} is missing: run `dvc repro train@{variant}` (train.seeds "
+                             f"has seed {seed})")
+        rows = attack_variant(model_file, prepared, p.attack)
+        rows.insert(0, "seed", pd.Series(seed, index=rows.index, dtype="int16"))
+        rows.insert(0, "variant", variant)
+        with tracking.resume_run(tracking.read_run_id(models / f"seed_{seed}.run.json")):
+            tracking.log_metrics(flat_metrics(rows))
+        frames.append(rows)
+        clean = rows.loc[rows["attack"] == "fgsm"].drop_duplicates("image")["clean_correct"].mean()
+        print(f"attack@{variant} seed {seed}: clean accuracy {clean:.3f} on {rows['image'].nunique()} images")
+    table = pd.concat(frames, ignore_index=True)
+    with atomic_path(results, suffix=".parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    summary = metrics_json(table)
+    write_json(metrics, summary)
+    with atomic_path(plots, suffix=".csv") as tmp:
         success_curves(table).to_csv(tmp, index=False)
-    with tracking.resume_run(tracking.read_run_id(models / f"{variant}.run.json")):
-        tracking.log_metrics(flat_metrics(table))
-    def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.2f}"  # None: no image was correct before the attack
+    with tracking.resume_run(tracking.read_run_id(models / "run.json")):
+        tracking.log_metrics({f"mean/{k}": v for k, v in _flatten(summary).items()})
+    for attack in ("fgsm", "pgd"):
+        asr = ", ".join(f"{k}: {_fmt(v['asr']['mean'])}" for k, v in summary.get(attack, {}).items())
+        print(f"attack@{variant}: {attack} success (mean over seeds) {asr}")
 
-    attacks = [a for a in ("fgsm", "pgd") if a in summary]
-    print(f"attack@{variant}: clean accuracy {fmt(summary.get('clean_accuracy'))}; "
-          + "; ".join(f"{a} success " + ", ".join(f"{k}: {fmt(v.get('asr'))}" for k, v in summary[a].items())
-                      for a in attacks))
+
+def _flatten(summary: dict) -> dict[str, float]:
+    """{'pgd': {'eps_8': {'asr': {'mean': v}}}} -> {'pgd/eps_8/asr': v} (means only, None dropped)."""
+    out = {}
+
+    def walk(node: dict, path: list[str]) -> None:
+        if "mean" in node and not isinstance(node["mean"], dict):
+            if node["mean"] is not None:
+                out["/".join(path)] = float(node["mean"])
+            return
+        for k, v in node.items():
+            if isinstance(v, dict) and k != "seeds":
+                walk(v, path + [k])
+
+    walk(summary, [])
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"  # None: no image was correct before the attack
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ app = _common.app(__doc__)
 
 @app.command()
 def main(
+    out: Path = typer.Option(..., help="folder for the archives, e.g. data/raw"),
     params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: data, model)"),
-    out: Path = typer.Option(_common.ROOT / "data" / "raw", help="folder for the archives"),
 ) -> None:
     """Put the data archives into OUT: tiny-imagenet-200.zip (+ source.zip for the synthetic source domain)."""
     from robustlora.config import load_params

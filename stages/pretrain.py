@@ -12,33 +12,39 @@ app = _common.app(__doc__)
 
 @app.command()
 def main(
+    prepared: Path = typer.Option(..., help="folder with the prepared domains, e.g. data/prepared"),
+    out: Path = typer.Option(..., help="the backbone checkpoint, e.g. models/backbone.pt"),
+    metrics: Path = typer.Option(..., help="pretraining metrics JSON, e.g. metrics/pretrain.json"),
+    plots: Path = typer.Option(..., help="per-epoch curves CSV, e.g. plots/pretrain.csv"),
     params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: model, pretrain)"),
-    prepared: Path = typer.Option(_common.ROOT / "data" / "prepared", help="folder with the prepared domains"),
-    out: Path = typer.Option(_common.ROOT / "models" / "backbone.pt", help="the backbone checkpoint"),
-    metrics_out: Path = typer.Option(_common.ROOT / "metrics" / "pretrain.json", help="pretraining metrics"),
 ) -> None:
     """Pretrain ResNet18 on the synthetic source domain, or fetch the ImageNet / local weights, into OUT."""
+    import pandas as pd
+
     from robustlora import tracking
     from robustlora.config import load_params, to_dict
-    from robustlora.io import write_json
+    from robustlora.io import atomic_path, write_json
     from robustlora.study import pretrain_backbone
 
     p = load_params(params)
-    source = prepared / "source" if p.model.weights == "pretrain" else None
     config = {"model": to_dict(p.model), "pretrain": to_dict(p.pretrain), "data": to_dict(p.data)}
+    history: list[dict] = []
     if p.model.weights != "pretrain":
-        metrics = pretrain_backbone(p.model, p.pretrain, None, out)
+        result, history = pretrain_backbone(p.model, p.pretrain, None, out)
     else:
-        with tracking.start_run(p.mlflow.experiment, "pretrain", tracking.flatten_params(config),
-                                {"stage": "pretrain"}):
-            metrics = pretrain_backbone(p.model, p.pretrain, source, out,
-                                        checkpoint_path=_common.ROOT / "checkpoints" / "pretrain.pt",
-                                        on_epoch=lambda m: tracking.log_metrics(
-                                            {f"epoch/{k}": v for k, v in m.items() if k != "epoch"}, step=int(m["epoch"])))
-            tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        (_common.ROOT / "checkpoints" / "pretrain.pt").unlink(missing_ok=True)
-    write_json(metrics_out, metrics)
-    print(f"pretrain: {metrics}")
+        checkpoint = _common.ROOT / "checkpoints" / "pretrain.pt"
+        with tracking.start_run(p.mlflow.experiment, "pretrain", config, {"stage": "pretrain"}):
+            result, history = pretrain_backbone(
+                p.model, p.pretrain, prepared / "source", out, checkpoint_path=checkpoint,
+                on_epoch=lambda m: tracking.log_metrics({f"epoch/{k}": v for k, v in m.items() if k != "epoch"},
+                                                        step=int(m["epoch"])))
+            tracking.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
+        checkpoint.unlink(missing_ok=True)
+    write_json(metrics, result)
+    with atomic_path(plots, suffix=".csv") as tmp:
+        pd.DataFrame(history, columns=["epoch", "train_loss", "train_accuracy", "holdout_accuracy", "lr"]).to_csv(
+            tmp, index=False)
+    print(f"pretrain: {result}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage `train@<variant>`: adapt the backbone to the target domain (full fine-tuning, LoRA, or none)."""
+"""Stage `train@<variant>`: adapt the backbone to the target domain once per training seed (full, LoRA, or none)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,17 @@ app = _common.app(__doc__)
 @app.command()
 def main(
     variant: str = typer.Argument(..., help="a variant name under `variants` in params.yaml, e.g. lora_fc"),
-    params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: model, train, full, lora, variants)"),
-    prepared: Path = typer.Option(_common.ROOT / "data" / "prepared" / "target", help="the prepared target domain"),
-    backbone: Path = typer.Option(_common.ROOT / "models" / "backbone.pt", help="the pretrained backbone"),
-    models: Path = typer.Option(_common.ROOT / "models", help="folder for <variant>.pt and <variant>.run.json"),
-    metrics_dir: Path = typer.Option(_common.ROOT / "metrics" / "train", help="folder for <variant>.json"),
-    plots_dir: Path = typer.Option(_common.ROOT / "plots" / "train", help="folder for <variant>.csv (per-epoch curves)"),
+    prepared: Path = typer.Option(..., help="the prepared target domain, e.g. data/prepared/target"),
+    backbone: Path = typer.Option(..., help="the pretrained backbone, e.g. models/backbone.pt"),
+    out: Path = typer.Option(..., help="folder for seed_<s>.pt and seed_<s>.run.json, e.g. models/lora_fc"),
+    metrics: Path = typer.Option(..., help="metrics JSON (per seed, mean, std), e.g. metrics/train/lora_fc.json"),
+    plots: Path = typer.Option(..., help="folder for seed_<s>.csv per-epoch curves, e.g. plots/train/lora_fc"),
+    params: Path = typer.Option(_common.PARAMS, help="params.yaml (sections: model, train, variants, full/lora/none)"),
 ) -> None:
-    """Train VARIANT, keep the weights with the best holdout accuracy, log the run to MLflow."""
+    """Train VARIANT once per seed in train.seeds, keep each seed's weights with the best holdout accuracy.
+
+    MLflow: one parent run per variant (across-seed mean and std) with one child run per seed.
+    """
     import tempfile
 
     import pandas as pd
@@ -28,39 +31,51 @@ def main(
     from robustlora import tracking
     from robustlora.config import load_params, to_dict
     from robustlora.io import atomic_path, write_json
-    from robustlora.study import train_variant
+    from robustlora.adaptation import training_seeds
+    from robustlora.study import summarize_seeds, train_variant
 
     p = load_params(params)
     spec = p.variant(variant)
-    config = {"variant": variant, "adaptation": spec.adaptation, "targets": list(spec.targets),
-              "data": to_dict(p.data), "model": to_dict(p.model), "train": to_dict(p.train)}
-    if spec.adaptation == "lora":
-        config["lora"] = to_dict(p.lora)
-    if spec.adaptation == "full":
-        config["full"] = to_dict(p.full)
-    out = models / f"{variant}.pt"
-    checkpoint = _common.ROOT / "checkpoints" / f"{variant}.pt"
-    with tracking.start_run(p.mlflow.experiment, variant, tracking.flatten_params(config),
-                            {"stage": f"train@{variant}", "variant": variant}) as run:
-        metrics, history = train_variant(
-            spec, backbone_path=backbone, prepared_dir=prepared, model_cfg=p.model, cfg=p.train, full_cfg=p.full,
-            out_path=out, checkpoint_path=checkpoint, extra_meta={"config": config},
-            on_epoch=lambda m: tracking.log_metrics({f"epoch/{k}": v for k, v in m.items() if k != "epoch"},
-                                                    step=int(m["epoch"])),
-        )
-        tracking.log_metrics({k: float(v) for k, v in metrics.items()})
-        tracking.log_artifact(out, "checkpoint")
-        with tempfile.TemporaryDirectory() as tmp:  # not into models/, which DVC tracks
-            config_file = Path(tmp) / f"{variant}.config.json"
-            write_json(config_file, config)
-            tracking.log_artifact(config_file, "config")
-        tracking.write_run_id(models / f"{variant}.run.json", run.run_id)
-    checkpoint.unlink(missing_ok=True)
-    write_json(metrics_dir / f"{variant}.json", metrics)
+    seeds = training_seeds(spec, p.train.seeds)
+    config = {"variant": to_dict(spec), "data": to_dict(p.data), "model": to_dict(p.model), "train": to_dict(p.train)}
+    tags = {"stage": f"train@{variant}", "variant": variant, "adaptation": spec.adaptation}
+    per_seed, histories = {}, {}
+    out.mkdir(parents=True, exist_ok=True)
+    with tracking.start_run(p.mlflow.experiment, variant, config, tags | {"level": "arm"}) as parent:
+        for seed in seeds:
+            cfg = p.fit_config(variant, seed) if spec.kind.trains else None
+            checkpoint = _common.ROOT / "checkpoints" / variant / f"seed_{seed}.pt"
+            with tracking.start_run(p.mlflow.experiment, f"{variant}/seed_{seed}",
+                                    {"seed": seed, "fit": to_dict(cfg) if cfg else {}},
+                                    tags | {"level": "seed", "seed": str(seed)}, nested=True) as run:
+                metrics_seed, history = train_variant(
+                    spec, cfg, backbone_path=backbone, prepared_dir=prepared, model_cfg=p.model,
+                    out_path=out / f"seed_{seed}.pt", seed=seed, device=p.train.device,
+                    eval_batch_size=p.train.eval_batch_size, checkpoint_path=checkpoint, extra_meta={"config": config},
+                    on_epoch=lambda m: tracking.log_metrics({f"epoch/{k}": v for k, v in m.items() if k != "epoch"},
+                                                            step=int(m["epoch"])),
+                )
+                tracking.log_metrics({k: float(v) for k, v in metrics_seed.items()})
+                with tempfile.TemporaryDirectory() as tmp:  # not into models/, which DVC tracks
+                    config_file = Path(tmp) / f"{variant}.seed_{seed}.config.json"
+                    write_json(config_file, config | {"seed": seed, "fit": to_dict(cfg) if cfg else None})
+                    tracking.log_artifact(config_file, "config")
+                tracking.write_run_id(out / f"seed_{seed}.run.json", run.run_id)
+            checkpoint.unlink(missing_ok=True)
+            per_seed[seed], histories[seed] = metrics_seed, history
+            print(f"train@{variant} seed {seed}: val accuracy {metrics_seed['val_accuracy']:.3f}, best epoch "
+                  f"{metrics_seed['best_epoch']} of {metrics_seed['epochs_run']}")
+        summary = summarize_seeds(per_seed)
+        tracking.log_metrics({f"{stat}/{k}": v for stat in ("mean", "std") for k, v in summary[stat].items()})
+        tracking.write_run_id(out / "run.json", parent.run_id)
+    write_json(metrics, summary)
     columns = ["epoch", "train_loss", "train_accuracy", "holdout_accuracy", "lr"]
-    with atomic_path(plots_dir / f"{variant}.csv") as tmp:
-        pd.DataFrame(history, columns=columns).to_csv(tmp, index=False)
-    print(f"train@{variant}: {metrics}")
+    plots.mkdir(parents=True, exist_ok=True)
+    for seed, history in histories.items():
+        with atomic_path(plots / f"seed_{seed}.csv") as tmp:
+            pd.DataFrame(history, columns=columns).to_csv(tmp, index=False)
+    mean, std = summary["mean"], summary["std"]
+    print(f"train@{variant}: val accuracy {mean['val_accuracy']:.3f} ± {std['val_accuracy']:.3f} over {len(seeds)} seed(s)")
 
 
 if __name__ == "__main__":

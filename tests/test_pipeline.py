@@ -20,11 +20,14 @@ TINY = {
                            "test_images": 0, "image_size": 32}},
     "model": {"input_size": 16},
     "pretrain": {"max_epochs": 1, "batch_size": 16},
-    "train": {"max_epochs": 2, "batch_size": 16, "patience": 1},
-    "attack": {"n_images": 10, "batch_size": 10, "n_boot": 100, "fgsm": {"eps": ["2/255", "8/255"]},
-               "pgd": {"eps": ["2/255", 0.5], "steps": 2}},
+    "train": {"max_epochs": 2, "batch_size": 16, "patience": 1, "seeds": [0, 1]},
+    "attack": {"n_images": 10, "batch_size": 10, "eps": ["2/255", "8/255"], "pgd": {"steps": 2, "sanity_eps": 0.5}},
+    "report": {"eps": "8/255", "n_boot": 200},
+    # the BatchNorm control arm, as a variant that overrides a setting of its kind
+    "variants": {"baseline_frozen_bn": {"adaptation": "full", "train_batchnorm": False}},
 }
-VARIANTS = ["pretrained", "baseline", "lora_fc", "lora_fc_conv1"]
+VARIANTS = ["pretrained", "baseline", "baseline_frozen_bn", "lora_fc", "lora_fc_conv1"]
+SEEDS = [0, 1]
 
 
 def _merge(base, changes):
@@ -50,6 +53,7 @@ def repo(tmp_path_factory):
     for folder in ("stages", "src"):
         shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params["variants"] = {name: params["variants"][name] for name in VARIANTS}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", GIT_AUTHOR_NAME="t",
@@ -75,44 +79,75 @@ def test_repro_runs_every_stage_and_writes_the_report(repo):
     expected = {"download", "preprocess", "validate", "pretrain"} | {f"{s}@{v}" for s in ("train", "attack") for v in VARIANTS} | {"report"}
     assert _ran(log) == expected
     report = (root / "reports" / "report.md").read_text()
-    assert "Table 1" in report and "lora_fc_conv1" in report and "Sanity checks" in report
-    figures = sorted(p.name for p in (root / "reports" / "figures").glob("*.png"))
-    assert {"certainty_fgsm.png", "certainty_pgd.png", "success_rate_fgsm.png", "success_rate_pgd.png"} <= set(figures)
+    assert report.index("## Findings") < report.index("Table 1")  # the report opens with its findings
+    assert "lora_fc_conv1" in report and "Sanity checks" in report
+    findings = json.loads((root / "reports" / "findings.json").read_text())
+    assert findings, "no findings computed"
+    assert {f["verdict"] for f in _findings(findings)} <= {"supported", "contradicted", "inconclusive", "not evaluated"}
+    assert list((root / "reports" / "figures").glob("*.png"))
     validation = json.loads((root / "metrics" / "validation.json").read_text())
     assert validation["success"] is True
     train = json.loads((root / "metrics" / "train" / "lora_fc.json").read_text())
-    assert train["trainable_params"] == 4 * (3 + 512)  # rank·(Cout + Cin) for fc 512 -> 3 classes
-    assert {"val_accuracy", "holdout_accuracy", "total_params", "epochs_run", "train_seconds", "images_per_second"} <= set(train)
+    assert sorted(train["seeds"]) == ["0", "1"]
+    assert train["seeds"]["0"]["trainable_params"] == 4 * (3 + 512)  # rank·(Cout + Cin) for fc 512 -> 3 classes
+    assert {"val_accuracy", "best_epoch", "epochs_run", "train_seconds"} <= set(train["mean"]) & set(train["std"])
+    assert sorted(p.name for p in (root / "models" / "lora_fc").glob("*.pt")) == ["seed_0.pt", "seed_1.pt"]
+    assert sorted(p.name for p in (root / "plots" / "train" / "lora_fc").glob("*.csv")) == ["seed_0.csv", "seed_1.csv"]
     attack = json.loads((root / "metrics" / "attack" / "baseline.json").read_text())
-    assert set(attack["pgd"]) == {"eps_2", "eps_0.5"} and "asr" in attack["pgd"]["eps_2"]
+    assert set(attack["pgd"]) == {"eps_2", "eps_8", "eps_0.5"} and set(attack["fgsm"]) == {"eps_2", "eps_8"}
+    assert set(attack["pgd"]["eps_8"]["asr"]) == {"mean", "std"} and sorted(attack["seeds"]) == ["0", "1"]
     # nothing changed -> nothing to do
     assert "Data and pipelines are up to date" in sh([sys.executable, "-m", "dvc", "status"], root, env)
+
+
+def _findings(findings):
+    return findings["findings"] if isinstance(findings, dict) and "findings" in findings else findings
+
+
+def test_per_image_results_cover_every_seed_attack_and_image(repo):
+    import pandas as pd
+
+    root, _, _ = repo
+    for variant in VARIANTS:
+        rows = pd.read_parquet(root / "results" / "attack" / f"{variant}.parquet")
+        seeds = [0] if variant == "pretrained" else SEEDS
+        assert sorted(rows["seed"].unique()) == seeds
+        # FGSM at 2 ε, PGD at 2 ε + the sanity ε, on the same 10 images for every seed
+        assert len(rows) == len(seeds) * 10 * 5
+        assert rows.groupby(["seed", "attack", "eps"])["image"].apply(lambda s: tuple(sorted(s))).nunique() == 1
+        robust = rows["clean_correct"] & rows["adv_correct"]
+        assert (robust <= rows["clean_correct"]).all()
 
 
 def test_dvc_metrics_show_lists_accuracy_and_success_rates(repo):
     root, env, _ = repo
     shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env, stdout_only=True))
     data = next(iter(shown.values()))["data"]
-    assert "val_accuracy" in data["metrics/train/lora_fc.json"]["data"]
-    assert "asr" in data["metrics/attack/lora_fc.json"]["data"]["pgd"]["eps_2"]
+    assert "val_accuracy" in data["metrics/train/lora_fc.json"]["data"]["mean"]
+    assert "mean" in data["metrics/attack/lora_fc.json"]["data"]["pgd"]["eps_2"]["asr"]
 
 
-def test_mlflow_runs_hold_training_and_attack_metrics(repo):
+def test_mlflow_groups_seed_runs_under_their_arm(repo):
     root, _, _ = repo
     db = sqlite3.connect(root / "mlflow.db")
     runs = dict(db.execute("select name, run_uuid from runs where status = 'FINISHED'").fetchall())
-    assert set(VARIANTS) | {"pretrain", "report"} <= set(runs)
-    run = runs["lora_fc"]
-    params = dict(db.execute("select key, value from params where run_uuid = ?", (run,)).fetchall())
-    assert params["lora.rank"] == "4" and params["variant"] == "lora_fc" and params["data.source"] == "synthetic"
-    keys = {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (run,))}
-    assert {"holdout_accuracy", "val_accuracy", "epoch/holdout_accuracy", "epoch/train_loss", "pgd/eps_2/asr", "fgsm/eps_8/robust_accuracy", "clean_accuracy"} <= keys
-    steps = [s for (s,) in db.execute("select step from metrics where run_uuid = ? and key = 'epoch/holdout_accuracy' order by step", (run,))]
-    assert steps == [1, 2]
-    tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run,)).fetchall())
-    assert tags.get("stage") == "train@lora_fc" and len(tags.get("git.commit", "")) == 40
-    artifacts = list((root / "mlartifacts").rglob("lora_fc.pt"))
-    assert artifacts, "checkpoint artifact not logged"
+    assert set(VARIANTS) | {f"{v}/seed_{s}" for v in VARIANTS[1:] for s in SEEDS} | {"pretrain", "report"} <= set(runs)
+    parent = runs["lora_fc"]
+    for seed in SEEDS:
+        child = runs[f"lora_fc/seed_{seed}"]
+        tags = dict(db.execute("select key, value from tags where run_uuid = ?", (child,)).fetchall())
+        assert tags["mlflow.parentRunId"] == parent and tags["seed"] == str(seed)
+        assert tags.get("stage") == "train@lora_fc" and len(tags.get("git.commit", "")) == 40
+        keys = {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (child,))}
+        assert {"holdout_accuracy", "val_accuracy", "epoch/holdout_accuracy", "epoch/train_loss", "pgd/eps_2/asr",
+                "fgsm/eps_8/robust_accuracy", "clean_accuracy"} <= keys
+        steps = [s for (s,) in db.execute("select step from metrics where run_uuid = ? and key = 'epoch/holdout_accuracy' order by step", (child,))]
+        assert steps[0] == 1 and steps == sorted(steps)
+    params = dict(db.execute("select key, value from params where run_uuid = ?", (parent,)).fetchall())
+    assert params["variant.settings.rank"] == "4" and params["variant.name"] == "lora_fc"
+    assert params["data.source"] == "synthetic"
+    keys = {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (parent,))}
+    assert {"mean/val_accuracy", "std/val_accuracy", "mean/pgd/eps_8/asr"} <= keys
 
 
 def test_rank_sweep_reruns_only_the_lora_stages(repo):
@@ -120,7 +155,7 @@ def test_rank_sweep_reruns_only_the_lora_stages(repo):
     log = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "lora.rank=8"], root, env)
     assert _ran(log) == {"train@lora_fc", "train@lora_fc_conv1", "attack@lora_fc", "attack@lora_fc_conv1", "report"}
     train = json.loads((root / "metrics" / "train" / "lora_fc.json").read_text())
-    assert train["trainable_params"] == 8 * (3 + 512)
+    assert train["seeds"]["0"]["trainable_params"] == 8 * (3 + 512)
     diff = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], root, env, stdout_only=True))
     assert "metrics/train/lora_fc.json" in diff and "metrics/train/baseline.json" not in diff
 
@@ -131,6 +166,6 @@ def test_temporary_experiment_logs_into_the_users_store(repo):
     before = db.execute("select count(*) from runs").fetchone()[0]
     sh([sys.executable, "-m", "dvc", "exp", "run", "--temp", "-S", "lora.alpha=2.0"], root, env)
     runs = db.execute("select r.name, p.value from runs r join params p on p.run_uuid = r.run_uuid "
-                      "where p.key = 'lora.alpha' and r.status = 'FINISHED'").fetchall()
+                      "where p.key = 'variant.settings.alpha' and r.status = 'FINISHED'").fetchall()
     assert ("lora_fc", "2.0") in runs and db.execute("select count(*) from runs").fetchone()[0] > before
     assert not list((root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))

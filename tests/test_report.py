@@ -107,7 +107,7 @@ def test_findings_come_first_with_bold_verdicts(built: tuple[str, dict]) -> None
     c1 = next(ln for ln in lines if "(c1) lora_fc lowers the PGD" in ln)
     # the common-correct set is the unadapted arm's 24 images: the baseline's PGD flips all, lora_fc's none
     assert c1.startswith("- **supported**") and ": -100.0 [-100.0, -100.0] points; p < 0.001, Holm p < 0.001" in c1
-    assert "on the 24 images every arm classifies correctly in every seed" in c1
+    assert "on the 24 common-correct images (correct in every seed of every adapted arm)" in c1
     # one baseline seed has best epoch 1: the failed check is flagged above the findings
     assert "**Sanity checks: 1 failed" in findings
 

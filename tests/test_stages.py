@@ -36,14 +36,16 @@ def _params(tmp_path, **changes):
 
 
 def test_bad_param_is_one_line_naming_the_key(tmp_path):
-    result = run_stage("preprocess", "--params", _params(tmp_path, **{"data.holdout": 0.9}), "--out", tmp_path / "p")
+    result = run_stage("preprocess", "--params", _params(tmp_path, **{"data.holdout": 0.9}), "--raw", tmp_path / "raw",
+                       "--out", tmp_path / "p")
     assert result.returncode == 1
     assert result.stderr.strip() == "error: params.yaml: data.holdout must be in [0, 0.5), got 0.9"
     assert not (tmp_path / "p").exists()
 
 
 def test_unknown_variant_is_one_line(tmp_path):
-    result = run_stage("train", "nope", "--params", ROOT / "params.yaml", "--models", tmp_path)
+    result = run_stage("train", "nope", "--params", ROOT / "params.yaml", "--prepared", tmp_path, "--backbone",
+                       tmp_path / "b.pt", "--out", tmp_path / "m", "--metrics", tmp_path / "m.json", "--plots", tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: params.yaml: no variant 'nope' under variants (have: ")
     assert len(result.stderr.strip().splitlines()) == 1

@@ -198,3 +198,9 @@ def trains_batchnorm(spec: VariantSpec) -> bool:
 def checkpoint_meta(spec: VariantSpec) -> dict[str, Any]:
     """The variant entry a checkpoint records: name, adaptation, targets and the resolved settings."""
     return KINDS[spec.adaptation].checkpoint_meta(spec)
+
+
+def training_seeds(spec: VariantSpec, seeds: tuple[int, ...] | list[int]) -> list[int]:
+    """The training seeds of a variant: every seed of ``train.seeds`` for a kind that trains, the first one (one model)
+    for a kind that does not."""
+    return [int(s) for s in seeds] if KINDS[spec.adaptation].trains else [int(seeds[0])]

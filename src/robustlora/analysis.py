@@ -547,7 +547,7 @@ def _claim_c(rs: ResultSet, settings: Settings, common_arms: Sequence[str] | Non
                                           confidence=settings.confidence)
             p = stats.mcnemar_paired(a.success, b.success, mask)[0]
             detail = (f"success {format_pct(a.success[:, mask].mean())} % vs {format_pct(b.success[:, mask].mean())} %"
-                      f" on the {est.n_images} images every arm classifies correctly in every seed")
+                      f" on the {est.n_images} common-correct images (correct in every seed of every adapted arm)")
             out.append(_Raw(claim, key, statement, est, p, -1, test, detail))
     return out
 

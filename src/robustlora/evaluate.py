@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -21,7 +22,8 @@ from tqdm import tqdm
 from robustlora.attacks import fgsm_sweep, pgd
 from robustlora.errors import DataError
 from robustlora.metrics import eps_label, image_outcomes, outcome_metrics
-from robustlora.models import autocast_off, eval_mode, pick_device, to_pixels
+from robustlora.data import load_split
+from robustlora.models import autocast_off, eval_mode, load_variant, pick_device, to_pixels
 from robustlora.stats import seed_summary
 
 if TYPE_CHECKING:
@@ -229,3 +231,19 @@ def success_curves(df: pd.DataFrame) -> pd.DataFrame:
     wide.insert(1, "eps_255", (wide["eps"] * 255).round(3))
     wide.columns.name = None
     return wide
+
+
+def attack_subset(n_val: int, n_images: int, seed: int) -> np.ndarray:
+    """A fixed, deterministic subset of the val split: the same images for every variant and seed."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(n_val)[: min(n_images, n_val)])
+
+
+def attack_variant(model_path: Path, prepared_dir: Path, cfg: AttackConfig, *,
+                   progress: bool | None = None) -> pd.DataFrame:
+    """FGSM and PGD over ε on the val subset: one row per attack x ε x image (see evaluate.IMAGE_COLUMNS)."""
+    model, _ = load_variant(model_path)
+    val = load_split(prepared_dir, "val")
+    idx = attack_subset(len(val), cfg.n_images, cfg.seed)
+    t = torch.from_numpy(idx)
+    return attack_suite(model, val.images[t], val.labels[t], cfg, image_ids=idx, progress=progress)

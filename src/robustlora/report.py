@@ -300,8 +300,8 @@ def _comparisons_section(a: Analysis, settings: Settings, figures: Mapping[str, 
     return "\n\n".join(p for p in [
         f"## Paired comparisons against {settings.baseline}",
         f"Arm minus {settings.baseline} in percentage points on the same images. Robust accuracy: all "
-        f"{a.n_images} attacked images. Success rate: the common-correct images, those every arm classifies "
-        f"correctly in every seed ({sizes}). CI: paired hierarchical bootstrap (images shared by both arms, seeds "
+        f"{a.n_images} attacked images. Success rate: the common-correct images, those every adapted arm "
+        f"classifies correctly in every seed ({sizes}). CI: paired hierarchical bootstrap (images shared by both arms, seeds "
         f"resampled per arm). p: exact McNemar on per-image majority votes; Holm p: one Holm correction over all "
         f"{len(a.comparisons)} rows. Verdict 'higher'/'lower' needs the CI to exclude 0 and Holm p < "
         f"{settings.alpha:g}.",
