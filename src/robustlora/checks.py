@@ -2,7 +2,7 @@
 
 Attack checks follow Carlini et al. 2019, "On Evaluating Adversarial Robustness", per arm x training seed and paired
 on the same images: an iterative attack (PGD) is never weaker than a single step (FGSM); success never falls as ε
-grows; PGD at a huge ε (attack.pgd.sanity_eps, e.g. 0.5, where any image can be turned uniform grey) succeeds on
+grows; PGD at a huge ε (attack.pgd.sanity_eps, default 1: unbounded, any image in [0,1] is reachable) succeeds on
 essentially every image; the clean prediction of an image is the same in every attack row (the same model); after
 the attack no more images are right than before; the correct flags agree with the predictions. Tolerance: one image.
 Training checks read metrics/train/<arm>.json: no trained arm's best epoch is its first (it never learned), and a
@@ -146,7 +146,7 @@ def _monotone(arm: str, seed: int, attack: str, rows: pd.DataFrame, slack_images
 def _sanity(arm: str, seed: int, agg: pd.DataFrame, sanity_eps: float | None, min_success: float) -> Check:
     if sanity_eps is None:
         return Check("pgd_sanity_eps", arm, seed, "not evaluated",
-                     "attack.pgd.sanity_eps is null; set it (e.g. 0.5) to run this check")
+                     "attack.pgd.sanity_eps is null; set it (e.g. 1.0) to run this check")
     row = agg[(agg["attack"] == "pgd") & (agg["eps_key"] == eps_key(sanity_eps))]
     if row.empty:
         return Check("pgd_sanity_eps", arm, seed, "not evaluated",

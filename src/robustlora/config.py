@@ -160,7 +160,7 @@ class PgdConfig(Schema):
     step_size: Number | None = Field(None, gt=0, le=1)  # or an absolute step, [0,1] pixels
     random_start: bool = True
     restarts: int = Field(1, ge=1)
-    sanity_eps: Number | None = Field(0.5, gt=0, le=1)  # one extra run that must reach ~100 %; null = skip
+    sanity_eps: Number | None = Field(1.0, gt=0, le=1)  # one extra, unbounded run that must reach ~100 %; null = skip
 
     @model_validator(mode="after")
     def _one_step_size(self) -> PgdConfig:
