@@ -211,3 +211,12 @@ def test_classifier_uses_the_centre_tap_conv_and_keeps_torchvision_names():
     torch.manual_seed(7)
     ref_fresh = resnet18(num_classes=10).state_dict()
     assert all(torch.equal(fresh[k], ref_fresh[k]) for k in ref_fresh)
+
+
+def test_checkpoint_bytes_depend_only_on_the_content(tmp_path):
+    """Atomic writes go through random temp names; the file must not carry them (DVC would see a change)."""
+    torch.manual_seed(0)
+    state = build_model(3, 16).state_dict()
+    save_checkpoint(tmp_path / "a.pt", state, SOURCE[:3], input_size=16)
+    save_checkpoint(tmp_path / "b.pt", state, SOURCE[:3], input_size=16)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

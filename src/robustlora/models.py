@@ -248,7 +248,8 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
 
     payload = {"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "wnids": list(wnids), **meta}
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as f:  # a file object: torch names the zip's records 'archive/…', not after the
+            torch.save(payload, f)  # random temp name, so the same weights give the same bytes (DVC sees no change)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -228,7 +228,8 @@ def _save_resume_point(path: Path, fingerprint: str, model: nn.Module, optimizer
         "loop": state,
     }
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as f:  # same bytes for the same state (see models.save_checkpoint)
+            torch.save(payload, f)
 
 
 def _to_cpu(obj: Any) -> Any:
