@@ -29,7 +29,7 @@ def main(
     from robustlora import tracking
     from robustlora.config import load_params
     from robustlora.errors import ModelError
-    from robustlora.evaluate import attack_variant, flat_metrics, metrics_json, success_curves
+    from robustlora.evaluate import attack_variant, flat_metrics, mean_metrics, metrics_json, success_curves
     from robustlora.io import atomic_path, write_json
     from robustlora.adaptation import training_seeds
 
@@ -57,27 +57,10 @@ def main(
     with atomic_path(plots, suffix=".csv") as tmp:
         success_curves(table).to_csv(tmp, index=False)
     with tracking.resume_run(tracking.read_run_id(models / "run.json")):
-        tracking.log_metrics({f"mean/{k}": v for k, v in _flatten(summary).items()})
+        tracking.log_metrics({f"mean/{k}": v for k, v in mean_metrics(summary).items()})
     for attack in ("fgsm", "pgd"):
         asr = ", ".join(f"{k}: {_fmt(v['asr']['mean'])}" for k, v in summary.get(attack, {}).items())
         print(f"attack@{variant}: {attack} success (mean over seeds) {asr}")
-
-
-def _flatten(summary: dict) -> dict[str, float]:
-    """{'pgd': {'eps_8': {'asr': {'mean': v}}}} -> {'pgd/eps_8/asr': v} (means only, None dropped)."""
-    out = {}
-
-    def walk(node: dict, path: list[str]) -> None:
-        if "mean" in node and not isinstance(node["mean"], dict):
-            if node["mean"] is not None:
-                out["/".join(path)] = float(node["mean"])
-            return
-        for k, v in node.items():
-            if isinstance(v, dict) and k != "seeds":
-                walk(v, path + [k])
-
-    walk(summary, [])
-    return out
 
 
 def _fmt(v: float | None) -> str:

@@ -178,6 +178,17 @@ def test_metrics_json_means_stds_and_seeds():
         metrics_json(rows())
 
 
+def test_mean_metrics_flattens_the_across_seed_means():
+    from robustlora.evaluate import mean_metrics
+
+    means = mean_metrics(metrics_json(two_seeds()))
+    assert means["clean_accuracy"] == pytest.approx(0.6)
+    assert means["pgd/eps_2/asr"] == pytest.approx((2 / 3 + 1) / 2)
+    assert not any(k.startswith("seeds") for k in means)  # per-seed figures go to the seeds' own runs
+    wrong = torch.tensor([[0.1, 0.9], [0.8, 0.2]], dtype=torch.float64)
+    assert "pgd/eps_8/asr" not in mean_metrics(metrics_json(rows(wrong, wrong, torch.tensor([0, 1]), seed=0)))
+
+
 def test_flat_metrics_of_one_seed():
     df = two_seeds()
     flat = flat_metrics(df[df["seed"] == 1])

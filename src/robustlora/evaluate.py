@@ -29,8 +29,9 @@ from robustlora.stats import seed_summary
 if TYPE_CHECKING:
     from robustlora.config import AttackConfig  # pydantic; the suite only reads its attributes
 
-__all__ = ["attack_suite", "summarize_images", "metrics_json", "flat_metrics", "success_curves", "IMAGE_COLUMNS",
-           "SUMMARY_COLUMNS", "SHORT_NAMES"]
+__all__ = ["attack_suite", "summarize_images", "metrics_json", "flat_metrics", "mean_metrics", "success_curves",
+           "IMAGE_COLUMNS", "SUMMARY_COLUMNS", "SHORT_NAMES"]
+
 
 # attack_suite's columns; the attack stage prepends variant and seed
 IMAGE_COLUMNS = ["attack", "eps", "eps_label", "image", "label", "clean_pred", "adv_pred", "clean_correct",
@@ -217,6 +218,24 @@ def flat_metrics(df: pd.DataFrame) -> dict[str, float]:
     _one(df, "variant", "flat_metrics")
     _one(df, "seed", "flat_metrics")
     return {"/".join(path): v for path, v in _leaves(summarize_images(df)).items()}
+
+
+def mean_metrics(summary: dict) -> dict[str, float]:
+    """The across-seed means of a :func:`metrics_json` summary under flat MLflow names ('clean_accuracy',
+    'pgd/eps_8/asr', ...); per-seed figures and undefined (None) means are left out."""
+    out: dict[str, float] = {}
+
+    def walk(node: dict, path: list[str]) -> None:
+        if "mean" in node and not isinstance(node["mean"], dict):
+            if node["mean"] is not None:
+                out["/".join(path)] = float(node["mean"])
+            return
+        for key, value in node.items():
+            if isinstance(value, dict) and key != "seeds":
+                walk(value, path + [key])
+
+    walk(summary, [])
+    return out
 
 
 def success_curves(df: pd.DataFrame) -> pd.DataFrame:
