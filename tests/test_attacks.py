@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import foolbox as fb
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlora.attacks import fgsm, fgsm_sweep, pgd
-from robustlora.config import AttackConfig, PgdConfig
-from robustlora.evaluate import IMAGE_COLUMNS, attack_suite, summarize_images
+from robustlora.attacks import fgsm, fgsm_sweep, input_gradient, pgd
+from robustlora.config import AttackConfig, ConvergenceConfig, PgdConfig
+from robustlora.evaluate import DIAGNOSTIC_COLUMNS, IMAGE_COLUMNS, attack_suite, summarize_images
 from robustlora.models import eval_mode
 
 N_CLASSES = 4
@@ -373,9 +374,10 @@ def test_best_iterate_costs_one_forward_per_run(batch, keep, forwards):
 
 
 def attack_cfg(eps=(2 / 255, 4 / 255), sanity_eps: float | None = 0.5, seed: int = 0, batch_size: int = 20,
-               steps: int = 10, rel_step_size: float = 0.25) -> AttackConfig:
+               steps: int = 10, rel_step_size: float = 0.25, convergence: dict | None = None) -> AttackConfig:
     pgd_cfg = PgdConfig(steps=steps, rel_step_size=rel_step_size, sanity_eps=sanity_eps)
-    return AttackConfig(n_images=48, batch_size=batch_size, seed=seed, device="cpu", eps=list(eps), pgd=pgd_cfg)
+    return AttackConfig(n_images=48, batch_size=batch_size, seed=seed, device="cpu", eps=list(eps), pgd=pgd_cfg,
+                        convergence=ConvergenceConfig(**(convergence or {"n_images": 0})))
 
 
 @pytest.fixture(scope="module")
@@ -395,7 +397,7 @@ def suite_df(trained, suite_data):
 
 def test_attack_suite_per_image_rows(suite_df, suite_data):
     images, labels = suite_data
-    assert list(suite_df.columns) == IMAGE_COLUMNS
+    assert list(suite_df.columns) == IMAGE_COLUMNS + DIAGNOSTIC_COLUMNS
     # n_images x (FGSM and PGD at every ε, plus PGD at the sanity ε)
     assert len(suite_df) == 48 * (2 * 2 + 1)
     runs = suite_df.groupby(["attack", "eps_label"], sort=False)
@@ -477,3 +479,64 @@ def test_attack_suite_refuses_nchw_uint8(trained, suite_data):
     images, labels = suite_data
     with pytest.raises(ValueError, match="NHWC"):
         attack_suite(trained, images.transpose(0, 3, 1, 2).copy(), labels, attack_cfg())
+
+
+# --- gradient-masking diagnostics and the convergence check -------------------------------------------------------
+
+
+def test_fgsm_sweep_from_a_given_gradient_equals_its_own(trained, batch):
+    x, y = batch
+    grad = input_gradient(trained, x, y)
+    before = grad.clone()
+    for ours, given in zip(fgsm_sweep(trained, x, y, [2 / 255, 8 / 255]),
+                           fgsm_sweep(trained, x, y, [2 / 255, 8 / 255], grad=grad)):
+        assert torch.equal(ours, given)
+    assert torch.equal(grad, before)  # the caller's gradient is not overwritten by its sign
+
+
+def test_diagnostics_columns(trained, suite_df, suite_data):
+    images, labels = suite_data
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    grad = input_gradient(trained, x, torch.from_numpy(labels))
+    first = suite_df.iloc[:48]
+    np.testing.assert_allclose(first["clean_grad_norm"], grad.abs().flatten(1).sum(1), rtol=1e-5)
+    assert (first["clean_grad_norm"] > 0).all()
+    assert set(suite_df["clean_output"]) == {"logits"}
+
+
+class Quantised(nn.Module):
+    """A gradient-masked model: inputs rounded to 4 grey levels, so the input gradient is exactly zero."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 3) / 3)
+
+
+def test_diagnostics_see_masked_gradients_and_softmax_outputs(trained, suite_data):
+    images, labels = suite_data
+    cfg = attack_cfg(eps=(4 / 255,), sanity_eps=None, steps=2)
+    masked = attack_suite(Quantised(trained), images[:8], labels[:8], cfg)
+    assert (masked["clean_grad_norm"] == 0).all()
+    softmax = attack_suite(nn.Sequential(trained, nn.Softmax(dim=1)), images[:8], labels[:8], cfg)
+    assert set(softmax["clean_output"]) == {"probabilities"}
+    log_softmax = attack_suite(nn.Sequential(trained, nn.LogSoftmax(dim=1)), images[:8], labels[:8], cfg)
+    assert set(log_softmax["clean_output"]) == {"log-probabilities"}
+
+
+def test_convergence_rows_never_weaker_than_pgd_and_leave_other_rows_alone(trained, suite_df, suite_data):
+    cfg = attack_cfg(steps=2, convergence={"n_images": 30, "steps_factor": 3, "restarts": 2, "eps": [4 / 255]})
+    with_check = attack_suite(trained, *suite_data, cfg, image_ids=IDS)
+    without = attack_suite(trained, *suite_data, attack_cfg(steps=2), image_ids=IDS)
+    strong = with_check[with_check["attack"] == "pgd_strong"].reset_index(drop=True)
+    # the other rows do not depend on the check (its random starts come from a stream of their own)
+    pd.testing.assert_frame_equal(with_check[with_check["attack"] != "pgd_strong"].reset_index(drop=True),
+                                  without.reset_index(drop=True))
+    assert strong["image"].tolist() == IDS[:30].tolist() and set(strong["eps_label"]) == {"eps_4"}
+    pgd_rows = without[(without["attack"] == "pgd") & (without["eps_label"] == "eps_4")].iloc[:30]
+    pgd_fooled = (pgd_rows["clean_correct"] & ~pgd_rows["adv_correct"]).to_numpy()
+    strong_fooled = (strong["clean_correct"] & ~strong["adv_correct"]).to_numpy()
+    assert (strong_fooled >= pgd_fooled).all()  # an image PGD fooled stays fooled
+    assert strong_fooled.sum() > pgd_fooled.sum()  # 2-step PGD is weak here: 6 steps x 2 restarts find more

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -249,6 +250,20 @@ def stage_inputs(root: Path) -> dict[str, Path]:
             (paths["histories_dir"] / arm).mkdir(parents=True, exist_ok=True)
             history.to_csv(paths["histories_dir"] / arm / f"seed_{seed}.csv", index=False)
     (paths["prepared"] / "info.json").write_text(json.dumps({"image_size": 64}))
+    # the attacks beyond PGD, on the first images: PGD's own rows renamed (exactly as strong as PGD)
+    pgd = RESULTS[RESULTS["attack"] == "pgd"]
+    first = pgd[pgd["image"].isin(sorted(pgd["image"].unique())[:10])]
+    extra = {name: first.assign(attack=name, queries=np.where(first["clean_correct"] & ~first["adv_correct"], 3.0,
+                                                               np.nan), linf=first["eps"], detail="")
+             for name in ("autoattack", "square", "hopskipjump", "boundary", "zoo")}
+    paths["autoattack"], paths["blackbox_dir"] = root / "results" / "autoattack.parquet", root / "results" / "blackbox"
+    paths["transfer"] = root / "results" / "transfer.parquet"
+    paths["blackbox_dir"].mkdir(parents=True)
+    extra["autoattack"].to_parquet(paths["autoattack"])
+    for name in ("square", "hopskipjump", "boundary", "zoo"):
+        extra[name].to_parquet(paths["blackbox_dir"] / f"{name}.parquet")
+    pd.concat([first.assign(attack=f"transfer_{arm}") for arm in RESULTS["variant"].unique()]).to_parquet(
+        paths["transfer"])
     return paths
 
 
@@ -284,7 +299,11 @@ def test_stage_writes_every_output_and_logs_one_run(tmp_path: Path, monkeypatch:
     assert len(comparisons) == 3 * 2 * 2 * 2 and set(comparisons["verdict"]) <= {"higher", "lower", "inconclusive"}
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(
         n for n in logged["artifacts"] if n.endswith(".png"))
-    assert {"report.md", "findings.json", "comparisons.csv"} <= set(logged["artifacts"])
+    assert {"report.md", "findings.json", "comparisons.csv", "attacks_vs_pgd.csv", "transfer_matrix.csv"} <= set(
+        logged["artifacts"])
+    assert "## Beyond FGSM and PGD" in text and "| Square | baseline |" in text and "Transfer: PGD examples" in text
+    versus = pd.read_csv(out / "attacks_vs_pgd.csv")
+    assert set(versus["attack"]) >= {"autoattack", "square", "transfer_baseline"} and (versus["diff"] == 0).all()
     assert logged["tags"]["finding.c1/pgd"] == "supported" and logged["metrics"]["sanity_checks_failed"] == 1
     printed = capsys.readouterr().out
     assert "FAILED baseline seed 0: best epoch neither the first nor max_epochs" in printed

@@ -23,7 +23,7 @@ from torch import nn
 
 from robustlora.models import eval_mode
 
-__all__ = ["fgsm", "fgsm_sweep", "pgd"]
+__all__ = ["fgsm", "fgsm_sweep", "input_gradient", "pgd"]
 
 
 def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -65,15 +65,29 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
     return fgsm_sweep(model, x, y, [eps])[0]
 
 
-def fgsm_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float]) -> list[torch.Tensor]:
-    """FGSM at every ε of ``eps_list`` (pixel units) from a single gradient; returns x_adv per ε, in order."""
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """∇x of the summed cross-entropy at x (float NCHW in [0, 1]), in eval mode: FGSM's direction, and the
+    zero-gradient diagnostic of gradient masking."""
+    _check_images(x, y)
+    with eval_mode(model):
+        return _input_grad(model, x, y)[0]
+
+
+def fgsm_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float],
+               grad: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """FGSM at every ε of ``eps_list`` (pixel units) from a single gradient; returns x_adv per ε, in order.
+
+    ``grad``: :func:`input_gradient` at (x, y), when the caller has it already."""
     _check_images(x, y)
     eps_list = [_check_eps(e) for e in eps_list]
     if not any(eps_list):
         return [x.detach().clone() for _ in eps_list]
-    with eval_mode(model):
-        grad, _, _ = _input_grad(model, x, y)
-    direction = grad.sign_()
+    if grad is None:
+        with eval_mode(model):
+            grad, _, _ = _input_grad(model, x, y)
+    elif grad.shape != x.shape:
+        raise ValueError(f"fgsm_sweep: grad must have the images' shape {tuple(x.shape)}, got {tuple(grad.shape)}")
+    direction = grad.sign()
     # ε = 0 returns x exactly (no model-dependent rounding)
     return [(x + e * direction).clamp_(0.0, 1.0) if e > 0 else x.detach().clone() for e in eps_list]
 

@@ -65,7 +65,9 @@ def _seeds(value: Any) -> Any:
     return tuple(value)
 
 
-def _eps_grid(value: Any) -> tuple[float, ...]:
+def _eps_grid(value: Any) -> tuple[float, ...] | None:
+    if value is None:
+        return None  # where the field allows it: "the default grid"
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError("must be a non-empty list of ε values in [0, 1] (e.g. 8/255)")
     grid = [fraction(v) for v in value]
@@ -174,6 +176,17 @@ class PgdConfig(Schema):
         return self.step_size if self.step_size is not None else self.rel_step_size * eps  # type: ignore[operator]
 
 
+class ConvergenceConfig(Schema):
+    """``attack.convergence``: PGD with ``steps_factor`` x the steps and ``restarts`` random restarts, on the first
+    ``n_images`` of the attacked images at every ε; it must not fool more images than PGD did beyond the noise."""
+
+    n_images: int = Field(50, ge=0)  # 0 = skip the check
+    all_seeds: bool = True  # false: on each arm's first training seed only
+    steps_factor: int = Field(10, ge=1)
+    restarts: int = Field(5, ge=1)
+    eps: Annotated[tuple[float, ...] | None, BeforeValidator(_eps_grid)] = None  # values of attack.eps; None = all
+
+
 class AttackConfig(Schema):
     n_images: int = Field(200, ge=1)  # a fixed seeded subset of val, the same for every arm and seed
     batch_size: int = Field(128, ge=1)
@@ -181,6 +194,137 @@ class AttackConfig(Schema):
     device: Device = "auto"
     eps: Annotated[tuple[float, ...], BeforeValidator(_eps_grid)] = tuple(k / 255 for k in (1, 2, 4, 8, 16))
     pgd: PgdConfig = PgdConfig(rel_step_size=0.25)
+    convergence: ConvergenceConfig = ConvergenceConfig()
+
+    @property
+    def convergence_eps(self) -> tuple[float, ...]:
+        """The ε of the convergence check (all of ``eps`` unless convergence.eps names some); () when it is off."""
+        if not self.convergence.n_images:
+            return ()
+        return self.convergence.eps if self.convergence.eps is not None else self.eps
+
+    @model_validator(mode="after")
+    def _convergence_on_grid(self) -> AttackConfig:
+        for e in self.convergence.eps or ():
+            if e not in self.eps:
+                raise Invalid("convergence.eps", f"must be values of attack.eps ({', '.join(map(_eps_text, self.eps))})"
+                              f", got {_eps_text(e)}")
+        return self
+
+
+AutoAttackName = Literal["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"]
+
+
+class AutoAttackConfig(Schema):
+    """``autoattack``: the official AutoAttack (Croce & Hein 2020, package ``pyautoattack``), L∞.
+
+    ``version: standard`` is the authors' ensemble and settings (APGD-CE, APGD-T, FAB-T, Square with 100 iterations,
+    9 target classes, 5000 queries): the setting to report, on a GPU. ``custom`` runs ``attacks`` with ``n_iter`` /
+    ``n_target_classes`` / ``square_queries``, cheap enough for the CPU default. The images are the first
+    ``n_images`` of the attack stage's subset, so every comparison with PGD is paired.
+    """
+
+    version: Literal["standard", "custom"] = "standard"
+    attacks: Annotated[tuple[AutoAttackName, ...], BeforeValidator(_as_tuple)] = ("apgd-ce", "apgd-t")  # custom only
+    n_iter: int = Field(100, ge=1)  # custom only: APGD / FAB iterations
+    n_target_classes: int = Field(9, ge=1)  # custom only: APGD-T / FAB-T targets (capped at classes - 1)
+    square_queries: int = Field(5000, ge=1)  # custom only
+    eps: Annotated[tuple[float, ...], BeforeValidator(_eps_grid)] = (8 / 255,)
+    sanity_eps: Number | None = Field(None, gt=0, le=1)  # one more, unbounded ε: success must reach 100 %
+    n_images: int = Field(1000, ge=1)
+    batch_size: int = Field(500, ge=1)
+    seed: int = Field(0, ge=0)
+    device: Device = "auto"
+
+    @model_validator(mode="after")
+    def _some_attack(self) -> AutoAttackConfig:
+        if not self.attacks:
+            raise Invalid("attacks", "must name at least one of " + ", ".join(get_args(AutoAttackName)))
+        return self
+
+
+class SquareConfig(Schema):
+    """``blackbox.square``: Square Attack (Andriushchenko et al. 2020), score-based, L∞, ε-bounded."""
+
+    n_images: int = Field(100, ge=1)  # the first N of the attack stage's images
+    queries: int = Field(1000, ge=1)  # query budget per image (ART max_iter)
+    p_init: Number = Field(0.8, gt=0, le=1)
+    restarts: int = Field(1, ge=1)
+    eps: Annotated[tuple[float, ...], BeforeValidator(_eps_grid)] = (8 / 255,)
+    sanity_eps: Number | None = Field(None, gt=0, le=1)
+
+
+class HopSkipJumpConfig(Schema):
+    """``blackbox.hopskipjump``: HopSkipJump (Chen et al. 2020), decision-based, minimises the L∞ distance."""
+
+    all_seeds: bool = True  # false: each arm's first training seed only (the CPU default: these are slow)
+    n_images: int = Field(20, ge=1)
+    max_iter: int = Field(20, ge=1)
+    max_eval: int = Field(1000, ge=1)
+    init_eval: int = Field(100, ge=1)
+    init_size: int = Field(100, ge=1)
+
+
+class BoundaryConfig(Schema):
+    """``blackbox.boundary``: the Boundary Attack (Brendel et al. 2018), decision-based, untargeted, L2."""
+
+    all_seeds: bool = True  # false: each arm's first training seed only (the CPU default: these are slow)
+    n_images: int = Field(20, ge=1)
+    max_iter: int = Field(1000, ge=1)
+    delta: Number = Field(0.01, gt=0)
+    epsilon: Number = Field(0.01, gt=0)
+    step_adapt: Number = Field(0.667, gt=0, lt=1)
+    num_trial: int = Field(25, ge=1)
+    sample_size: int = Field(20, ge=1)
+    init_size: int = Field(100, ge=1)
+
+
+class ZooConfig(Schema):
+    """``blackbox.zoo``: ZOO (Chen et al. 2017), score-based, coordinate-wise gradient estimates, untargeted, L2."""
+
+    all_seeds: bool = True  # false: each arm's first training seed only (the CPU default: these are slow)
+    n_images: int = Field(10, ge=1)
+    max_iter: int = Field(100, ge=1)
+    binary_search_steps: int = Field(1, ge=1)
+    initial_const: Number = Field(1.0, gt=0)
+    learning_rate: Number = Field(0.01, gt=0)
+    confidence: Number = Field(0.0, ge=0)
+    nb_parallel: int = Field(128, ge=1)
+    use_resize: bool = False
+    use_importance: bool = False
+    variable_h: Number = Field(1e-4, gt=0)
+
+
+BLACKBOX_ATTACKS = ("square", "hopskipjump", "boundary", "zoo")
+
+
+class BlackboxConfig(Schema):
+    """``blackbox``: attacks that only query the model (Adversarial Robustness Toolbox), one DVC stage each.
+
+    The decision-based and ZOO attacks minimise a distance; success at ε means an adversarial input within the
+    L∞ ε-ball was found, and the query count is the first query that found one. ``eps`` (default: attack.eps) is
+    their grid; Square has its own, since it runs once per ε.
+    """
+
+    batch_size: int = Field(256, ge=1)  # model queries per forward pass
+    seed: int = Field(0, ge=0)
+    device: Device = "auto"
+    square: SquareConfig = SquareConfig()
+    hopskipjump: HopSkipJumpConfig = HopSkipJumpConfig()
+    boundary: BoundaryConfig = BoundaryConfig()
+    zoo: ZooConfig = ZooConfig()
+
+
+class TransferConfig(Schema):
+    """``transfer``: PGD examples crafted on one model (a surrogate) and evaluated on every other arm and seed.
+
+    Surrogates are variants (default: every variant, the unadapted ``pretrained`` one the natural choice); each is
+    attacked through its first training seed's model with the attack stage's PGD settings, at ``eps``.
+    """
+
+    surrogates: Annotated[tuple[str, ...] | None, BeforeValidator(_as_tuple)] = None  # None = every variant
+    eps: Annotated[tuple[float, ...], BeforeValidator(_eps_grid)] = (8 / 255,)
+    n_images: int = Field(200, ge=1)  # the first N of the attack stage's images
 
 
 Arm = Literal["baseline", "lora_fc", "lora_fc_conv1"]  # the paper's roles
@@ -269,6 +413,9 @@ class Params(Schema):
     none: NoneSettings = NoneSettings()
     variants: dict[str, VariantSpec]  # after the kinds' sections: a variant's settings start from its section
     attack: AttackConfig = AttackConfig()
+    autoattack: AutoAttackConfig = AutoAttackConfig()
+    blackbox: BlackboxConfig = BlackboxConfig()
+    transfer: TransferConfig = TransferConfig()
     report: ReportConfig = ReportConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
@@ -288,6 +435,10 @@ class Params(Schema):
         if self.report.eps not in self.attack.eps:
             grid, eps = ", ".join(map(_eps_text, self.attack.eps)), _eps_text(self.report.eps)
             raise ParamError(f"params.yaml: report.eps must be one of attack.eps ({grid}), got {eps}")
+        for name in self.transfer.surrogates or ():
+            if name not in self.variants:
+                raise ParamError(f"params.yaml: transfer.surrogates names no variant {name!r} "
+                                 f"(have: {', '.join(self.variants)})")
         for role, name in self.report.arms.items():
             if name is not None and name not in self.variants:
                 raise ParamError(f"params.yaml: report.arms.{role} names no variant {name!r} "

@@ -8,6 +8,8 @@ statistics across arms and seeds stay possible afterwards.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 from pathlib import Path
@@ -19,9 +21,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from robustlora.attacks import fgsm_sweep, pgd
+from robustlora.attacks import fgsm_sweep, input_gradient, pgd
 from robustlora.errors import DataError
-from robustlora.metrics import eps_label, image_outcomes, outcome_metrics
+from robustlora.metrics import eps_label, image_outcomes, outcome_metrics, output_kind
 from robustlora.data import load_split
 from robustlora.models import autocast_off, eval_mode, load_variant, pick_device, to_pixels
 from robustlora.stats import seed_summary
@@ -30,13 +32,20 @@ if TYPE_CHECKING:
     from robustlora.config import AttackConfig  # pydantic; the suite only reads its attributes
 
 __all__ = ["attack_suite", "summarize_images", "metrics_json", "flat_metrics", "mean_metrics", "success_curves",
-           "IMAGE_COLUMNS", "SUMMARY_COLUMNS", "SHORT_NAMES"]
+           "attack_rows", "IMAGE_COLUMNS", "DIAGNOSTIC_COLUMNS", "EXTRA_COLUMNS", "SUMMARY_COLUMNS", "SHORT_NAMES"]
 
 
 # attack_suite's columns; the attack stage prepends variant and seed
 IMAGE_COLUMNS = ["attack", "eps", "eps_label", "image", "label", "clean_pred", "adv_pred", "clean_correct",
                  "adv_correct", "clean_true_prob", "adv_true_prob", "clean_max_prob", "adv_max_prob", "clean_margin",
                  "adv_margin"]
+# attack_suite adds two per-image diagnostics of gradient masking at the clean input: the L1 norm of the input
+# gradient of the cross-entropy (0 = no signal for a gradient attack) and what the model returns (metrics.output_kind)
+DIAGNOSTIC_COLUMNS = ["clean_grad_norm", "clean_output"]
+# the attacks beyond FGSM / PGD (robustlora.autoattack, .blackbox, .transfer) add: queries spent until the image
+# was first fooled within ε (NaN: not fooled, not attacked or not counted), ‖x_adv − x‖∞, and a free-text detail
+# (AutoAttack: the component that fooled the image)
+EXTRA_COLUMNS = ["queries", "linf", "detail"]
 # summarize_images' columns after the variant / seed columns the rows carry
 SUMMARY_COLUMNS = ["attack", "eps", "eps_label", "metric", "value", "ci_low", "ci_high", "n"]
 # metric -> key in the DVC metrics JSON and MLflow names (clean_accuracy is a key of its own, once per seed)
@@ -89,11 +98,18 @@ def attack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels: to
     """Attack ``model`` with FGSM and PGD at every ε of ``cfg.eps`` ([0, 1] pixels); one row per attack·ε·image.
 
     cfg: the attack section of params.yaml (batch_size, seed, device, eps, pgd.steps / random_start / restarts /
-    sanity_eps / step_for(ε)); PGD also runs at ``cfg.pgd.sanity_eps`` when set. images: uint8 NHWC (as stored by
-    the data stages) or float NCHW in [0, 1]; labels: int64 (N,); image_ids: the images' indices in their split
-    (default 0..N-1). ``device`` defaults to ``cfg.device``; the model is moved there. Evaluated in float32, eval
-    mode; deterministic given ``cfg.seed`` (PGD random starts). Columns: IMAGE_COLUMNS, rows ordered by attack
-    (fgsm, then pgd), ε (as given), image.
+    sanity_eps / step_for(ε), convergence); PGD also runs at ``cfg.pgd.sanity_eps`` when set. images: uint8 NHWC
+    (as stored by the data stages) or float NCHW in [0, 1]; labels: int64 (N,); image_ids: the images' indices in
+    their split (default 0..N-1). ``device`` defaults to ``cfg.device``; the model is moved there. Evaluated in
+    float32, eval mode; deterministic given ``cfg.seed`` (PGD random starts).
+
+    The convergence check adds attack ``pgd_strong`` at ``cfg.convergence_eps`` on the first
+    ``cfg.convergence.n_images`` images: PGD with ``steps_factor`` x the steps and ``restarts`` restarts (own random
+    stream, so the other rows do not depend on it), run on the images PGD left correct; an image PGD fooled keeps
+    PGD's row, so ``pgd_strong`` is never weaker than ``pgd`` and the difference is what more effort finds.
+
+    Columns: IMAGE_COLUMNS + DIAGNOSTIC_COLUMNS, rows ordered by attack (fgsm, pgd, pgd_strong), ε (as given),
+    image.
     """
     fgsm_eps, pgd_eps = [float(e) for e in cfg.eps], _pgd_eps(cfg)  # AttackConfig has checked them
     y_all = _check_images(images, labels)
@@ -104,40 +120,95 @@ def attack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels: to
     device = pick_device(cfg.device, "attack.device") if device is None else torch.device(device)
     model.to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    strong_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    conv = cfg.convergence
+    n_conv = min(conv.n_images, n)
+    conv_eps = [float(e) for e in cfg.convergence_eps] if n_conv else []
 
     clean: list[dict[str, np.ndarray]] = []
+    diagnostics: dict[str, list[np.ndarray]] = {c: [] for c in DIAGNOSTIC_COLUMNS}
     adv: dict[tuple[str, float], list[dict[str, np.ndarray]]] = {("fgsm", e): [] for e in fgsm_eps}
     adv.update({("pgd", e): [] for e in pgd_eps})
-    bar = tqdm(total=math.ceil(n / cfg.batch_size) * (1 + len(pgd_eps)), desc="attack", unit="run",
+    adv.update({("pgd_strong", e): [] for e in conv_eps})
+    n_runs = math.ceil(n / cfg.batch_size) * (1 + len(pgd_eps)) + math.ceil(n_conv / cfg.batch_size) * len(conv_eps)
+    bar = tqdm(total=n_runs, desc="attack", unit="run",
                disable=(not sys.stderr.isatty()) if progress is None else not progress)
     with eval_mode(model), autocast_off(device), bar:
         for start in range(0, n, cfg.batch_size):
             x = _to_batch(images, start, start + cfg.batch_size, device)
             y = y_all[start:start + cfg.batch_size].to(device)
-            clean.append(_outcomes(model, x, y))
+            with torch.no_grad():
+                logits = model(x)
+            clean.append(image_outcomes(logits, y))
+            diagnostics["clean_output"].append(output_kind(logits))
             bar.set_postfix_str(f"fgsm x{len(fgsm_eps)}")
-            for e, x_adv in zip(fgsm_eps, fgsm_sweep(model, x, y, fgsm_eps)):
+            grad = input_gradient(model, x, y)
+            diagnostics["clean_grad_norm"].append(grad.abs().flatten(1).sum(1).float().cpu().numpy())
+            for e, x_adv in zip(fgsm_eps, fgsm_sweep(model, x, y, fgsm_eps, grad=grad)):
                 adv["fgsm", e].append(_outcomes(model, x_adv, y))
             bar.update()
+            in_conv = max(0, min(len(y), n_conv - start))  # this batch's images in the convergence subset
             for e in pgd_eps:
                 bar.set_postfix_str(f"pgd {eps_label(e)}")
                 x_adv = pgd(model, x, y, e, cfg.pgd.step_for(e), cfg.pgd.steps, random_start=cfg.pgd.random_start,
                             restarts=cfg.pgd.restarts, generator=generator)
-                adv["pgd", e].append(_outcomes(model, x_adv, y))
+                out = _outcomes(model, x_adv, y)
+                adv["pgd", e].append(out)
                 bar.update()
+                if e in conv_eps and in_conv:
+                    bar.set_postfix_str(f"pgd x{conv.steps_factor} steps x{conv.restarts} restarts {eps_label(e)}")
+                    robust = clean[-1]["correct"][:in_conv] & out["correct"][:in_conv]
+                    adv["pgd_strong", e].append(_strong_pgd(model, x[:in_conv], y[:in_conv], x_adv[:in_conv],
+                                                            robust, e, cfg, strong_generator))
+                    bar.update()
 
     before = _concat(clean)
     common = {"image": ids.astype(np.int32), "label": y_all.numpy().astype(np.int16),
               "clean_pred": before["pred"]}
+    extra = {c: np.concatenate(parts) for c, parts in diagnostics.items()}
     frames = []
     for (attack, e), parts in adv.items():
         after = _concat(parts)
+        m = len(after["pred"])  # pgd_strong covers the first n_conv images only
         frames.append(pd.DataFrame({
-            "attack": attack, "eps": np.float64(e), "eps_label": eps_label(e), **common, "adv_pred": after["pred"],
-            **{f"{when}_{key}": out[key] for key in ("correct", "true_prob", "max_prob", "margin")
+            "attack": attack, "eps": np.float64(e), "eps_label": eps_label(e),
+            **{k: v[:m] for k, v in common.items()}, "adv_pred": after["pred"],
+            **{f"{when}_{key}": out[key][:m] for key in ("correct", "true_prob", "max_prob", "margin")
                for when, out in (("clean", before), ("adv", after))},
+            **{k: v[:m] for k, v in extra.items()},
         }))
-    return pd.concat(frames, ignore_index=True)[IMAGE_COLUMNS]
+    return pd.concat(frames, ignore_index=True)[IMAGE_COLUMNS + DIAGNOSTIC_COLUMNS]
+
+
+def _strong_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_pgd: torch.Tensor, robust: np.ndarray,
+                eps: float, cfg: AttackConfig, generator: torch.Generator) -> dict[str, np.ndarray]:
+    """Outcomes of the convergence check's PGD on (x, y): PGD's point where PGD fooled the image (or it was wrong
+    to begin with), the strong run's strongest iterate on the ``robust`` images (correct before and after PGD)."""
+    x_out = x_pgd.clone()
+    todo = torch.as_tensor(robust, device=y.device)
+    if bool(todo.any()):
+        conv = cfg.convergence
+        x_out[todo] = pgd(model, x[todo], y[todo], eps, cfg.pgd.step_for(eps), cfg.pgd.steps * conv.steps_factor,
+                          random_start=cfg.pgd.random_start, restarts=conv.restarts, generator=generator)
+    return _outcomes(model, x_out, y)
+
+
+def attack_rows(attack: str, eps: float, image_ids: np.ndarray, labels: torch.Tensor,
+                clean: dict[str, np.ndarray], adv: dict[str, np.ndarray], *, linf: np.ndarray,
+                queries: np.ndarray | None = None, detail: np.ndarray | None = None) -> pd.DataFrame:
+    """Per-image rows (IMAGE_COLUMNS + EXTRA_COLUMNS) of one attack at one ε from :func:`metrics.image_outcomes`
+    of the clean and adversarial inputs; queries default to NaN, detail to ''."""
+    n = len(image_ids)
+    return pd.DataFrame({
+        "attack": attack, "eps": np.float64(eps), "eps_label": eps_label(eps),
+        "image": np.asarray(image_ids).astype(np.int32), "label": labels.cpu().numpy().astype(np.int16),
+        "clean_pred": clean["pred"], "adv_pred": adv["pred"],
+        **{f"{when}_{key}": out[key] for key in ("correct", "true_prob", "max_prob", "margin")
+           for when, out in (("clean", clean), ("adv", adv))},
+        "queries": np.full(n, np.nan) if queries is None else np.asarray(queries, np.float64),
+        "linf": np.asarray(linf, np.float32),
+        "detail": np.full(n, "", dtype=object) if detail is None else np.asarray(detail, dtype=object),
+    })[IMAGE_COLUMNS + EXTRA_COLUMNS]
 
 
 @torch.no_grad()
@@ -204,7 +275,8 @@ def metrics_json(df: pd.DataFrame) -> dict:
     paths = list(dict.fromkeys(p for leaves in per_seed.values() for p in leaves))
     across = {}
     for path in paths:
-        stats = seed_summary([leaves.get(path, math.nan) for leaves in per_seed.values()])
+        # over the seeds that have the figure (the convergence check may run on the first seed only)
+        stats = seed_summary([leaves[path] for leaves in per_seed.values() if path in leaves])
         mean = _value(stats["mean"])
         across[path] = {"mean": mean, "std": None if mean is None else _value(stats["std"])}
     out = _nest(across)
@@ -258,11 +330,75 @@ def attack_subset(n_val: int, n_images: int, seed: int) -> np.ndarray:
     return np.sort(rng.permutation(n_val)[: min(n_images, n_val)])
 
 
+def attacked_images(prepared_dir: Path, cfg: AttackConfig,
+                    first: int | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The attack stage's val subset (uint8 NHWC images, int64 labels, their ids in the val split); ``first``: only
+    its first N images, so every other attack (AutoAttack, black-box, transfer) is paired with PGD's rows."""
+    val = load_split(prepared_dir, "val")
+    idx = attack_subset(len(val), cfg.n_images, cfg.seed)
+    if first is not None:
+        idx = idx[:first]
+    t = torch.from_numpy(idx)
+    return val.images[t], val.labels[t], idx
+
+
 def attack_variant(model_path: Path, prepared_dir: Path, cfg: AttackConfig, *,
                    progress: bool | None = None) -> pd.DataFrame:
     """FGSM and PGD over ε on the val subset: one row per attack x ε x image (see evaluate.IMAGE_COLUMNS)."""
     model, _ = load_variant(model_path)
-    val = load_split(prepared_dir, "val")
-    idx = attack_subset(len(val), cfg.n_images, cfg.seed)
-    t = torch.from_numpy(idx)
-    return attack_suite(model, val.images[t], val.labels[t], cfg, image_ids=idx, progress=progress)
+    images, labels, idx = attacked_images(prepared_dir, cfg)
+    return attack_suite(model, images, labels, cfg, image_ids=idx, progress=progress)
+
+
+# ----------------------------------------------------------------------------- reuse across runs
+
+def code_digest() -> str:
+    """sha256 over the library's source files: results made by other code are never reused."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(model_files: Sequence[Path], settings: Any, image_ids: np.ndarray) -> str:
+    """What one model's rows of an attack depend on: the model file(s) (their bytes), the attack's settings (JSON),
+    the attacked images' ids and the library's code."""
+    h = hashlib.sha256()
+    for path in model_files:
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update(np.asarray(image_ids, dtype=np.int64).tobytes())
+    h.update(code_digest().encode())
+    return h.hexdigest()
+
+
+class RowCache:
+    """Per-model rows of an earlier run of the same stage (its persisted parquet file), reused when their fingerprint
+    matches: a sweep that changes one arm re-attacks that arm only. Rows carry a ``fingerprint`` column."""
+
+    def __init__(self, path: Path) -> None:
+        self.previous = None
+        if Path(path).is_file():
+            try:
+                table = pd.read_parquet(path)
+            except Exception:  # an unreadable earlier file is recomputed, not trusted
+                table = None
+            if table is not None and "fingerprint" in table.columns:
+                self.previous = table
+        self.reused: list[str] = []
+
+    def get(self, key: str, fp: str) -> pd.DataFrame | None:
+        """The earlier rows with fingerprint ``fp`` (``key`` names them in the log), or None."""
+        if self.previous is None:
+            return None
+        rows = self.previous[self.previous["fingerprint"] == fp]
+        if rows.empty:
+            return None
+        self.reused.append(key)
+        return rows.reset_index(drop=True)
+
+    @staticmethod
+    def tag(rows: pd.DataFrame, fp: str) -> pd.DataFrame:
+        rows["fingerprint"] = fp
+        return rows

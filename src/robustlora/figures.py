@@ -21,7 +21,8 @@ from robustlora.analysis import ATTACK_NAMES, eps_key, format_eps
 from robustlora.io import atomic_path
 
 __all__ = ["PAPER_FIGURES", "arm_colors", "save_figure", "eps_curve_figure", "certainty_figure", "training_figure",
-           "forest_figure", "write_figures"]
+           "forest_figure", "write_figures", "attacks_figure", "queries_figure", "transfer_figure",
+           "write_crosscheck_figures"]
 
 DPI = 110
 # the paper's figure numbers, so readers can map our figures onto the publication
@@ -171,4 +172,96 @@ def write_figures(out_dir: str | Path, *, arm_table: pd.DataFrame, comparisons: 
     if baseline is not None and (comparisons["eps"] == eps_key(report_eps)).any():
         figures["forest"] = save_figure(forest_figure(comparisons, report_eps, baseline),
                                         out_dir / "paired_differences.png")
+    return figures
+
+
+# ----------------------------------------------------------------------------- beyond FGSM and PGD
+
+def attacks_figure(versus: pd.DataFrame, eps: float, colors: Mapping[str, str], names: Mapping[str, str]) -> Figure:
+    """Robust accuracy per attack (groups) and arm (bars) at ε, 95% CIs; PGD on each attack's images as a tick."""
+    rows = versus[(versus["metric"] == "robust_accuracy") & (versus["eps"] == eps_key(eps))]
+    attacks = list(dict.fromkeys(rows["attack"]))
+    arms = [a for a in colors if (rows["arm"] == a).any()]
+    fig, (ax,) = _new_figure(7.5, 4.2)
+    width = 0.8 / max(len(arms), 1)
+    for j, arm in enumerate(arms):
+        for i, attack in enumerate(attacks):
+            r = rows[(rows["arm"] == arm) & (rows["attack"] == attack)]
+            if r.empty:
+                continue
+            r = r.iloc[0]
+            x = i - 0.4 + width * (j + 0.5)
+            ax.bar(x, 100 * r["value"], width, color=colors[arm], label=arm if i == 0 else None,
+                   yerr=[[100 * (r["value"] - r["ci_low"])], [100 * (r["ci_high"] - r["value"])]], capsize=2)
+            ax.plot([x - width / 2, x + width / 2], [100 * r["pgd"]] * 2, color="black", linewidth=1.5)
+    ax.set_xticks(range(len(attacks)), [names.get(a, a) for a in attacks], fontsize=8)
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Robust accuracy per attack at ε = {format_eps(eps)} (95% CI; black tick: PGD on the same images)",
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def queries_figure(curves: pd.DataFrame, eps: float, colors: Mapping[str, str], names: Mapping[str, str]) -> Figure:
+    """Success rate vs query budget per black-box attack (panels) and arm (lines) at ε, log query axis."""
+    rows = curves[curves["eps"].round(9) == eps_key(eps)]
+    attacks = list(dict.fromkeys(rows["attack"]))
+    fig, axes = _new_figure(3.2 * max(len(attacks), 1), 3.6, ncols=max(len(attacks), 1))
+    for ax, attack in zip(axes, attacks):
+        for arm, g in rows[rows["attack"] == attack].groupby("arm", sort=False):
+            g = g.sort_values("queries")
+            ax.plot(g["queries"], 100 * g["success_rate"], marker=".", color=colors.get(arm), label=arm)
+            ax.fill_between(g["queries"], 100 * g["ci_low"], 100 * g["ci_high"], color=colors.get(arm), alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("queries per image")
+        ax.set_title(names.get(attack, attack), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"success rate at ε = {format_eps(eps)} (%)")
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def transfer_figure(matrix: pd.DataFrame, eps: float) -> Figure:
+    """Heat map of transfer success (%): surrogate (rows) x target arm (columns) at ε; white-box cells outlined."""
+    rows = matrix[matrix["eps"] == eps_key(eps)]
+    surrogates, targets = list(dict.fromkeys(rows["surrogate"])), list(dict.fromkeys(rows["target"]))
+    grid = np.full((len(surrogates), len(targets)), np.nan)
+    for r in rows.itertuples():
+        grid[surrogates.index(r.surrogate), targets.index(r.target)] = 100 * r.success_rate
+    fig, (ax,) = _new_figure(1.6 + 1.3 * len(targets), 1.2 + 0.6 * len(surrogates))
+    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for i in range(len(surrogates)):
+        for j in range(len(targets)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if grid[i, j] < 60 else "black",
+                        fontweight="bold" if surrogates[i] == targets[j] else "normal")
+    ax.set_xticks(range(len(targets)), targets, fontsize=8)
+    ax.set_yticks(range(len(surrogates)), surrogates, fontsize=8)
+    ax.set_xlabel("target arm (every seed)")
+    ax.set_ylabel("surrogate (first seed)")
+    ax.set_title(f"PGD transfer success (%) at ε = {format_eps(eps)}; bold: same arm", fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def write_crosscheck_figures(out_dir: str | Path, *, versus: pd.DataFrame, curves: pd.DataFrame,
+                             matrix: pd.DataFrame, arms: Sequence[str], report_eps: float,
+                             names: Mapping[str, str]) -> dict[str, Path]:
+    """The figures of the report's 'Beyond FGSM and PGD' section; returns {key: path}."""
+    out_dir = Path(out_dir)
+    colors = arm_colors(arms)
+    figures: dict[str, Path] = {}
+    if (versus["eps"] == eps_key(report_eps)).any():
+        figures["attacks"] = save_figure(attacks_figure(versus, report_eps, colors, names),
+                                         out_dir / "robust_accuracy_per_attack.png")
+    if (curves["eps"].round(9) == eps_key(report_eps)).any():
+        figures["queries"] = save_figure(queries_figure(curves, report_eps, colors, names),
+                                         out_dir / "success_vs_queries.png")
+    for eps in sorted(set(matrix["eps"])) if len(matrix) else []:
+        figures[f"transfer_{format_eps(eps)}"] = save_figure(
+            transfer_figure(matrix, eps), out_dir / f"transfer_{_safe(format_eps(eps))}.png")
     return figures

@@ -24,7 +24,7 @@ import torch
 
 from robustlora.stats import wilson_interval
 
-__all__ = ["METRICS", "PROPORTIONS", "image_outcomes", "outcome_metrics", "eps_label"]
+__all__ = ["METRICS", "PROPORTIONS", "image_outcomes", "output_kind", "outcome_metrics", "eps_label"]
 
 # metric -> (per-image value column, images it averages over: every image or the clean-correct ones)
 _DEFINITIONS = {
@@ -70,6 +70,19 @@ def image_outcomes(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, np.n
         "max_prob": max_prob.numpy().astype(np.float32),
         "margin": (true_logit - other).numpy().astype(np.float32),
     }
+
+
+def output_kind(outputs: torch.Tensor, atol: float = 1e-4) -> np.ndarray:
+    """Per row of a model's (N, C) outputs: 'probabilities' (non-negative, summing to 1), 'log-probabilities'
+    (non-positive, logsumexp 0) or 'logits'. Attacks on cross-entropy need logits: a softmax inside the model
+    flattens the loss and masks its gradients (Carlini et al. 2019)."""
+    z = outputs.detach().float().cpu().double()
+    probs = (z.min(dim=1).values >= 0) & ((z.sum(dim=1) - 1).abs() <= atol)
+    log_probs = (z.max(dim=1).values <= 0) & (torch.logsumexp(z, dim=1).abs() <= atol)
+    kind = np.full(len(z), "logits", dtype=object)
+    kind[log_probs.numpy()] = "log-probabilities"
+    kind[probs.numpy()] = "probabilities"
+    return kind
 
 
 def outcome_metrics(df: pd.DataFrame, by: Sequence[str], confidence: float = 0.95) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from robustlora.analysis import (ATTACK_NAMES, MISSING, Analysis, Finding, Setti
                                  format_pct, format_points, p_phrase)
 from robustlora.checks import STATUSES, Check, count
 
-__all__ = ["TITLE", "ThreatModel", "ArmInfo", "ReportInputs", "render"]
+__all__ = ["TITLE", "ThreatModel", "ArmInfo", "CrossCheck", "ReportInputs", "render"]
 
 TITLE = "Exploring the Robustness of LoRA-Adapted ResNet18 against Adversarial Attacks"
 
@@ -61,7 +61,18 @@ class ReportInputs:
     threat: ThreatModel
     params: Mapping[str, Any]  # every params.yaml value, resolved
     figures: Mapping[str, str]  # figure key (robustlora.figures.write_figures) -> path relative to the report
+    crosscheck: CrossCheck | None = None  # the attacks beyond FGSM and PGD, when they ran
     title: str = TITLE
+
+
+@dataclass(frozen=True)
+class CrossCheck:
+    """The attacks beyond FGSM and PGD (robustlora.crosscheck tables) and what ran, in words."""
+
+    versus: pd.DataFrame  # crosscheck.versus_pgd
+    curves: pd.DataFrame  # crosscheck.query_curves
+    matrix: pd.DataFrame  # crosscheck.transfer_matrix
+    settings: Mapping[str, str]  # attack -> one line on its settings (budget, images)
 
 
 def render(inputs: ReportInputs) -> str:
@@ -73,8 +84,10 @@ def render(inputs: ReportInputs) -> str:
              _table1_section(inputs.train, a, inputs.arm_info, inputs.settings),
              _training_section(inputs.figures)]
     parts += [_attack_section(a, attack, inputs.settings, inputs.figures) for attack in _attacks(a.arm_table)]
-    parts += [_comparisons_section(a, inputs.settings, inputs.figures),
-              _checks_section(inputs.checks),
+    parts += [_comparisons_section(a, inputs.settings, inputs.figures)]
+    if inputs.crosscheck is not None:
+        parts.append(_crosscheck_section(inputs.crosscheck, inputs.settings, inputs.figures))
+    parts += [_checks_section(inputs.checks),
               _definitions_section(inputs.settings),
               _params_section(inputs.params)]
     return "\n\n".join(p.strip("\n") for p in parts if p) + "\n"
@@ -310,6 +323,72 @@ def _comparisons_section(a: Analysis, settings: Settings, figures: Mapping[str, 
         _figure(figures, "forest", f"Paired differences vs {settings.baseline} at ε = "
                                    f"{format_eps(settings.report_eps)}, 95% CI"),
     ] if p)
+
+
+def _crosscheck_section(c: CrossCheck, settings: Settings, figures: Mapping[str, str]) -> str:
+    from robustlora.crosscheck import attack_name, eps_text, transfer_source
+
+    eps = eps_key(settings.report_eps)
+    parts = ["## Beyond FGSM and PGD: AutoAttack, black-box and transfer attacks",
+             "Each attack runs on the first images of the attack subset, for every arm and training seed, and is "
+             "compared with PGD on the same images, paired (Carlini et al. 2019: an attack that sees less must not "
+             "beat one that sees everything; the gradient-masking checks under Sanity checks test exactly that). "
+             "Intervals: hierarchical bootstrap over images and seeds; p: exact McNemar on per-image majority votes "
+             "(no multiplicity correction: these are checks, not findings). What ran:",
+             "\n".join(f"- {attack_name(k)}: {v}" for k, v in c.settings.items())]
+    v = c.versus[c.versus["metric"] == "robust_accuracy"]
+    direct = v[v["attack"].map(lambda a: transfer_source(a) is None)]
+    at_eps = direct[direct["eps"] == eps]
+    aa = direct[(direct["attack"] == "autoattack")]
+    rows = []
+    for r in pd.concat([at_eps, aa[aa["eps"] != eps]]).itertuples():
+        rows.append([attack_name(r.attack), r.arm, eps_text(r.eps), f"{r.n_images} × {r.n_seeds}",
+                     _ci(r.value, r.ci_low, r.ci_high), _ci(r.pgd, r.pgd_ci_low, r.pgd_ci_high),
+                     _diff_ci(r.diff, r.diff_ci_low, r.diff_ci_high), format_p(r.p)])
+    if rows:
+        parts += [f"### Robust accuracy per attack (ε = {format_eps(eps)}; AutoAttack at every ε it ran)",
+                  _md_table(["Attack", "Arm", "ε", "Images × seeds", "Robust accuracy [95% CI]",
+                             "PGD, same images [95% CI]", "Attack − PGD (points) [95% CI]", "p"], rows),
+                  _figure(figures, "attacks", f"Robust accuracy per attack and arm at ε = {format_eps(eps)}")]
+    curves = c.curves[c.curves["eps"].round(9) == eps]
+    if not curves.empty:
+        rows = []
+        for (attack, arm), g in curves.groupby(["attack", "arm"], sort=False):
+            g = g.sort_values("queries")
+            marks = [q for q in (10, 100, 1000, 10000) if q <= g["queries"].max()] + [int(g["queries"].max())]
+            cells = []
+            for q in dict.fromkeys(marks):
+                r = g[g["queries"] <= q].iloc[-1]
+                cells.append(f"{format_pct(r['success_rate'])} % by {q}")
+            if g["success_rate"].iloc[-1] == 0:
+                cells = ["none fooled within ε"]
+            rows.append([attack_name(attack), arm, str(int(g["n"].iloc[0])), "; ".join(cells)])
+        parts += [f"### Success rate vs query budget (ε = {format_eps(eps)})",
+                  "Per image the first query that found an adversarial input within ε; shares of the clean-correct "
+                  "seed · image pairs. The decision-based attacks and ZOO minimise a distance and are scored at "
+                  "every ε from one run.",
+                  _md_table(["Attack", "Arm", "Pairs", "Success within the budget"], rows),
+                  _figure(figures, "queries", f"Success rate vs queries at ε = {format_eps(eps)}, 95% Wilson bands")]
+    if not c.matrix.empty:
+        pgd_ref = c.versus[(c.versus["metric"] == "attack_success_rate")
+                           & c.versus["attack"].map(lambda a: transfer_source(a) is not None)]
+        parts.append("### Transfer: PGD examples from a surrogate, evaluated on every arm")
+        parts.append("Success rate on each target's clean-correct images, mean over the target's seeds [95% CI]; "
+                     "the surrogate is the first seed of its arm, so its own row and column mix white-box and "
+                     "transfer. Last row: the target's own PGD on the same images.")
+        for e in sorted(set(c.matrix["eps"])):
+            m = c.matrix[c.matrix["eps"] == e]
+            targets = list(dict.fromkeys(m["target"]))
+            rows = []
+            for surrogate, g in m.groupby("surrogate", sort=False):
+                cells = {r.target: _ci(r.success_rate, r.ci_low, r.ci_high) for r in g.itertuples()}
+                rows.append([str(surrogate)] + [cells.get(t, MISSING) for t in targets])
+            ref = pgd_ref[pgd_ref["eps"] == e].drop_duplicates("arm").set_index("arm")
+            rows.append(["*white-box PGD*"] + [_ci(ref.loc[t, "pgd"], ref.loc[t, "pgd_ci_low"], ref.loc[t, "pgd_ci_high"])
+                                                if t in ref.index else MISSING for t in targets])
+            parts += [f"ε = {format_eps(e)}:", _md_table(["Surrogate \\ target"] + targets, rows),
+                      _figure(figures, f"transfer_{format_eps(e)}", f"Transfer success at ε = {format_eps(e)}")]
+    return "\n\n".join(p for p in parts if p)
 
 
 def _checks_section(checks: Sequence[Check]) -> str:

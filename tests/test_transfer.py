@@ -1,0 +1,147 @@
+"""Tests for robustlora.transfer (PGD crafted on a surrogate, evaluated on a target) on tiny CPU models."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlora.attacks import pgd
+from robustlora.config import AttackConfig, ConvergenceConfig, PgdConfig
+from robustlora.evaluate import EXTRA_COLUMNS, IMAGE_COLUMNS, attack_suite
+from robustlora.transfer import craft_pgd, transfer_rows
+
+N_CLASSES, SIZE = 4, 8
+EPS = (2 / 255, 6 / 255, 16 / 255)
+PGD = PgdConfig(steps=5, rel_step_size=0.25, restarts=2)
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn(self.conv((x - 0.5) / 0.25)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 4), 1))
+
+
+def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise images with a slightly brighter quadrant that encodes the class."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, N_CLASSES, (n,), generator=g)
+    x = 0.3 + 0.3 * torch.rand(n, 3, SIZE, SIZE, generator=g)
+    for i, c in enumerate(y.tolist()):
+        r, col = divmod(c, 2)
+        x[i, :, 4 * r:4 * r + 4, 4 * col:4 * col + 4] += 0.06
+    return x.clamp(0, 1), y
+
+
+def trained(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = TinyNet()
+    x, y = make_data(300, seed=10 + seed)
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    for step in range(45):
+        batch = slice(step % 3 * 100, step % 3 * 100 + 100)
+        opt.zero_grad()
+        F.cross_entropy(model(x[batch]), y[batch]).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """Two independently trained models (surrogate A, target B) and 40 test images, stored as uint8 NHWC."""
+    x, y = make_data(40, seed=99)
+    images = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return trained(0), trained(1), images, y
+
+
+def crafted(model: nn.Module, images: torch.Tensor, y: torch.Tensor, seed: int = 0) -> dict[float, torch.Tensor]:
+    return craft_pgd(model, images, y, EPS, PGD, seed=seed, device="cpu", batch_size=16, progress=False)
+
+
+def test_white_box_equals_the_attack_suites_pgd(setup):
+    a, _, images, y = setup
+    rows = transfer_rows(a, images, y, crafted(a, images, y), surrogate="a", image_ids=np.arange(5, 45))
+    assert list(rows.columns) == IMAGE_COLUMNS + EXTRA_COLUMNS
+    assert rows["attack"].eq("transfer_a").all() and rows["queries"].isna().all() and rows["detail"].eq("").all()
+    assert rows["eps"].tolist() == [e for e in EPS for _ in range(40)]
+    assert rows["image"].tolist() == list(range(5, 45)) * len(EPS)
+    cfg = AttackConfig(eps=EPS, pgd=PGD.model_copy(update={"sanity_eps": None}), batch_size=16, seed=0,
+                       convergence=ConvergenceConfig(n_images=0))
+    suite = attack_suite(a, images, y, cfg, image_ids=np.arange(5, 45), device="cpu", progress=False)
+    suite = suite[suite["attack"] == "pgd"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(rows[IMAGE_COLUMNS].drop(columns="attack"),
+                                  suite[IMAGE_COLUMNS].drop(columns="attack"))
+    fooled = rows.groupby("eps")["adv_correct"].apply(lambda c: (~c).sum())
+    assert 0 < fooled[EPS[0]] < fooled[EPS[-1]]
+
+
+def test_points_within_eps_and_crafted_with_attacks_pgd(setup):
+    a, _, images, y = setup
+    adversarials = crafted(a, images, y, seed=3)
+    x = images.permute(0, 3, 1, 2).float() / 255
+    generator = torch.Generator().manual_seed(3)
+    for start in range(0, 40, 16):  # the same batches and random stream: batch by batch, ε by ε
+        for e in EPS:
+            expected = pgd(a, x[start:start + 16], y[start:start + 16], e, PGD.step_for(e), PGD.steps,
+                           restarts=PGD.restarts, generator=generator)
+            assert torch.equal(adversarials[e][start:start + 16], expected)
+    for e, x_adv in adversarials.items():
+        assert x_adv.dtype == torch.float32 and x_adv.shape == x.shape and x_adv.device.type == "cpu"
+        assert 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
+        assert (x_adv - x).abs().max() <= e + 1e-6
+    rows = transfer_rows(a, images, y, adversarials, surrogate="a")
+    assert (rows["linf"] <= rows["eps"] + 1e-6).all() and (rows["linf"] > 0).any()
+
+
+def test_identical_target_gets_the_white_box_result_and_others_their_own(setup):
+    a, b, images, y = setup
+    adversarials = crafted(a, images, y)
+    white_box = transfer_rows(a, images, y, adversarials, surrogate="a")
+    pd.testing.assert_frame_equal(transfer_rows(copy.deepcopy(a), images, y, adversarials, surrogate="a"), white_box)
+    other = transfer_rows(b, images, y, adversarials, surrogate="a")
+    with torch.no_grad():
+        for e, part in other.groupby("eps", sort=False):
+            np.testing.assert_array_equal(part["adv_pred"], b(adversarials[e]).argmax(1).numpy())
+    np.testing.assert_array_equal(other["linf"], white_box["linf"])  # the same points, another model
+    assert not other["adv_pred"].equals(white_box["adv_pred"])
+
+
+def test_deterministic(setup):
+    a, _, images, y = setup
+    first, again, other = crafted(a, images, y), crafted(a, images, y), crafted(a, images, y, seed=1)
+    assert all(torch.equal(first[e], again[e]) for e in EPS)
+    assert not torch.equal(first[EPS[1]], other[EPS[1]])  # the seed drives the random starts
+
+
+def test_modes_restored_and_bad_adversarials_refused(setup):
+    a, b, images, y = setup
+    a, b = copy.deepcopy(a).train(), copy.deepcopy(b).train()
+    state = copy.deepcopy(a.state_dict())
+    adversarials = crafted(a, images, y)
+    rows = transfer_rows(b, images, y, adversarials, surrogate="a")
+    assert a.training and b.training and all(torch.equal(v, state[k]) for k, v in a.state_dict().items())
+    assert len(rows) == 40 * len(EPS)
+    x = images.permute(0, 3, 1, 2).float() / 255
+    with pytest.raises(ValueError, match="transfer_a: adversarials at ε = 0.00784314 leave the ε-ball"):
+        transfer_rows(b, images, y, {2 / 255: adversarials[EPS[1]]}, surrogate="a")
+    with pytest.raises(ValueError, match="must be a float tensor with 40 images"):
+        transfer_rows(b, images, y, {EPS[0]: x[:10]}, surrogate="a")
