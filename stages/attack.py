@@ -36,12 +36,16 @@ def main(
     p = load_params(params)
     spec = p.variant(variant)
     frames = []
-    for seed in training_seeds(spec, p.train.seeds):
+    seeds = training_seeds(spec, p.train.seeds)
+    for seed in seeds:
+        cfg = p.attack
+        if seed != seeds[0] and not cfg.convergence.all_seeds:  # the convergence check on the first seed only
+            cfg = cfg.model_copy(update={"convergence": cfg.convergence.model_copy(update={"n_images": 0})})
         model_file = models / f"seed_{seed}.pt"
         if not model_file.is_file():
             raise ModelError(f"{_common.rel(model_file)} is missing: run `dvc repro train@{variant}` (train.seeds "
                              f"has seed {seed})")
-        rows = attack_variant(model_file, prepared, p.attack)
+        rows = attack_variant(model_file, prepared, cfg)
         rows.insert(0, "seed", pd.Series(seed, index=rows.index, dtype="int16"))
         rows.insert(0, "variant", variant)
         with tracking.resume_run(tracking.read_run_id(models / f"seed_{seed}.run.json")):

@@ -22,6 +22,9 @@ def _need(path: Path, stage: str) -> Path:
 @app.command()
 def main(
     results_dir: Path = typer.Option(..., help="folder of per-image <variant>.parquet files, e.g. results/attack"),
+    autoattack: Path = typer.Option(..., help="AutoAttack's per-image results, e.g. results/autoattack.parquet"),
+    blackbox_dir: Path = typer.Option(..., help="folder of <attack>.parquet black-box results, e.g. results/blackbox"),
+    transfer: Path = typer.Option(..., help="transfer's per-image results, e.g. results/transfer.parquet"),
     train_metrics_dir: Path = typer.Option(..., help="folder of <variant>.json train metrics, e.g. metrics/train"),
     histories_dir: Path = typer.Option(..., help="folder of <variant>/seed_<s>.csv histories, e.g. plots/train"),
     prepared: Path = typer.Option(..., help="prepared target domain (its info.json gives the attacked image size), "
@@ -32,8 +35,8 @@ def main(
     """Build reports/report.md (Findings first), its figures, findings.json and comparisons.csv."""
     import pandas as pd
 
-    from robustlora import adaptation, analysis, checks, figures, report, tracking
-    from robustlora.config import load_params
+    from robustlora import adaptation, analysis, checks, crosscheck, figures, report, tracking
+    from robustlora.config import BLACKBOX_ATTACKS, load_params
     from robustlora.io import atomic_path, read_json, write_json, write_text
 
     p = load_params(params)
@@ -47,7 +50,12 @@ def main(
                 history = _need(histories_dir / name / f"seed_{seed}.csv", f"train@{name}")
                 histories[name][int(seed)] = pd.read_csv(history)
         info[name] = report.ArmInfo(adaptation.describe(spec), adaptation.trains_batchnorm(spec))
-    results = pd.concat(frames, ignore_index=True)
+    attack_rows = pd.concat(frames, ignore_index=True)
+    results = attack_rows[attack_rows["attack"].isin(["fgsm", "pgd"])]  # pgd_strong: a check on a subset
+    extra = pd.concat([pd.read_parquet(_need(autoattack, "autoattack")),
+                       *(pd.read_parquet(_need(blackbox_dir / f"{a}.parquet", f"blackbox@{a}"))
+                         for a in BLACKBOX_ATTACKS),
+                       pd.read_parquet(_need(transfer, "transfer"))], ignore_index=True)
     image_size = read_json(_need(prepared / "info.json", "preprocess"))["image_size"]
 
     settings = analysis.Settings(
@@ -66,23 +74,35 @@ def main(
     adapted = [name for name, spec in p.variants.items() if spec.kind.trains] or None
     result = analysis.analyse(results, settings, common_arms=adapted)
     found_checks = checks.run_checks(results, train_metrics, eps_grid=settings.eps_grid, sanity_eps=pgd.sanity_eps)
+    found_checks += checks.masking_checks(attack_rows, extra, alpha=p.report.alpha)
+    cross = report.CrossCheck(versus=crosscheck.versus_pgd(attack_rows, extra, settings),
+                              curves=crosscheck.query_curves(extra), matrix=crosscheck.transfer_matrix(extra, settings),
+                              settings=crosscheck.settings_lines(p))
     figs = figures.write_figures(out / "figures", arm_table=result.arm_table, comparisons=result.comparisons,
                                  histories=histories, arms=result.arms, report_eps=settings.report_eps,
                                  baseline=settings.baseline)
+    figs.update(figures.write_crosscheck_figures(
+        out / "figures", versus=cross.versus, curves=cross.curves, matrix=cross.matrix, arms=result.arms,
+        report_eps=settings.report_eps, names={a: crosscheck.attack_name(a) for a in set(extra["attack"])}))
     text = report.render(report.ReportInputs(
         analysis=result, settings=settings, checks=found_checks, train=analysis.train_table(train_metrics),
         arm_info=info, threat=threat, params=p.model_dump(mode="json"),
-        figures={key: f"figures/{path.name}" for key, path in figs.items()}))
+        figures={key: f"figures/{path.name}" for key, path in figs.items()}, crosscheck=cross))
     counts = checks.count(found_checks)
     write_text(out / "report.md", text)
     write_json(out / "findings.json", analysis.findings_json(result.findings, settings, result.common_sizes, counts))
     with atomic_path(out / "comparisons.csv") as tmp:
         result.comparisons.to_csv(tmp, index=False)
+    for name, table in (("attacks_vs_pgd.csv", cross.versus), ("success_vs_queries.csv", cross.curves),
+                        ("transfer_matrix.csv", cross.matrix)):
+        with atomic_path(out / name) as tmp:
+            table.to_csv(tmp, index=False)
 
     flagged = [c for c in found_checks if c.flagged]
     tags = {"stage": "report", **{f"finding.{f.key}": f.verdict for f in result.findings}}
     with tracking.start_run(p.mlflow.experiment, "report", {"report": p.report.model_dump(mode="json")}, tags):
-        for name in ("report.md", "findings.json", "comparisons.csv"):
+        for name in ("report.md", "findings.json", "comparisons.csv", "attacks_vs_pgd.csv", "success_vs_queries.csv",
+                     "transfer_matrix.csv"):
             tracking.log_artifact(out / name, "report")
         for path in figs.values():
             tracking.log_artifact(path, "report/figures")

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def imported_files(script: Path, root: Path) -> set[str]:
-    """Repository files a stage script imports, transitively: stages/_common.py and src/robustlora/*.py.
+    """Repository files a stage script imports, transitively: stages/_*.py helpers and src/robustlora/*.py.
 
     Every import statement counts, also those inside functions (the stages import lazily to keep --help fast).
     """
@@ -36,8 +36,8 @@ def imported_files(script: Path, root: Path) -> set[str]:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             for name in names:
-                if name == "_common":
-                    todo.append(root / "stages" / "_common.py")
+                if name.startswith("_") and (root / "stages" / f"{name}.py").is_file():
+                    todo.append(root / "stages" / f"{name}.py")
                 elif name.startswith("robustlora"):
                     parts = name.split(".")
                     candidate = root / "src" / Path(*parts).with_suffix(".py")

@@ -21,11 +21,21 @@ TINY = {
     "model": {"input_size": 16},
     "pretrain": {"max_epochs": 1, "batch_size": 16},
     "train": {"max_epochs": 2, "batch_size": 16, "patience": 1, "seeds": [0, 1]},
-    "attack": {"n_images": 10, "batch_size": 10, "eps": ["2/255", "8/255"], "pgd": {"steps": 2, "sanity_eps": 0.5}},
+    "attack": {"n_images": 10, "batch_size": 10, "eps": ["2/255", "8/255"], "pgd": {"steps": 2, "sanity_eps": 0.5},
+               "convergence": {"n_images": 4, "steps_factor": 2, "restarts": 2, "eps": ["8/255"]}},
+    "autoattack": {"n_images": 6, "batch_size": 6, "n_iter": 2, "n_target_classes": 2, "eps": ["8/255"],
+                   "sanity_eps": 1.0},
+    "blackbox": {"square": {"n_images": 4, "queries": 5, "eps": ["8/255"], "sanity_eps": 1.0},
+                 "hopskipjump": {"n_images": 2, "max_iter": 1, "max_eval": 10, "init_eval": 5, "init_size": 5},
+                 "boundary": {"n_images": 2, "max_iter": 3, "num_trial": 2, "sample_size": 2, "init_size": 5},
+                 "zoo": {"n_images": 2, "max_iter": 2, "nb_parallel": 8}},
+    "transfer": {"n_images": 6, "eps": ["8/255"]},
     "report": {"eps": "8/255", "n_boot": 200},
 }
 VARIANTS = ["pretrained", "baseline", "lora_fc", "lora_fc_conv1"]
 SEEDS = [0, 1]
+BLACKBOX = ["square", "hopskipjump", "boundary", "zoo"]
+CROSS_ARM = {"autoattack", "blackbox", "transfer"}  # the stages that attack every arm
 
 
 def _merge(base, changes):
@@ -74,11 +84,16 @@ def _ran(log):
 
 def test_repro_runs_every_stage_and_writes_the_report(repo):
     root, env, log = repo
-    expected = {"download", "preprocess", "validate", "pretrain"} | {f"{s}@{v}" for s in ("train", "attack") for v in VARIANTS} | {"report"}
+    expected = ({"download", "preprocess", "validate", "pretrain"} | {f"{s}@{v}" for s in ("train", "attack") for v in VARIANTS}
+                | CROSS_ARM | {"report"})
     assert _ran(log) == expected
     report = (root / "reports" / "report.md").read_text()
     assert report.index("## Findings") < report.index("Table 1")  # the report opens with its findings
     assert "lora_fc_conv1" in report and "Sanity checks" in report
+    assert "## Beyond FGSM and PGD" in report and "AutoAttack" in report and "HopSkipJump" in report
+    assert "Transfer: PGD examples" in report and "the model returns logits" in report
+    for name in ("attacks_vs_pgd.csv", "success_vs_queries.csv", "transfer_matrix.csv"):
+        assert (root / "reports" / name).stat().st_size > 0
     findings = json.loads((root / "reports" / "findings.json").read_text())
     assert findings, "no findings computed"
     assert {f["verdict"] for f in _findings(findings)} <= {"supported", "contradicted", "inconclusive", "not evaluated"}
@@ -110,11 +125,37 @@ def test_per_image_results_cover_every_seed_attack_and_image(repo):
         rows = pd.read_parquet(root / "results" / "attack" / f"{variant}.parquet")
         seeds = [0] if variant == "pretrained" else SEEDS
         assert sorted(rows["seed"].unique()) == seeds
-        # FGSM at 2 ε, PGD at 2 ε + the sanity ε, on the same 10 images for every seed
-        assert len(rows) == len(seeds) * 10 * 5
-        assert rows.groupby(["seed", "attack", "eps"])["image"].apply(lambda s: tuple(sorted(s))).nunique() == 1
+        # FGSM at 2 ε, PGD at 2 ε + the sanity ε, on the same 10 images for every seed; PGD's convergence check
+        # on the first 4
+        assert len(rows) == len(seeds) * (10 * 5 + 4)
+        main = rows[rows["attack"] != "pgd_strong"]
+        assert main.groupby(["seed", "attack", "eps"])["image"].apply(lambda s: tuple(sorted(s))).nunique() == 1
         robust = rows["clean_correct"] & rows["adv_correct"]
         assert (robust <= rows["clean_correct"]).all()
+
+
+def test_attacks_beyond_pgd_have_per_image_rows_for_every_model(repo):
+    import pandas as pd
+
+    root, _, _ = repo
+    models = {(v, s) for v in VARIANTS for s in ([0] if v == "pretrained" else SEEDS)}
+    aa = pd.read_parquet(root / "results" / "autoattack.parquet")
+    assert set(zip(aa["variant"], aa["seed"])) == models and set(aa["eps"].round(6)) == {round(8 / 255, 6), 1.0}
+    assert aa.groupby(["variant", "seed", "eps"]).size().eq(6).all()
+    for attack in BLACKBOX:
+        rows = pd.read_parquet(root / "results" / "blackbox" / f"{attack}.parquet")
+        assert set(zip(rows["variant"], rows["seed"])) == models and set(rows["attack"]) == {attack}
+        assert (rows["linf"] <= rows["eps"] + 1e-6).all()
+        fooled = rows["clean_correct"] & ~rows["adv_correct"]
+        assert rows.loc[fooled, "queries"].gt(0).all() and rows.loc[~fooled, "queries"].isna().all()
+    transfer = pd.read_parquet(root / "results" / "transfer.parquet")
+    assert set(transfer["attack"]) == {f"transfer_{v}" for v in VARIANTS}
+    assert set(zip(transfer["variant"], transfer["seed"])) == models
+    attack = pd.read_parquet(root / "results" / "attack" / "baseline.parquet")
+    strong = attack.query("attack == 'pgd_strong'")
+    # the convergence check runs on the first 4 attacked images, and so does everything beyond PGD on its first N
+    assert sorted(strong["image"].unique()) == sorted(attack["image"].unique())[:4] and len(strong) == 2 * 4
+    assert sorted(aa["image"].unique()) == sorted(attack["image"].unique())[:6]
 
 
 def test_dvc_metrics_show_lists_accuracy_and_success_rates(repo):
@@ -151,7 +192,19 @@ def test_mlflow_groups_seed_runs_under_their_arm(repo):
 def test_rank_sweep_reruns_only_the_lora_stages(repo):
     root, env, _ = repo
     log = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "lora.rank=8"], root, env)
-    assert _ran(log) == {"train@lora_fc", "train@lora_fc_conv1", "attack@lora_fc", "attack@lora_fc_conv1", "report"}
+    assert _ran(log) == {"train@lora_fc", "train@lora_fc_conv1", "attack@lora_fc", "attack@lora_fc_conv1", "report"} | CROSS_ARM
+    # the stages that attack every arm re-attack the changed arms only: the others' rows are reused
+    assert log.count("reused the unchanged rows of pretrained seed 0, baseline seed 0") == 5  # AutoAttack, 4 black-box
+    assert "lora_fc seed 0" not in log.split("reused the unchanged rows of")[1].split("\n")[0]
+
+
+def test_changing_one_black_box_budget_recomputes_that_attack_only(repo):
+    root, env, _ = repo
+    log = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "blackbox.square.queries=6"], root, env)
+    assert _ran(log) == {"blackbox", "report"}
+    for attack in ("hopskipjump", "boundary", "zoo"):
+        assert f"{attack}: reused the unchanged rows of pretrained seed 0, baseline seed 0, lora_fc seed 0" in log
+    assert "square: reused" not in log
     train = json.loads((root / "metrics" / "train" / "lora_fc.json").read_text())
     assert train["seeds"]["0"]["trainable_params"] == 8 * (3 + 512)
     diff = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], root, env, stdout_only=True))

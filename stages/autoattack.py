@@ -1,0 +1,50 @@
+"""Stage `autoattack`: the official AutoAttack on every arm and seed, on the first images of the attack subset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import _attacks
+import _common
+import typer
+
+app = _common.app(__doc__)
+
+
+@app.command()
+def main(
+    prepared: Path = typer.Option(..., help="the prepared target domain, e.g. data/prepared/target"),
+    models: Path = typer.Option(..., help="the folder of every variant's seed_<s>.pt (+ .run.json), e.g. models"),
+    results: Path = typer.Option(..., help="per-image results (parquet), e.g. results/autoattack.parquet"),
+    metrics: Path = typer.Option(..., help="metrics JSON per variant (per seed, mean, std), e.g. metrics/autoattack.json"),
+    params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: autoattack, attack, variants)"),
+) -> None:
+    """Run AutoAttack (autoattack.version, autoattack.eps) on the first autoattack.n_images of the PGD images."""
+    import pandas as pd
+
+    from robustlora.autoattack import autoattack_suite
+    from robustlora.config import load_params
+    from robustlora.evaluate import RowCache, attacked_images, fingerprint
+    from robustlora.models import load_variant
+
+    p = load_params(params)
+    cfg = p.autoattack
+    images, labels, ids = attacked_images(prepared, p.attack, cfg.n_images)
+    cache, settings = RowCache(results), cfg.model_dump(mode="json")
+    frames = []
+    for variant, seed, model_file, _ in _attacks.each_model(p, models):
+        fp = fingerprint([model_file], settings, ids)
+        rows = cache.get(f"{variant} seed {seed}", fp)
+        if rows is None:
+            model, _ = load_variant(model_file)
+            rows = _attacks.tag_rows(autoattack_suite(model, images, labels, cfg, image_ids=ids), variant, seed)
+            RowCache.tag(rows, fp)
+        frames.append(rows)
+        robust = (rows["clean_correct"] & rows["adv_correct"]).groupby(rows["eps_label"], sort=False).mean()
+        print(f"autoattack {variant} seed {seed}: robust accuracy "
+              + ", ".join(f"{k} {v:.3f}" for k, v in robust.items()))
+    _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache=cache)
+
+
+if __name__ == "__main__":
+    _common.run(app)

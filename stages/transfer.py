@@ -1,0 +1,67 @@
+"""Stage `transfer`: PGD examples crafted on each surrogate arm, evaluated on every arm and seed (a matrix per ε)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import _attacks
+import _common
+import typer
+
+app = _common.app(__doc__)
+
+
+@app.command()
+def main(
+    prepared: Path = typer.Option(..., help="the prepared target domain, e.g. data/prepared/target"),
+    models: Path = typer.Option(..., help="the folder of every variant's seed_<s>.pt (+ .run.json), e.g. models"),
+    results: Path = typer.Option(..., help="per-image results (parquet), e.g. results/transfer.parquet"),
+    metrics: Path = typer.Option(..., help="metrics JSON per target variant, e.g. metrics/transfer.json"),
+    params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: transfer, attack, variants)"),
+) -> None:
+    """Craft PGD (attack.pgd settings) on each surrogate's first seed at transfer.eps; evaluate on every model."""
+    import pandas as pd
+
+    from robustlora.adaptation import training_seeds
+    from robustlora.config import load_params
+    from robustlora.evaluate import RowCache, attacked_images, fingerprint
+    from robustlora.models import load_variant
+    from robustlora.transfer import craft_pgd, transfer_rows
+
+    p = load_params(params)
+    cfg = p.transfer
+    images, labels, ids = attacked_images(prepared, p.attack, cfg.n_images)
+    sources = {name: models / name / f"seed_{training_seeds(p.variant(name), p.train.seeds)[0]}.pt"
+               for name in (cfg.surrogates or p.variants)}
+    crafted: dict = {}
+
+    def adversarials(name: str) -> dict:
+        """PGD examples of one surrogate, crafted the first time a target needs them."""
+        if name not in crafted:
+            surrogate, _ = load_variant(sources[name])
+            crafted[name] = craft_pgd(surrogate, images, labels, cfg.eps, p.attack.pgd, seed=p.attack.seed,
+                                      device=p.attack.device, batch_size=p.attack.batch_size)
+            print(f"transfer: crafted PGD on {_common.rel(sources[name])} at {len(cfg.eps)} ε")
+        return crafted[name]
+
+    cache = RowCache(results)
+    settings = {"transfer": cfg.model_dump(mode="json"), "pgd": p.attack.pgd.model_dump(mode="json"),
+                "seed": p.attack.seed, "batch_size": p.attack.batch_size, "device": p.attack.device}
+    frames = []
+    for variant, seed, model_file, _ in _attacks.each_model(p, models):
+        target = None
+        for name, source in sources.items():
+            fp = fingerprint([source, model_file], settings, ids)
+            rows = cache.get(f"{name} -> {variant} seed {seed}", fp)
+            if rows is None:
+                if target is None:
+                    target, _ = load_variant(model_file)
+                rows = transfer_rows(target, images, labels, adversarials(name), surrogate=name, image_ids=ids,
+                                     device=p.attack.device)
+                rows = RowCache.tag(_attacks.tag_rows(rows, variant, seed), fp)
+            frames.append(rows)
+    _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache=cache)
+
+
+if __name__ == "__main__":
+    _common.run(app)
