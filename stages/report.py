@@ -33,6 +33,8 @@ def main(
     params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: attack, report, variants, ...)"),
 ) -> None:
     """Build reports/report.md (Findings first), its figures, findings.json and comparisons.csv."""
+    import dataclasses
+
     import pandas as pd
 
     from robustlora import adaptation, analysis, checks, crosscheck, figures, report, tracking
@@ -75,8 +77,10 @@ def main(
     result = analysis.analyse(results, settings, common_arms=adapted)
     found_checks = checks.run_checks(results, train_metrics, eps_grid=settings.eps_grid, sanity_eps=pgd.sanity_eps)
     found_checks += checks.masking_checks(attack_rows, extra, alpha=p.report.alpha)
-    cross = report.CrossCheck(versus=crosscheck.versus_pgd(attack_rows, extra, settings),
-                              curves=crosscheck.query_curves(extra), matrix=crosscheck.transfer_matrix(extra, settings),
+    # the cross-checks' intervals need less resolution than the findings': at most 500 bootstrap resamples
+    light = dataclasses.replace(settings, n_boot=min(settings.n_boot, 500))
+    cross = report.CrossCheck(versus=crosscheck.versus_pgd(attack_rows, extra, light),
+                              curves=crosscheck.query_curves(extra), matrix=crosscheck.transfer_matrix(extra, light),
                               settings=crosscheck.settings_lines(p))
     figs = figures.write_figures(out / "figures", arm_table=result.arm_table, comparisons=result.comparisons,
                                  histories=histories, arms=result.arms, report_eps=settings.report_eps,

@@ -8,6 +8,7 @@ statistics across arms and seeds stay possible afterwards.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -365,12 +366,23 @@ def fingerprint(model_files: Sequence[Path], settings: Any, image_ids: np.ndarra
     the attacked images' ids and the library's code."""
     h = hashlib.sha256()
     for path in model_files:
-        with open(path, "rb") as f:
-            h.update(hashlib.sha256(f.read()).digest())
+        stat = Path(path).stat()
+        h.update(_file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns))
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(np.asarray(image_ids, dtype=np.int64).tobytes())
     h.update(code_digest().encode())
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, mtime_ns: int) -> bytes:
+    """sha256 of a file, computed once per process for a given size and mtime (a stage fingerprints each model
+    for several attacks or surrogates)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
 
 
 class RowCache:
