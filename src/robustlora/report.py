@@ -360,7 +360,9 @@ def _crosscheck_section(c: CrossCheck, settings: Settings, figures: Mapping[str,
             for q in dict.fromkeys(marks):
                 r = g[g["queries"] <= q].iloc[-1]
                 cells.append(f"{format_pct(r['success_rate'])} % by {q}")
-            if g["success_rate"].iloc[-1] == 0:
+            if int(g["n"].iloc[0]) == 0:
+                cells = ["no clean-correct image to attack"]
+            elif g["success_rate"].iloc[-1] == 0:
                 cells = ["none fooled within ε"]
             rows.append([attack_name(attack), arm, str(int(g["n"].iloc[0])), "; ".join(cells)])
         parts += [f"### Success rate vs query budget (ε = {format_eps(eps)})",
