@@ -126,8 +126,8 @@ def test_per_image_results_cover_every_seed_attack_and_image(repo):
         seeds = [0] if variant == "pretrained" else SEEDS
         assert sorted(rows["seed"].unique()) == seeds
         # FGSM at 2 ε, PGD at 2 ε + the sanity ε, on the same 10 images for every seed; PGD's convergence check
-        # on the first 4
-        assert len(rows) == len(seeds) * (10 * 5 + 4)
+        # on the first 4, of the first seed (attack.convergence.all_seeds: false)
+        assert len(rows) == len(seeds) * 10 * 5 + 4
         main = rows[rows["attack"] != "pgd_strong"]
         assert main.groupby(["seed", "attack", "eps"])["image"].apply(lambda s: tuple(sorted(s))).nunique() == 1
         robust = rows["clean_correct"] & rows["adv_correct"]
@@ -154,7 +154,8 @@ def test_attacks_beyond_pgd_have_per_image_rows_for_every_model(repo):
     attack = pd.read_parquet(root / "results" / "attack" / "baseline.parquet")
     strong = attack.query("attack == 'pgd_strong'")
     # the convergence check runs on the first 4 attacked images, and so does everything beyond PGD on its first N
-    assert sorted(strong["image"].unique()) == sorted(attack["image"].unique())[:4] and len(strong) == 2 * 4
+    assert sorted(strong["image"].unique()) == sorted(attack["image"].unique())[:4] and len(strong) == 4
+    assert set(strong["seed"]) == {0}
     assert sorted(aa["image"].unique()) == sorted(attack["image"].unique())[:6]
 
 
