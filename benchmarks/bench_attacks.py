@@ -96,12 +96,11 @@ def run_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, args
 
 def run_pgd_bf16(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, args: argparse.Namespace,
                  device: torch.device) -> torch.Tensor:
-    """Our PGD with the levers: gradient steps under bf16 autocast on a channels_last model (x_adv is evaluated by
-    the caller in float32). The channels_last copy is made outside the timed call (see throughput)."""
+    """Our PGD with the levers: gradient steps under bf16 autocast; ``model`` is a channels_last copy (made outside
+    the timed call, see throughput) and x_adv is evaluated by the caller in float32 on the original model."""
     gen = torch.Generator(device=device).manual_seed(0)
-    fast = model._channels_last  # type: ignore[attr-defined]
     with torch.autocast(device.type, dtype=torch.bfloat16):
-        return pgd(fast, x.contiguous(memory_format=torch.channels_last), y, eps, 2.5 * eps / args.pgd_steps,
+        return pgd(model, x.contiguous(memory_format=torch.channels_last), y, eps, 2.5 * eps / args.pgd_steps,
                    args.pgd_steps, random_start=True, generator=gen)
 
 
@@ -158,16 +157,15 @@ RUNNERS: dict[str, Callable[..., torch.Tensor]] = {
 
 def throughput(attack: str, input_size: int, images: int, eps255: float, args: argparse.Namespace,
                device: torch.device) -> Row:
-    """One timed call of ``attack`` on ``images`` fresh images; robust images counted in float32; ‖δ‖∞ checked."""
+    """One timed call of ``attack`` on ``images`` fresh images; robust ones counted in float32; ‖δ‖∞ checked."""
     row = Row(attack, input_size, images, eps255)
     model, x, y = make_case(args.classes, input_size, images, device)
-    if attack == "pgd-bf16":
-        model._channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[assignment]
+    attacked = copy.deepcopy(model).to(memory_format=torch.channels_last) if attack == "pgd-bf16" else model
     eps = eps255 / 255
     sync(device)
     start = time.perf_counter()
     try:
-        x_adv = RUNNERS[attack](model, x, y, eps, args, device)
+        x_adv = RUNNERS[attack](attacked, x, y, eps, args, device)
     except NotInstalled as e:
         row.note = str(e)
         return row

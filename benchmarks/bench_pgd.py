@@ -13,7 +13,7 @@ our PGD is timed.
 Our PGD returns the strongest iterate (keep='best', as the study runs it), which costs one forward pass more per
 run than torchattacks' last iterate; ``--keep last`` times it with torchattacks' semantics.
 
-Levers (applied to our PGD only; torchattacks runs as it comes, float32 on a plain NCHW model):
+Levers (for our PGD; the reference is torchattacks as it comes, float32 on a plain NCHW model):
 - ``--autocast bf16|fp16``: the gradient steps run under ``torch.autocast`` (robustlora.attacks computes its loss in
   float32, so a caller may do this); the images it returns are evaluated in float32.
 - ``--channels-last``: the model and the images in channels_last memory format (cuDNN / oneDNN prefer it).
@@ -26,8 +26,11 @@ runs and as the median of the per-round ratios (a ratio of runs made seconds apa
 val subset (attack.n_images, attack.seed) and its PGD settings (every ε of attack.eps plus pgd.sanity_eps), runs
 PGD as the attack stage does (one generator seeded attack.seed, batches of attack.batch_size, ε in order) once in
 float32 and once with the levers, evaluates both in float32, and prints per model and ε the robust images of each:
-the lever passes when they differ by at most one image everywhere. The float32 counts are also compared with the
-attack stage's results (results/attack/<variant>.parquet) where they exist.
+the lever passes when they differ by at most one image everywhere (exit status 1 when not). The float32 counts are
+also compared with the attack stage's results (results/attack/<variant>.parquet, column "stage") where those exist
+for the same images. ``--variants`` / ``--seeds`` pick models; ``--no-speed`` skips the timing. bf16 on a CPU without
+native bf16 (this project's AVX2 EPYCs) is emulated and ~15x slower than float32: the check then takes ~2-4 min per
+model.
 """
 
 from __future__ import annotations
@@ -182,7 +185,8 @@ def run_speed(args: argparse.Namespace, device: torch.device) -> None:
     version = torchattacks.__version__ if torchattacks is not None else "not installed"
     print(f"device={device} model={args.model} batch={args.batch} size={args.size} "
           f"input_size={args.input_size or args.size} steps={args.steps} eps={args.eps255:g}/255 "
-          f"repeats={args.repeats} keep={args.keep} levers={levers or 'none'} torch={torch.__version__} torchattacks={version} "
+          f"repeats={args.repeats} keep={args.keep} levers={levers or 'none'} torch={torch.__version__} "
+          f"torchattacks={version} "
           f"threads={torch.get_num_threads()}")
     # best-of-N: the least disturbed run (other processes only ever add time); the median is printed too
     for name, t in times.items():
@@ -227,18 +231,20 @@ def robust_counts(model: nn.Module, images, labels: torch.Tensor, cfg, eps_list:
     return clean, robust, time.perf_counter() - start
 
 
-def stage_counts(results: Path, seed: int, eps_list: list[float]) -> list[int | None]:
-    """Robust images per ε in the attack stage's rows for this seed (None where there are none)."""
+def stage_counts(results: Path, seed: int, eps_list: list[float], image_ids) -> list[int | None]:
+    """Robust images per ε in the attack stage's rows for this seed; None where they are missing or were made on
+    other images (results older than params.yaml's attack section)."""
     if not results.exists():
         return [None] * len(eps_list)
     import pandas as pd
 
-    df = pd.read_parquet(results, columns=["seed", "attack", "eps", "adv_correct"])
+    df = pd.read_parquet(results, columns=["seed", "attack", "eps", "image", "adv_correct"])
     df = df[(df["seed"] == seed) & (df["attack"] == "pgd")]
     out: list[int | None] = []
     for e in eps_list:
         rows = df[(df["eps"] - e).abs() < 1e-12]
-        out.append(int(rows["adv_correct"].sum()) if len(rows) else None)
+        same = len(rows) == len(image_ids) and (rows["image"].to_numpy() == image_ids).all()
+        out.append(int(rows["adv_correct"].sum()) if same else None)
     return out
 
 
@@ -255,7 +261,7 @@ def check_default(args: argparse.Namespace, device: torch.device) -> int | None:
         return None
     params = load_params(ROOT / args.params)
     cfg = params.attack
-    images, labels, _ = attacked_images(ROOT / args.prepared, cfg)
+    images, labels, image_ids = attacked_images(ROOT / args.prepared, cfg)
     eps_list = _pgd_eps(cfg)
     paths = [(v, p) for v in params.variants for p in sorted((ROOT / args.models / v).glob("seed_*.pt"))
              if not args.variants or v in args.variants]
@@ -276,7 +282,7 @@ def check_default(args: argparse.Namespace, device: torch.device) -> int | None:
         fast_model = to_format(copy.deepcopy(model), args.channels_last)
         clean_fast, fast, s_fast = robust_counts(fast_model, images, labels, cfg, eps_list, device, args.autocast,
                                                  args.channels_last)
-        stage = stage_counts(ROOT / args.results / f"{variant}.parquet", seed, eps_list)
+        stage = stage_counts(ROOT / args.results / f"{variant}.parquet", seed, eps_list, image_ids)
         t_ref, t_fast = t_ref + s_ref, t_fast + s_fast
         for e, a, b, s in zip(eps_list, ref, fast, stage):
             worst = max(worst, abs(a - b), abs(clean - clean_fast))
@@ -301,7 +307,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--eps255", type=float, default=8.0, help="ε in /255 units")
     parser.add_argument("--keep", choices=["best", "last"], default="best",
-                        help="our PGD's keep: best (the study's; one more forward pass per run) or last (as torchattacks)")
+                        help="our PGD's keep: best (the study's; one more forward pass) or last (torchattacks')")
     parser.add_argument("--autocast", choices=list(AUTOCAST), default="none",
                         help="our PGD's gradient steps under torch.autocast with this dtype")
     parser.add_argument("--channels-last", action="store_true", help="our PGD on a channels_last model and input")

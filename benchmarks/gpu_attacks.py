@@ -2,7 +2,7 @@
 check on the default study, and AutoAttack / Square throughput at 64 px. Ends with one summary table.
 
     PYTHONPATH=src python benchmarks/gpu_attacks.py                      # on a CUDA machine: ~4-5 min on an H100
-    PYTHONPATH=src python benchmarks/gpu_attacks.py --quick --device cpu # a smoke test anywhere (~2 min on 2 cores)
+    PYTHONPATH=src python benchmarks/gpu_attacks.py --quick --device cpu # a smoke test anywhere (~1 min on 2 cores)
     PYTHONPATH=src python benchmarks/gpu_attacks.py --site .venv/gpu-site   # attack packages carried along
 
 Needs only torch and numpy (+ the repo's src, put on the path by the script). What else is importable decides what
@@ -13,13 +13,13 @@ runs, and the table says why a part did not:
 - the default study's check needs pydantic, pyyaml, pandas and the trained models and val images
   (models/<variant>/seed_<s>.pt, data/prepared/target/val_*.npy; else "skipped").
 ``--site DIR`` appends DIR to sys.path (after the machine's own packages, so its torch wins): a folder holding copies
-of pure-Python attack packages carried to a machine without internet (benchmarks/README.md, gpu_attacks.py).
+of pure-Python attack packages carried to a machine without internet (recipe: benchmarks/README.md).
 
 Parts, in order, each timed on the device (synchronised):
 1. PGD, batch 256, 64 px, 10 steps, ε 8/255, step ε/4: ours in float32 (also with keep='last', torchattacks'
-   semantics: no scoring pass), channels_last, bf16 autocast, bf16 + channels_last; torchattacks in float32 and with bf16 + channels_last; every round runs each once in a rotating
-   order; best of --repeats and the median of the per-round ratios. Once on torchvision's ResNet18 (64 px input), once
-   on robustlora's Classifier (input_size 64).
+   semantics: no scoring pass), channels_last, bf16 autocast, bf16 + channels_last; torchattacks in float32 and
+   with bf16 + channels_last. Every round runs each once in a rotating order; best of --repeats and the median of
+   the per-round ratios. Once on torchvision's ResNet18 (64 px input), once on robustlora's Classifier (input 64).
 2. The levers' robust accuracy on the default study (bench_pgd.py --check-default with bf16 + channels_last): PGD as
    the attack stage runs it, float32 vs the levers, evaluated in float32; it passes within one image per model and ε.
 3. Throughput (bench_attacks.py) at model input 64 then 24 px, ε 8/255 then 0.25/255 (the latter keeps most images
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test on a CPU")
     parser.add_argument("--site", default=None, help="a folder of extra pure-Python packages, appended to sys.path")
     parser.add_argument("--repeats", type=int, default=10, help="PGD speed rounds")
-    parser.add_argument("--budget-s", type=float, default=240.0,
+    parser.add_argument("--budget-s", type=float, default=210.0,
                         help="start no throughput row after this many seconds of the run")
     parser.add_argument("--variants", nargs="*", default=None, help="the check's variants (default: all)")
     parser.add_argument("--seeds", nargs="*", type=int, default=None, help="the check's seeds (default: all)")
@@ -187,12 +187,13 @@ def main() -> None:
 
     have = {m: available(m) for m in ("torchvision", "torchattacks", "pyautoattack", "art", "scipy", "sklearn")}
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     print(f"device={device} ({gpu}) torch={torch.__version__} python={sys.version.split()[0]} "
-          f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
+          f"cudnn.allow_tf32={tf32[0]} matmul.allow_tf32={tf32[1]} (float32 convolutions use TF32 when True)")
     print("packages: " + ", ".join(f"{m} {'ok' if why is None else 'missing'}" for m, why in have.items()))
 
     summary: list[tuple[str, str, str]] = []
-    for kind in (["torchvision"] if have["torchvision"] is None and not args.quick else []) + ["classifier"]:
+    for kind in (["torchvision"] if have["torchvision"] is None else []) + ["classifier"]:
         pgd_speed(kind, args, device, summary)
     bf16_check(args, device, summary)
     throughput(args, device, summary)
