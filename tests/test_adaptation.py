@@ -85,6 +85,10 @@ def test_rebuild_refuses_unknown_or_incomplete_meta():
 
 def test_describe_and_batchnorm():
     assert adaptation.describe(spec("lora", ("fc", "conv1"))) == "LoRA r=4, α=1 on fc, conv1"
+    named = spec("lora", ("fc", "conv1")).model_copy(update={"target_set": "fc+conv1"})
+    assert adaptation.describe(named) == "LoRA r=4, α=1 on fc+conv1 (fc, conv1)"
+    assert adaptation.checkpoint_meta(named)["target_set"] == "fc+conv1"
+    assert "target_sets" not in adaptation.checkpoint_meta(named)  # the sets are params, not the model
     assert adaptation.describe(spec("full")) == "full fine-tuning (BatchNorm statistics re-estimated)"
     assert adaptation.describe(spec("full", train_batchnorm=False)) == "full fine-tuning, BatchNorm frozen"
     assert adaptation.describe(spec("none")) == "no adaptation (pretrained weights)"

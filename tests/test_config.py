@@ -3,7 +3,7 @@ import json
 import pytest
 import yaml
 
-from robustlora.adaptation import FullSettings, LoraSettings
+from robustlora.adaptation import TARGET_SETS, FullSettings, LoraSettings
 from robustlora.config import (AttackConfig, ParamError, PgdConfig, TrainConfig, VariantSpec, load_params,
                                parse_params, to_dict)
 from robustlora.errors import RobustloraError
@@ -289,8 +289,11 @@ def test_configs_are_frozen_and_dump_to_json(raw):
         p.train.max_epochs = 3  # type: ignore[misc]
     data = json.loads(json.dumps(to_dict(p)))
     assert data["attack"]["eps"][0] == 1 / 255
+    sets = {name: list(patterns) for name, patterns in TARGET_SETS.items()}
     assert data["variants"]["lora_fc"] == {"name": "lora_fc", "adaptation": "lora", "targets": ["fc"],
-                                           "settings": {"lr": 0.05, "weight_decay": 0.0, "rank": 4, "alpha": 1.0}}
+                                           "target_set": "fc",
+                                           "settings": {"lr": 0.05, "weight_decay": 0.0, "rank": 4, "alpha": 1.0,
+                                                        "target_sets": sets}}
     assert data["train"]["seeds"] == [0, 1, 2] and data["report"]["arms"]["baseline"] == "baseline"
 
 
@@ -309,3 +312,39 @@ def test_load_params_reports_missing_file_and_bad_yaml(tmp_path):
         load_params(tmp_path / "params.yaml")
     (tmp_path / "params.yaml").write_text(PARAMS)
     assert load_params(tmp_path / "params.yaml").variant("lora_fc").targets == ("fc",)
+
+
+def test_targets_may_name_a_target_set(raw):
+    raw["variants"]["lora_fc"]["targets"] = "layer4"  # as `-S variants.lora_fc.targets=layer4` writes it
+    spec = parse_params(raw).variants["lora_fc"]
+    assert spec.targets == TARGET_SETS["layer4"] and spec.target_set == "layer4" and spec.targets_label == "layer4"
+    # a list equal to a set (in any order) is named after it; any other list keeps its patterns as its label
+    raw["variants"]["lora_fc"]["targets"] = ["conv1", "fc"]
+    assert parse_params(raw).variants["lora_fc"].target_set == "fc+conv1"
+    raw["variants"]["lora_fc"]["targets"] = ["fc", "layer1.0.conv1"]
+    spec = parse_params(raw).variants["lora_fc"]
+    assert spec.target_set is None and spec.targets_label == "fc,layer1.0.conv1"
+    # sets are params: a new one is usable by name, and a variant may bring its own
+    raw["lora"]["target_sets"] = {"stem": ["conv1"]}
+    raw["variants"]["lora_fc"]["targets"] = "stem"
+    assert parse_params(raw).variants["lora_fc"].targets == ("conv1",)
+
+
+def test_unknown_target_set_and_bad_sets_are_named(raw):
+    raw["variants"]["lora_fc"]["targets"] = "layer5"
+    assert _error(raw) == ("params.yaml: variants.lora_fc.targets 'layer5' is not a target set (known: fc, fc+conv1, "
+                           "layer4, all_convs; or give a list of layer names / globs)")
+    raw["variants"]["lora_fc"]["targets"] = ["fc"]
+    raw["lora"]["target_sets"] = {"empty": []}
+    assert "lora.target_sets" in _error(raw) and "set 'empty' must be a non-empty list" in _error(raw)
+
+
+def test_every_default_target_set_matches_resnet18_layers():
+    from robustlora.lora import resolve_targets
+    from robustlora.models import build_model
+
+    model = build_model(10, 32)
+    names = {name: resolve_targets(model, list(patterns)) for name, patterns in TARGET_SETS.items()}
+    assert names["fc"] == ["fc"] and sorted(names["fc+conv1"]) == ["conv1", "fc"]
+    assert len(names["layer4"]) == 1 + 4 + 1  # fc, two blocks x two convs, the downsample conv
+    assert len(names["all_convs"]) == 1 + 1 + 16 + 3  # fc, the stem, 8 blocks x 2 convs, 3 downsample convs

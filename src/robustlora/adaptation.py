@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from robustlora.errors import ModelError
 
@@ -72,6 +72,15 @@ class FullSettings(Schema):
     train_batchnorm: bool = True  # regular fine-tuning also re-estimates the BatchNorm statistics
 
 
+# ResNet18's LoRA target sets; every set adapts the head (fc) too, so the sets differ only in the layers they add
+TARGET_SETS: dict[str, tuple[str, ...]] = {
+    "fc": ("fc",),
+    "fc+conv1": ("fc", "conv1"),
+    "layer4": ("fc", "layer4.*.conv*", "layer4.*.downsample.0"),
+    "all_convs": ("fc", "conv1", "layer*.*.conv*", "layer*.*.downsample.0"),
+}
+
+
 class LoraSettings(Schema):
     """params ``lora``: LoRA factors on the variant's targets, everything else frozen (BatchNorm included)."""
 
@@ -79,6 +88,20 @@ class LoraSettings(Schema):
     weight_decay: Number = Field(0.0, ge=0)
     rank: int = Field(4, ge=1)
     alpha: Number = Field(1.0, gt=0)  # ΔW = α·(A·B), no division by r (PEFT: lora_alpha = α·r)
+    # named target sets: a variant's ``targets`` may name one (sweeps: -S 'variants.lora_fc.targets=fc,layer4')
+    target_sets: dict[str, tuple[str, ...]] = Field(default_factory=lambda: dict(TARGET_SETS))
+
+    @field_validator("target_sets", mode="before")
+    @classmethod
+    def _sets_are_lists(cls, sets: Any) -> Any:
+        if isinstance(sets, dict):
+            for name, patterns in sets.items():
+                if isinstance(patterns, str):
+                    patterns = [patterns]
+                if not isinstance(patterns, (list, tuple)) or not patterns:
+                    raise ValueError(f"set '{name}' must be a non-empty list of layer names or globs")
+            return {k: tuple([v] if isinstance(v, str) else v) for k, v in sets.items()}
+        return sets
 
 
 class NoneSettings(Schema):
@@ -118,7 +141,8 @@ class Kind:
     def checkpoint_meta(self, spec: VariantSpec) -> dict[str, Any]:
         """What a checkpoint records of ``spec`` (all :meth:`rebuild` needs), JSON-able."""
         return {"name": spec.name, "adaptation": spec.adaptation, "targets": list(spec.targets),
-                **spec.settings.model_dump(mode="json")}
+                **({"target_set": spec.target_set} if spec.target_set else {}),
+                **spec.settings.model_dump(mode="json", exclude={"target_sets"})}
 
 
 class Full(Kind):
@@ -153,7 +177,9 @@ class Lora(Kind):
         apply_lora(model, list(meta["targets"]), rank=int(meta["rank"]), alpha=float(meta["alpha"]))
 
     def describe(self, spec: VariantSpec) -> str:
-        return f"LoRA r={spec.settings.rank}, α={spec.settings.alpha:g} on {', '.join(spec.targets)}"
+        where = ', '.join(spec.targets)
+        where = f"{spec.target_set} ({where})" if spec.target_set and spec.target_set != where else where
+        return f"LoRA r={spec.settings.rank}, α={spec.settings.alpha:g} on {where}"
 
 
 class NoAdaptation(Kind):

@@ -359,6 +359,7 @@ class VariantSpec(Schema):
     name: str
     adaptation: str
     targets: Annotated[tuple[Text, ...], BeforeValidator(_as_tuple)] = ()  # layer names or globs (lora)
+    target_set: str | None = None  # the name of lora.target_sets that ``targets`` came from (or equals)
     settings: SerializeAsAny[Schema]  # KINDS[adaptation].settings; defaults to that kind's defaults
 
     @model_validator(mode="before")
@@ -395,6 +396,11 @@ class VariantSpec(Schema):
     @property
     def rank(self) -> int | None:
         return getattr(self.settings, "rank", None)
+
+    @property
+    def targets_label(self) -> str:
+        """The target set's name, else the targets joined ('' for kinds without targets)."""
+        return self.target_set or ",".join(self.targets)
 
     @property
     def alpha(self) -> float | None:
@@ -487,9 +493,26 @@ def _variant_input(name: str, entry: Any, sections: dict[str, Any]) -> Any:
     if unknown:
         raise ParamError(f"params.yaml: unknown key variants.{name}.{unknown[0]} (known: {', '.join(known)})")
     try:
-        return spec | {"settings": kind.settings.model_validate(sections[kind.name].model_dump() | overrides)}
+        settings = kind.settings.model_validate(sections[kind.name].model_dump() | overrides)
     except SchemaError as e:
         raise _explain(e, kind.settings, ("variants", name)) from None
+    return spec | _named_targets(name, spec.get("targets"), getattr(settings, "target_sets", None)) | {
+        "settings": settings}
+
+
+def _named_targets(variant: str, targets: Any, sets: dict[str, tuple[str, ...]] | None) -> dict[str, Any]:
+    """``targets`` as given (a list) or named (a key of ``lora.target_sets``): the patterns and the set's name."""
+    if not sets or targets is None:
+        return {}
+    if isinstance(targets, str):
+        if targets not in sets:
+            raise ParamError(f"params.yaml: variants.{variant}.targets '{targets}' is not a target set (known: "
+                             f"{', '.join(sets)}; or give a list of layer names / globs)")
+        return {"targets": list(sets[targets]), "target_set": targets}
+    if isinstance(targets, (list, tuple)):
+        same = [n for n, patterns in sets.items() if sorted(patterns) == sorted(map(str, targets))]
+        return {"target_set": same[0]} if same else {}
+    return {}
 
 
 # ----------------------------------------------------------------------------- pydantic errors as one line
