@@ -39,16 +39,23 @@ def write_attack_outputs(table, results: Path, metrics: Path, models: Path, *, l
     with atomic_path(results, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)
     summary = {}
+    # rows reused from the earlier file: their runs got these figures when the rows were made
+    previous = getattr(cache, "previous", None)
+    reused = set(previous["fingerprint"]) if previous is not None else set()
     for variant, rows in table.groupby("variant", sort=False):
         summary[variant] = metrics_json(rows)
+        fresh = False
         for seed, seed_rows in rows.groupby("seed", sort=True):
-            run_file = models / variant / f"seed_{seed}.run.json"
-            with tracking.resume_run(tracking.read_run_id(run_file)):
-                tracking.log_metrics({log_prefix + k: v for k, v in flat_metrics(seed_rows).items()
-                                      if k != "clean_accuracy"})
-        with tracking.resume_run(tracking.read_run_id(models / variant / "run.json")):
-            tracking.log_metrics({f"mean/{log_prefix}{k}": v for k, v in mean_metrics(summary[variant]).items()
-                                  if k != "clean_accuracy"})
+            if "fingerprint" in seed_rows and set(seed_rows["fingerprint"]) <= reused:
+                continue
+            fresh = True
+            tracking.log_into_run(models / variant / f"seed_{seed}.run.json",
+                                  {log_prefix + k: v for k, v in flat_metrics(seed_rows).items()
+                                   if k != "clean_accuracy"})
+        if fresh:
+            tracking.log_into_run(models / variant / "run.json",
+                                  {f"mean/{log_prefix}{k}": v for k, v in mean_metrics(summary[variant]).items()
+                                   if k != "clean_accuracy"})
     write_json(metrics, summary)
     return summary
 

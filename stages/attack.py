@@ -48,8 +48,7 @@ def main(
         rows = attack_variant(model_file, prepared, cfg)
         rows.insert(0, "seed", pd.Series(seed, index=rows.index, dtype="int16"))
         rows.insert(0, "variant", variant)
-        with tracking.resume_run(tracking.read_run_id(models / f"seed_{seed}.run.json")):
-            tracking.log_metrics(flat_metrics(rows))
+        tracking.log_into_run(models / f"seed_{seed}.run.json", flat_metrics(rows))
         frames.append(rows)
         clean = rows.loc[rows["attack"] == "fgsm"].drop_duplicates("image")["clean_correct"].mean()
         print(f"attack@{variant} seed {seed}: clean accuracy {clean:.3f} on {rows['image'].nunique()} images")
@@ -60,8 +59,7 @@ def main(
     write_json(metrics, summary)
     with atomic_path(plots, suffix=".csv") as tmp:
         success_curves(table).to_csv(tmp, index=False)
-    with tracking.resume_run(tracking.read_run_id(models / "run.json")):
-        tracking.log_metrics({f"mean/{k}": v for k, v in mean_metrics(summary).items()})
+    tracking.log_into_run(models / "run.json", {f"mean/{k}": v for k, v in mean_metrics(summary).items()})
     for attack in ("fgsm", "pgd"):
         asr = ", ".join(f"{k}: {_fmt(v['asr']['mean'])}" for k, v in summary.get(attack, {}).items())
         print(f"attack@{variant}: {attack} success (mean over seeds) {asr}")

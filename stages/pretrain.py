@@ -34,6 +34,7 @@ def main(
     else:
         checkpoint = _common.ROOT / "checkpoints" / "pretrain.pt"
         with tracking.start_run(p.mlflow.experiment, "pretrain", config, {"stage": "pretrain"}):
+            tracking.log_prepared_dataset(prepared / "source", p.data.source, p.data.url, "pretraining")
             result, history = pretrain_backbone(
                 p.model, p.pretrain, prepared / "source", out, checkpoint_path=checkpoint,
                 on_epoch=lambda m: tracking.log_metrics({f"epoch/{k}": v for k, v in m.items() if k != "epoch"},

@@ -42,12 +42,14 @@ def main(
     per_seed, histories = {}, {}
     out.mkdir(parents=True, exist_ok=True)
     with tracking.start_run(p.mlflow.experiment, variant, config, tags | {"level": "arm"}) as parent:
+        tracking.log_prepared_dataset(prepared, p.data.source, p.data.url, "training")
         for seed in seeds:
             cfg = p.fit_config(variant, seed) if spec.kind.trains else None
             checkpoint = _common.ROOT / "checkpoints" / variant / f"seed_{seed}.pt"
             with tracking.start_run(p.mlflow.experiment, f"{variant}/seed_{seed}",
                                     {"seed": seed, "fit": to_dict(cfg) if cfg else {}},
                                     tags | {"level": "seed", "seed": str(seed)}, nested=True) as run:
+                tracking.log_prepared_dataset(prepared, p.data.source, p.data.url, "training")
                 metrics_seed, history = train_variant(
                     spec, cfg, backbone_path=backbone, prepared_dir=prepared, model_cfg=p.model,
                     out_path=out / f"seed_{seed}.pt", seed=seed, device=p.train.device,

@@ -152,13 +152,19 @@ def test_run_logs_params_metrics_tags_and_checkpoint(
     assert run.tracking_uri == f"sqlite:///{store.resolve()}/mlflow.db"
     client = MlflowClient(run.tracking_uri)
     got = client.get_run(run.run_id)
-    assert got.info.status == "FINISHED" and got.info.run_name == "train-lora"
+    assert got.info.status == "FINISHED" and got.info.run_name == "train-lora · bushy-pine"
     assert got.data.params == {"lora.rank": "4", "lora.targets": "fc", "train.lr": "0.001"}
     history = client.get_metric_history(run.run_id, "train.loss")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
     assert [m.value for m in client.get_metric_history(run.run_id, "train.acc")] == [0.0, 0.5, 1.0]
     tags = got.data.tags
     assert tags["git.commit"] == sha and tags["dvc.exp_name"] == "bushy-pine" and tags["variant"] == "lora"
+    # a child of its DVC experiment's parent run, in an experiment the UI opens on its runs
+    top = client.get_run(tags["mlflow.parentRunId"])
+    assert top.data.tags["level"] == "experiment" and top.info.run_name == "bushy-pine"
+    assert top.info.status == "FINISHED" and top.data.tags["dvc.experiment"] == "bushy-pine"
+    experiment = client.get_experiment(got.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     # artifacts live beside the store, not under the cwd (a DVC temp dir would delete them)
     assert got.info.artifact_uri.startswith((store.resolve() / "mlartifacts").as_uri())
@@ -224,3 +230,102 @@ def test_unreachable_server_fails_fast_naming_uri(monkeypatch: pytest.MonkeyPatc
     assert time.monotonic() - start < 10
     message = str(err.value)
     assert uri in message and "not reachable" in message and "\n" not in message
+
+
+# ---- one parent run per DVC experiment ---------------------------------------------------------------------------
+
+def test_params_diff_flattens_and_names_changed_added_and_removed_keys() -> None:
+    before = {"lora": {"rank": 4, "alpha": 1.0}, "variants": {"lora_fc": {"targets": ["fc"]}}, "gone": 1}
+    after = {"lora": {"rank": 8, "alpha": 1.0}, "variants": {"lora_fc": {"targets": "layer4"}}, "new": {"x": 2}}
+    assert tracking.params_diff(before, after) == {"lora.rank": "8", "variants.lora_fc.targets": "layer4",
+                                                   "new.x": "2", "gone": "∅"}
+    assert tracking.params_diff(before, before) == {}
+    # MLflow refuses '+' in names: keys are made valid, values kept
+    assert tracking.flatten_params({"sets": {"fc+conv1": ["fc", "conv1"]}}) == {"sets.fc_conv1": "fc,conv1"}
+
+
+def test_dvc_experiment_from_env_and_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text("lora:\n  rank: 4\ntrain:\n  seeds: [0, 1]\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "params.yaml")
+    _git(repo, "commit", "-q", "-m", "base")
+    base = _git(repo, "rev-parse", "HEAD")
+    # a plain `dvc repro` at a clean commit: the workspace, nothing swept
+    exp = tracking.dvc_experiment(repo / "params.yaml")
+    assert exp.name == f"workspace@{base[:7]}" and exp.swept == {} and exp.label == exp.name
+    # `dvc exp run -S lora.rank=8 -S train.seeds=[0,1,2]`: DVC's name, the params changed against the baseline
+    (repo / "params.yaml").write_text("lora:\n  rank: 8\ntrain:\n  seeds: [0, 1, 2]\n")
+    monkeypatch.setenv("DVC_EXP_NAME", "tidy-moss")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", base)
+    exp = tracking.dvc_experiment(repo / "params.yaml")
+    assert exp.swept == {"lora.rank": "8", "train.seeds": "0,1,2"} and exp.baseline_rev == base
+    assert exp.label == "tidy-moss lora.rank=8, train.seeds=0,1,2" and exp.key == "exp:tidy-moss"
+    # a workspace run with hand edits is its own group, apart from the clean one
+    monkeypatch.delenv("DVC_EXP_NAME")
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV")
+    edited = tracking.dvc_experiment(repo / "params.yaml")
+    assert edited.key != tracking.DvcExperiment(f"workspace@{base[:7]}", base, base, {}).key
+
+
+def test_every_stage_of_one_experiment_finds_the_same_parent_run(store: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    exp = tracking.DvcExperiment("calm-lake", "a" * 40, "b" * 40, {"lora.rank": "2"})
+    first = tracking.experiment_run("grouping", exp, {"lora": {"rank": 2}}, repo_root=store)
+    assert tracking.experiment_run("grouping", exp, repo_root=store) == first
+    other = tracking.experiment_run("grouping", tracking.DvcExperiment("wild-fern", None, None, {}), repo_root=store)
+    assert other != first
+    with tracking.start_run("grouping", "lora_fc", {"a": 1}, repo_root=store, exp=exp) as arm:
+        with tracking.start_run("grouping", "lora_fc/seed_0", nested=True, repo_root=store, exp=exp) as seed:
+            pass
+    tracking.log_to_experiment_run("grouping", {"lora_fc/pgd_robust_acc": 0.25}, exp=exp, repo_root=store)
+    client = MlflowClient(arm.tracking_uri)
+    top, arm_run, seed_run = (client.get_run(r) for r in (first, arm.run_id, seed.run_id))
+    assert arm_run.data.tags["mlflow.parentRunId"] == first and seed_run.data.tags["mlflow.parentRunId"] == arm.run_id
+    assert arm_run.info.run_name == "lora_fc · calm-lake lora.rank=2"
+    assert seed_run.info.run_name == "lora_fc/seed_0 · calm-lake lora.rank=2"
+    assert top.info.run_name == "calm-lake lora.rank=2" and top.data.params == {"lora.rank": "2"}
+    assert top.data.tags["swept.lora.rank"] == "2" and top.data.tags["dvc.exp_baseline_rev"] == "a" * 40
+    assert top.data.metrics["lora_fc/pgd_robust_acc"] == 0.25
+
+
+def test_dataset_is_logged_as_an_input(store: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    from mlflow import MlflowClient
+
+    prepared = tmp_path / "target"
+    prepared.mkdir()
+    (prepared / "manifest.csv").write_text("split,index,label,pixel_hash\ntrain,0,0,abc\n")
+    (prepared / "info.json").write_text('{"classes": 10, "counts": {"train": 1}}')
+    with tracking.start_run("datasets", "seed", repo_root=store,
+                            exp=tracking.DvcExperiment("x", None, None, {})) as run:
+        tracking.log_prepared_dataset(prepared, "tiny-imagenet", "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+                                      "training")
+    (entry,) = MlflowClient(run.tracking_uri).get_run(run.run_id).inputs.dataset_inputs
+    assert entry.dataset.name == "tiny-imagenet-200 target (10 classes)"
+    assert entry.dataset.digest == hashlib.md5((prepared / "manifest.csv").read_bytes()).hexdigest()
+    assert "cs231n.stanford.edu" in entry.dataset.source and entry.tags[0].value == "training"
+    with pytest.raises(tracking.TrackingError, match="manifest.csv not found"):
+        with tracking.start_run("datasets", "seed", repo_root=store, exp=tracking.DvcExperiment("x", None, None, {})):
+            tracking.log_prepared_dataset(tmp_path, "synthetic", None, "training")
+
+
+def test_logging_into_a_run_of_another_store_is_skipped_with_one_line(store: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    from mlflow import MlflowClient
+
+    exp = tracking.DvcExperiment("x", None, None, {})
+    with tracking.start_run("elsewhere", "seed", repo_root=store, exp=exp) as run:
+        pass
+    tracking.write_run_id(tmp_path / "here.run.json", run.run_id)
+    assert tracking.log_into_run(tmp_path / "here.run.json", {"pgd/eps_8/asr": 0.5}, repo_root=store)
+    assert MlflowClient(run.tracking_uri).get_run(run.run_id).data.metrics["pgd/eps_8/asr"] == 0.5
+    tracking.write_run_id(tmp_path / "gone.run.json", "f" * 32)  # trained while logging into another store
+    assert not tracking.log_into_run(tmp_path / "gone.run.json", {"pgd/eps_8/asr": 0.5}, repo_root=store)
+    err = capsys.readouterr().err
+    assert f"run {'f' * 32} of {tmp_path / 'gone.run.json'} is not in" in err and len(err.strip().splitlines()) == 1

@@ -22,6 +22,7 @@ import contextlib
 import os
 import re
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 STORE_FILE = "mlflow.db"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI opens on runs, not GenAI traces
+GROUP_TAG = "dvc.group"  # the key of a DVC experiment's parent run (see experiment_run)
+MAX_SWEPT_IN_NAME = 120
 ARTIFACT_DIR = "mlartifacts"
 MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH; longer values are rejected
 PROBE_TIMEOUT_S = 3.0
@@ -159,13 +163,17 @@ def configure(experiment: str, repo_root: Path | None = None) -> str:
     """Set the tracking URI and the active experiment (created with repo-local artifacts); returns the URI."""
     uri = _connect(repo_root)
     mlflow = _mlflow()
-    if mlflow.get_experiment_by_name(experiment) is None:
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
         try:
-            mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
+            mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment),
+                                     tags=dict([EXPERIMENT_KIND]))
         except mlflow.exceptions.MlflowException:
             # a parallel stage may have created it first; anything else is re-raised
             if mlflow.get_experiment_by_name(experiment) is None:
                 raise
+    elif found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # a store made before the tag, or by MLflow 3's UI
+        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
     mlflow.set_experiment(experiment)
     return uri
 
@@ -177,11 +185,18 @@ def _param_value(value: Any) -> str:
     return str(value)[:MAX_PARAM_LENGTH]
 
 
+def mlflow_key(name: str) -> str:
+    """``name`` with the characters MLflow refuses in param, metric and tag names as '_' (``fc+conv1`` -> ``fc_conv1``)."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
+
+
 def flatten_params(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> ``{"lora.rank": "8", "attack.eps_255": "1,2,4"}``; lists of dicts get index keys."""
+    """Nested config -> ``{"lora.rank": "8", "attack.eps_255": "1,2,4"}``; lists of dicts get index keys.
+
+    Keys are made valid MLflow names (``mlflow_key``)."""
     flat: dict[str, str] = {}
     for key, value in cfg.items():
-        name = f"{prefix}{key}"
+        name = mlflow_key(f"{prefix}{key}")
         if isinstance(value, Mapping):
             flat.update(flatten_params(value, f"{name}."))
         elif isinstance(value, (list, tuple)) and any(isinstance(v, Mapping) for v in value):
@@ -215,6 +230,109 @@ def git_tags(repo_root: Path | None = None) -> dict[str, str]:
     return tags
 
 
+# ----------------------------------------------------------------------------- one parent run per DVC experiment
+
+
+@dataclass(frozen=True)
+class DvcExperiment:
+    """Which DVC experiment (or workspace run) the current stage belongs to, and what it changed.
+
+    ``name``: ``$DVC_EXP_NAME`` (set by ``dvc exp run``, also in a queue worker), else ``workspace@<commit>``.
+    ``swept``: the params that differ from the baseline commit's params.yaml (``$DVC_EXP_BASELINE_REV``, else HEAD),
+    flattened, e.g. ``{"lora.rank": "8"}``: what ``-S`` set, or what was edited by hand before ``dvc repro``.
+    """
+
+    name: str
+    baseline_rev: str | None
+    commit: str | None
+    swept: Mapping[str, str]
+
+    @property
+    def swept_text(self) -> str:
+        text = ", ".join(f"{k}={v}" for k, v in sorted(self.swept.items()))
+        return text if len(text) <= MAX_SWEPT_IN_NAME else text[: MAX_SWEPT_IN_NAME - 1] + "…"
+
+    @property
+    def label(self) -> str:
+        """The run-name suffix: the experiment's name and its swept values, e.g. ``exp-1a2b3 lora.rank=8``."""
+        return f"{self.name} {self.swept_text}".strip()
+
+    @property
+    def key(self) -> str:
+        """Unique per experiment: DVC names are; a workspace run is keyed by its commit and its edits."""
+        if os.environ.get("DVC_EXP_NAME"):
+            return f"exp:{self.name}"
+        return f"workspace:{self.commit or 'nogit'}:{self.swept_text}"
+
+
+def params_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, str]:
+    """Flattened keys whose value differs between two params mappings (added keys included, removed as '∅')."""
+    old, new = flatten_params(before), flatten_params(after)
+    changed = {k: v for k, v in new.items() if old.get(k) != v}
+    changed.update({k: "∅" for k in old if k not in new})
+    return changed
+
+
+def dvc_experiment(params_file: str | os.PathLike = "params.yaml") -> DvcExperiment:
+    """The current DVC experiment from DVC's environment and git (local commands only); see DvcExperiment."""
+    import yaml
+
+    params_file = Path(params_file).resolve()
+    cwd = params_file.parent
+    commit = _git(["rev-parse", "HEAD"], cwd)
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV") or commit
+    swept: dict[str, str] = {}
+    if baseline and params_file.is_file():
+        before = _git(["show", f"{baseline}:./{params_file.name}"], cwd)
+        try:
+            swept = params_diff(yaml.safe_load(before or "") or {}, yaml.safe_load(params_file.read_text()) or {})
+        except yaml.YAMLError:
+            swept = {}
+    name = os.environ.get("DVC_EXP_NAME") or f"workspace@{(commit or 'nogit')[:7]}"
+    return DvcExperiment(name=name, baseline_rev=baseline, commit=commit, swept=swept)
+
+
+def experiment_run(experiment: str, exp: DvcExperiment, params: Mapping[str, Any] | None = None,
+                   repo_root: Path | None = None) -> str:
+    """The id of ``exp``'s parent run in ``experiment``, created on first use (FINISHED; children attach to it).
+
+    Every stage of one DVC experiment finds the same run by its ``dvc.group`` tag; ``params`` (params.yaml) are logged
+    on it once, so the UI compares experiments by any param (``lora.rank``) and by the report's headline metrics.
+    """
+    configure(experiment, repo_root)
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    key = exp.key.replace("'", "")
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{GROUP_TAG}` = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    tags = {**git_tags(), GROUP_TAG: key, "level": "experiment", "dvc.experiment": exp.name,
+            **{mlflow_key(f"swept.{k}"): v[:MAX_PARAM_LENGTH] for k, v in exp.swept.items()}}
+    tags.pop("dvc.stage", None)
+    if exp.baseline_rev:
+        tags["dvc.exp_baseline_rev"] = exp.baseline_rev
+    run = client.create_run(experiment_id, run_name=exp.label, tags=tags)
+    flat = list(flatten_params(params or {}).items())
+    for i in range(0, len(flat), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in flat[i : i + 100]])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def log_to_experiment_run(experiment: str, metrics: Mapping[str, float], exp: DvcExperiment | None = None,
+                          repo_root: Path | None = None) -> str:
+    """Log ``metrics`` (e.g. the report's headline figures) on the current DVC experiment's parent run."""
+    exp = exp or dvc_experiment()
+    run_id = experiment_run(experiment, exp, repo_root=repo_root)
+    mlflow = _mlflow()
+    now = int(time.time() * 1000)
+    items = [mlflow.entities.Metric(mlflow_key(k), float(v), now, 0) for k, v in metrics.items()]
+    for i in range(0, len(items), 1000):
+        mlflow.MlflowClient().log_batch(run_id, metrics=items[i : i + 1000])
+    return run_id
+
+
 @contextlib.contextmanager
 def start_run(
     experiment: str,
@@ -224,20 +342,54 @@ def start_run(
     repo_root: Path | None = None,
     *,
     nested: bool = False,
+    exp: DvcExperiment | None = None,
 ) -> Iterator[RunHandle]:
     """Create a run with flattened ``params`` and git/DVC tags (``tags`` win); FAILED if the block raises.
 
-    ``nested``: a child of the active run (e.g. one run per training seed under its arm's run), so the MLflow UI
-    groups the seeds of an arm and compares arms.
+    A top-level run (``nested=False``) is a child of its DVC experiment's parent run (``experiment_run``; ``exp``
+    defaults to ``dvc_experiment()``) and its name carries the experiment's label: ``lora_fc · exp-1a2b3
+    lora.rank=8``. ``nested``: a child of the active run (one run per training seed under its arm's run), named
+    ``run_name`` plus the same label.
     """
     uri = configure(experiment, repo_root)
     mlflow = _mlflow()
     if nested and mlflow.active_run() is None:
         raise TrackingError("a nested MLflow run needs an active parent run; open the parent with start_run first")
-    with mlflow.start_run(run_name=run_name, tags={**git_tags(), **(tags or {})}, nested=nested) as run:
+    exp = exp or dvc_experiment()
+    parent = None if nested else experiment_run(experiment, exp, _params_file_values(), repo_root)
+    all_tags = {**git_tags(), "dvc.experiment": exp.name, **(tags or {})}
+    with mlflow.start_run(run_name=f"{run_name} · {exp.label}", tags=all_tags, nested=nested,
+                          parent_run_id=parent) as run:
         if params:
             mlflow.log_params(flatten_params(params))
         yield RunHandle(run.info.run_id, run.info.experiment_id, uri)
+
+
+def _params_file_values(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
+    """params.yaml as read (for the experiment run's params); empty when absent or unreadable."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def log_dataset(name: str, digest: str, source: str, context: str, tags: Mapping[str, str] | None = None) -> None:
+    """Log a dataset as an input of the active run: ``name``, ``digest`` (≤ 36 chars, e.g. the manifest's md5) and
+    ``source`` (an http(s) URL, or a description such as ``synthetic``, recorded as a code source)."""
+    mlflow = _require_active_run()
+    from mlflow.data.meta_dataset import MetaDataset
+
+    if source.startswith(("http://", "https://")):
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+        src: Any = HTTPDatasetSource(source)
+    else:
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+
+        src = CodeDatasetSource({"source": source, **(tags or {})})
+    mlflow.log_input(MetaDataset(src, name=name, digest=digest[:36]), context=context)
 
 
 @contextlib.contextmanager
@@ -254,6 +406,30 @@ def resume_run(run_id: str, repo_root: Path | None = None) -> Iterator[RunHandle
         ) from None
     with mlflow.start_run(run_id=run_id) as run:
         yield RunHandle(run.info.run_id, run.info.experiment_id, uri)
+
+
+def log_into_run(run_file: str | os.PathLike, metrics: Mapping[str, float], repo_root: Path | None = None) -> bool:
+    """Log ``metrics`` into the run named by ``run_file`` (``write_run_id``), e.g. attack results into the training
+    run of that model.
+
+    A run that is not in the current store (the model was trained while logging elsewhere: the repo's ``mlflow.db``
+    before a tracking server was set, or another server) is skipped with one line on stderr, and False is returned:
+    the stage's own outputs (metrics/*.json, results/) still hold the numbers.
+    """
+    import sys
+
+    run_id = read_run_id(run_file)
+    uri = _connect(repo_root)
+    mlflow = _mlflow()
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        print(f"MLflow: run {run_id} of {run_file} is not in {uri} (its model was trained while logging elsewhere); "
+              f"these metrics are in the stage's metrics file only", file=sys.stderr)
+        return False
+    with resume_run(run_id, repo_root):
+        log_metrics(metrics)
+    return True
 
 
 def _require_active_run() -> Any:
@@ -297,3 +473,25 @@ def search_runs(experiment: str, filter_string: str = "", repo_root: Path | None
     """All runs of ``experiment`` as a DataFrame (``params.*``, ``metrics.*``, ``tags.*`` columns); empty if none."""
     _connect(repo_root)
     return _mlflow().search_runs(experiment_names=[experiment], filter_string=filter_string, output_format="pandas")
+
+
+def log_prepared_dataset(prepared_dir: str | os.PathLike, source: str, url: str | None, context: str) -> None:
+    """Log a prepared split folder (``data/prepared/target``) as a dataset input of the active run.
+
+    Digest: the md5 of its ``manifest.csv`` (one row per image with its pixel hash), so the UI shows when two runs
+    saw different data. ``source``: params ``data.source`` (``tiny-imagenet``: its ``url``; ``synthetic``: made by
+    robustlora.synthetic).
+    """
+    import hashlib
+
+    prepared_dir = Path(prepared_dir)
+    manifest = prepared_dir / "manifest.csv"
+    if not manifest.is_file():
+        raise TrackingError(f"{manifest} not found; run the preprocess stage that writes it")
+    info = read_json(prepared_dir / "info.json") if (prepared_dir / "info.json").is_file() else {}
+    counts = info.get("counts") or {}
+    what = "tiny-imagenet-200" if source == "tiny-imagenet" else "synthetic tiny-imagenet"
+    name = f"{what} {prepared_dir.name} ({info.get('classes', '?')} classes)"
+    tags = {"split_counts": ", ".join(f"{k}={v}" for k, v in counts.items()), "folder": prepared_dir.as_posix()}
+    log_dataset(name, hashlib.md5(manifest.read_bytes()).hexdigest(),
+                url if source == "tiny-imagenet" and url else f"robustlora.synthetic ({source})", context, tags)
