@@ -30,6 +30,8 @@ def main(
     prepared: Path = typer.Option(..., help="prepared target domain (its info.json gives the attacked image size), "
                                   "e.g. data/prepared/target"),
     out: Path = typer.Option(..., help="folder for report.md, figures/, findings.json, comparisons.csv, e.g. reports"),
+    summary: Path = typer.Option(..., help="headline metrics per arm with intervals (for `dvc exp show` and sweeps), "
+                                 "e.g. metrics/summary.json"),
     params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: attack, report, variants, ...)"),
 ) -> None:
     """Build reports/report.md (Findings first), its figures, findings.json and comparisons.csv."""
@@ -97,6 +99,8 @@ def main(
     write_json(out / "findings.json", analysis.findings_json(result.findings, settings, result.common_sizes, counts))
     with atomic_path(out / "comparisons.csv") as tmp:
         result.comparisons.to_csv(tmp, index=False)
+    headline = analysis.headline(result.arm_table, cross.versus, train_metrics, settings.report_eps)
+    write_json(summary, headline)
     for name, table in (("attacks_vs_pgd.csv", cross.versus), ("success_vs_queries.csv", cross.curves),
                         ("transfer_matrix.csv", cross.matrix)):
         with atomic_path(out / name) as tmp:
@@ -113,6 +117,8 @@ def main(
         tracking.log_metrics({"sanity_checks_flagged": len(flagged), "sanity_checks_failed": counts["failed"],
                               **{f"findings_{v.replace(' ', '_')}": sum(f.verdict == v for f in result.findings)
                                  for v in analysis.VERDICTS}})
+    tracking.log_to_experiment_run(p.mlflow.experiment, {
+        f"{arm}/{key}": value for arm, row in headline.items() if isinstance(row, dict) for key, value in row.items()})
     verdicts = ", ".join(f"{sum(f.verdict == v for f in result.findings)} {v}" for v in analysis.VERDICTS)
     print(f"report: {_common.rel(out / 'report.md')} (findings: {verdicts}; {len(flagged)} sanity checks flagged)")
     for c in flagged:

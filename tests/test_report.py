@@ -239,7 +239,7 @@ def stage_module() -> Any:
 def stage_inputs(root: Path) -> dict[str, Path]:
     paths = {"params": root / "params.yaml", "results_dir": root / "results" / "attack",
              "train_metrics_dir": root / "metrics" / "train", "histories_dir": root / "plots" / "train",
-             "prepared": root / "prepared", "out": root / "reports"}
+             "prepared": root / "prepared", "out": root / "reports", "summary": root / "metrics" / "summary.json"}
     paths["params"].write_text(PARAMS_YAML)
     for d in ("results_dir", "train_metrics_dir", "prepared"):
         paths[d].mkdir(parents=True)
@@ -283,6 +283,7 @@ def test_stage_writes_every_output_and_logs_one_run(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(tracking, "start_run", fake_run)
     monkeypatch.setattr(tracking, "log_artifact", lambda path, where=None: logged["artifacts"].append(Path(path).name))
     monkeypatch.setattr(tracking, "log_metrics", lambda metrics, step=None: logged["metrics"].update(metrics))
+    monkeypatch.setattr(tracking, "log_to_experiment_run", lambda experiment, metrics: logged.update(headline=metrics))
     # rendering PNGs is tested above; here a stub keeps the wiring test fast
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: (path.parent.mkdir(parents=True, exist_ok=True),
                                                                    path.write_bytes(PNG_MAGIC), path)[-1])
@@ -292,7 +293,7 @@ def test_stage_writes_every_output_and_logs_one_run(tmp_path: Path, monkeypatch:
     out = paths["out"]
     text = (out / "report.md").read_text()
     assert text.startswith(f"# {report.TITLE}\n\n## Findings")
-    assert "images of 64 px are resized to 32 px" in text and "LoRA r=4, α=1 on fc, conv1" in text
+    assert "images of 64 px are resized to 32 px" in text and "LoRA r=4, α=1 on fc+conv1 (fc, conv1)" in text
     findings = json.loads((out / "findings.json").read_text())
     assert findings["verdicts"]["c1/pgd"] == "supported" and findings["checks"]["failed"] == 1
     comparisons = pd.read_csv(out / "comparisons.csv")
@@ -305,6 +306,14 @@ def test_stage_writes_every_output_and_logs_one_run(tmp_path: Path, monkeypatch:
     versus = pd.read_csv(out / "attacks_vs_pgd.csv")
     assert set(versus["attack"]) >= {"autoattack", "square", "transfer_baseline"} and (versus["diff"] == 0).all()
     assert logged["tags"]["finding.c1/pgd"] == "supported" and logged["metrics"]["sanity_checks_failed"] == 1
+    # the headline figures: one flat key per arm and figure, its interval around it, also on the experiment's run
+    summary = json.loads(paths["summary"].read_text())
+    pgd = summary["lora_fc"]["pgd_robust_acc"]
+    assert summary["lora_fc"]["pgd_robust_acc_lo"] <= pgd <= summary["lora_fc"]["pgd_robust_acc_hi"]
+    table = pd.read_parquet(paths["results_dir"] / "lora_fc.parquet").query("attack == 'pgd'")
+    table = table[(table["eps"] - summary["eps_255"] / 255).abs() < 1e-6]
+    assert pgd == pytest.approx((table["clean_correct"] & table["adv_correct"]).mean(), abs=1e-6)
+    assert logged["headline"]["lora_fc/pgd_robust_acc"] == pgd and "baseline/clean_acc_hi" in logged["headline"]
     printed = capsys.readouterr().out
     assert "FAILED baseline seed 0: best epoch neither the first nor max_epochs" in printed
     # a missing input names the file and the stage that writes it
