@@ -1,0 +1,48 @@
+"""Sweep report: every DVC experiment of this repo (a rank or target-set sweep) compared in reports/sweep/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import _common
+import typer
+
+app = _common.app(__doc__)
+
+
+@app.command()
+def main(
+    out: Path = typer.Option(Path("reports/sweep"), help="folder for sweep.md, sweep.csv and figures/"),
+    repo: Path = typer.Option(_common.ROOT, help="the DVC repository whose experiments to gather"),
+    all_commits: bool = typer.Option(False, "--all-commits", help="experiments of every commit, not only HEAD's"),
+    exp_json: Path = typer.Option(None, help="read a saved `dvc exp show --json` instead of running it"),
+    baseline: bool = typer.Option(True, help="include the baseline commit's own results as a sweep point"),
+) -> None:
+    """Gather the experiments (`dvc exp show --json`; failed ones with the tail of their queue log) and write
+    the sweep report: a table and figures of clean accuracy, PGD / AutoAttack robust accuracy and attack success rate
+    against LoRA rank, trainable parameters and target set, with each experiment's 95 % intervals, and the
+    accuracy-robustness Pareto front.
+    """
+    import json
+
+    from robustlora import experiments, sweep
+    from robustlora.errors import DataError
+
+    if exp_json is not None:
+        if not exp_json.is_file():
+            raise DataError(f"{exp_json}: file not found (write it with `dvc exp show --json > {exp_json}`)")
+        try:
+            states = json.loads(exp_json.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{exp_json}: not JSON from `dvc exp show --json` ({e})") from None
+        records = experiments.records(states, include_baseline=baseline)
+    else:
+        records = experiments.gather(repo, all_commits, include_baseline=baseline)
+    paths = sweep.write_sweep(records, out)
+    done = records.drop_duplicates("experiment")["status"].value_counts()
+    print(f"sweep: {_common.rel(paths.get('sweep.md', out / 'sweep.md'))} ("
+          + ", ".join(f"{n} {state}" for state, n in done.items()) + " experiment(s))")
+
+
+if __name__ == "__main__":
+    _common.run(app)
