@@ -1,11 +1,15 @@
 """End to end: the real `dvc repro` and `dvc exp run` on a tiny config in a temporary git repository."""
 
+import hashlib
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -169,36 +173,195 @@ def test_dvc_metrics_show_lists_accuracy_and_success_rates(repo):
     assert "mean" in data["metrics/attack/lora_fc.json"]["data"]["pgd"]["eps_2"]["asr"]
 
 
-def test_mlflow_groups_seed_runs_under_their_arm(repo):
-    root, _, _ = repo
+def _runs_by_name(db):
+    """FINISHED runs by their name without the experiment label ('lora_fc · workspace@abc1234' -> 'lora_fc')."""
+    rows = db.execute("select name, run_uuid from runs where status = 'FINISHED'").fetchall()
+    return {name.split(" · ")[0]: run for name, run in rows}
+
+
+def test_mlflow_groups_seed_runs_under_their_arm_under_the_experiment(repo):
+    root, env, _ = repo
     db = sqlite3.connect(root / "mlflow.db")
-    runs = dict(db.execute("select name, run_uuid from runs where status = 'FINISHED'").fetchall())
-    assert set(VARIANTS) | {f"{v}/seed_{s}" for v in VARIANTS[1:] for s in SEEDS} | {"pretrain", "report"} <= set(runs)
+    runs = _runs_by_name(db)
+    commit = sh(["git", "rev-parse", "HEAD~1"], root, env, stdout_only=True).strip()  # `dvc repro` ran here
+    label = f"workspace@{commit[:7]}"
+    expected = set(VARIANTS) | {f"{v}/seed_{s}" for v in VARIANTS[1:] for s in SEEDS} | {"pretrain", "report", label}
+    assert expected <= set(runs)
+
+    def tags_of(run):
+        return dict(db.execute("select key, value from tags where run_uuid = ?", (run,)).fetchall())
+
+    top = runs[label]  # one parent run per DVC experiment (here: the workspace at that commit)
+    assert tags_of(top)["level"] == "experiment" and tags_of(top)["git.commit"] == commit
+    for name in [*VARIANTS, "pretrain", "report"]:
+        assert tags_of(runs[name])["mlflow.parentRunId"] == top, name
     parent = runs["lora_fc"]
     for seed in SEEDS:
         child = runs[f"lora_fc/seed_{seed}"]
-        tags = dict(db.execute("select key, value from tags where run_uuid = ?", (child,)).fetchall())
+        tags = tags_of(child)
         assert tags["mlflow.parentRunId"] == parent and tags["seed"] == str(seed)
         assert tags.get("stage") == "train@lora_fc" and len(tags.get("git.commit", "")) == 40
         keys = {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (child,))}
         assert {"holdout_accuracy", "val_accuracy", "epoch/holdout_accuracy", "epoch/train_loss", "pgd/eps_2/asr",
                 "fgsm/eps_8/robust_accuracy", "clean_accuracy"} <= keys
-        steps = [s for (s,) in db.execute("select step from metrics where run_uuid = ? and key = 'epoch/holdout_accuracy' order by step", (child,))]
+        steps = [s for (s,) in db.execute(
+            "select step from metrics where run_uuid = ? and key = 'epoch/holdout_accuracy' order by step", (child,))]
         assert steps[0] == 1 and steps == sorted(steps)
+        # the dataset is an input of every training run: its name, the manifest's md5 and its source
+        ((name, digest, source),) = db.execute(
+            "select d.name, d.digest, d.dataset_source from datasets d join inputs i on i.source_id = d.dataset_uuid "
+            "where i.destination_id = ?", (child,)).fetchall()
+        assert "synthetic" in name and "target" in name and "synthetic" in source
+        manifest = root / "data" / "prepared" / "target" / "manifest.csv"
+        assert digest == hashlib.md5(manifest.read_bytes()).hexdigest()
     params = dict(db.execute("select key, value from params where run_uuid = ?", (parent,)).fetchall())
     assert params["variant.settings.rank"] == "4" and params["variant.name"] == "lora_fc"
     assert params["data.source"] == "synthetic"
     keys = {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (parent,))}
     assert {"mean/val_accuracy", "std/val_accuracy", "mean/pgd/eps_8/asr"} <= keys
+    # the experiment run carries params.yaml and the report's headline figures, to compare experiments in the UI
+    top_params = dict(db.execute("select key, value from params where run_uuid = ?", (top,)).fetchall())
+    assert top_params["lora.rank"] == "4"
+    top_metrics = {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (top,))}
+    assert {"lora_fc/pgd_robust_acc", "lora_fc/pgd_robust_acc_lo", "baseline/clean_acc_hi"} <= top_metrics
+    (kind,) = db.execute("select value from experiment_tags where key = 'mlflow.experimentKind'").fetchone()
+    assert kind == "custom_model_development"  # the UI opens on the runs, not on GenAI traces
 
 
-def test_rank_sweep_reruns_only_the_lora_stages(repo):
+def test_summary_metrics_have_readable_names_and_intervals(repo):
+    import pandas as pd
+
     root, env, _ = repo
-    log = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "lora.rank=8"], root, env)
-    assert _ran(log) == {"train@lora_fc", "train@lora_fc_conv1", "attack@lora_fc", "attack@lora_fc_conv1", "report"} | CROSS_ARM
-    # the stages that attack every arm re-attack the changed arms only: the others' rows are reused
-    assert log.count("reused the unchanged rows of pretrained seed 0, baseline seed 0") == 5  # AutoAttack, 4 black-box
-    assert "lora_fc seed 0" not in log.split("reused the unchanged rows of")[1].split("\n")[0]
+    summary = json.loads((root / "metrics" / "summary.json").read_text())
+    for arm in VARIANTS:
+        row = summary[arm]
+        for key in ("clean_acc", "pgd_robust_acc", "pgd_asr", "fgsm_asr", "autoattack_robust_acc"):
+            assert row[f"{key}_lo"] <= row[key] <= row[f"{key}_hi"], (arm, key)
+        assert row["n_seeds"] == (1 if arm == "pretrained" else len(SEEDS)) and row["n_images"] == 10
+    assert summary["lora_fc"]["trainable_params"] == 4 * (3 + 512) and summary["eps_255"] == 8
+    pgd = pd.read_parquet(root / "results" / "attack" / "lora_fc.parquet").query("attack == 'pgd'")
+    pgd = pgd[(pgd["eps"] - 8 / 255).abs() < 1e-6]
+    assert summary["lora_fc"]["pgd_robust_acc"] == pytest.approx((pgd["clean_correct"] & pgd["adv_correct"]).mean())
+    shown = sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env, stdout_only=True)
+    states = json.loads(shown[shown.index("["):])
+    data = states[-1]["data"]["metrics"]["metrics/summary.json"]["data"]
+    assert data["lora_fc"]["pgd_robust_acc"] == summary["lora_fc"]["pgd_robust_acc"]
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(repo, tmp_path_factory):
+    """An MLflow tracking server (SQLite backend, local artifact root) on a free port, as the README starts it."""
+    _, env, _ = repo
+    where = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    log = open(where / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{where / 'mlflow.db'}", "--artifacts-destination", str(where / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            cwd=where, env=env, stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+            break
+        except OSError:
+            assert proc.poll() is None, (where / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+    else:
+        raise AssertionError("the MLflow server did not answer in 2 min:\n" + (where / "server.log").read_text()[-3000:])
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def test_queued_rank_sweep_on_two_workers_logs_into_a_tracking_server(repo, server):
+    import mlflow
+    import pandas as pd
+
+    root, env, _ = repo
+    # one thread per worker: two torch processes with 2 threads each on 2 cores run many times slower
+    env = env | {"MLFLOW_TRACKING_URI": server, "OMP_NUM_THREADS": "1"}
+    sh([sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", "lora.rank=2,8"], root, env)  # Hydra sweep
+    sh([sys.executable, "-m", "dvc", "exp", "run", "--queue", "--name", "broken", "-S", "lora.rank=0"], root, env)
+    sh([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], root, env)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = sh([sys.executable, "-m", "dvc", "queue", "status"], root, env)
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(10)  # each `dvc queue status` costs a CPU second the workers need
+    else:
+        raise AssertionError(f"the queue did not finish in 15 minutes:\n{status}")
+    sh([sys.executable, "-m", "dvc", "queue", "stop"], root, env)
+    rows = [line.split() for line in status.splitlines()]
+    states = {cols[1]: cols[-1] for cols in rows if len(cols) >= 4 and cols[-1] in ("Success", "Failed")}
+    assert states.pop("broken", None) == "Failed" and sorted(states.values()) == ["Success", "Success"], status
+    for name in states:  # each experiment re-ran the LoRA arms and what follows them, nothing else
+        log = sh([sys.executable, "-m", "dvc", "queue", "logs", name], root, env)
+        assert _ran(log) == {"train@lora_fc", "train@lora_fc_conv1", "attack@lora_fc", "attack@lora_fc_conv1",
+                             "report"} | CROSS_ARM, log[-3000:]
+        assert log.count("reused the unchanged rows of pretrained seed 0, baseline seed 0") == 5  # AA + 4 black-box
+
+    # the server has one parent run per experiment, named by experiment and swept value, the arm x seed runs below
+    client = mlflow.MlflowClient(tracking_uri=server)
+    experiment = client.get_experiment_by_name("robustlora")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    tops = {r.data.tags["dvc.experiment"]: r for r in runs if r.data.tags.get("level") == "experiment"}
+    assert set(tops) == set(states), sorted(tops)
+    for name, top in tops.items():
+        rank = top.data.params["lora.rank"]
+        assert top.info.run_name == f"{name} lora.rank={rank}" and top.data.tags["swept.lora.rank"] == rank
+        assert top.data.tags["dvc.exp_name"] == name and len(top.data.tags["dvc.exp_baseline_rev"]) == 40
+        assert "lora_fc/pgd_robust_acc" in top.data.metrics
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == top.info.run_id]
+        assert sorted(r.info.run_name.split(" · ")[0] for r in children) == ["lora_fc", "lora_fc_conv1", "report"]
+        for arm in (r for r in children if r.data.tags.get("level") == "arm"):
+            assert arm.info.run_name.endswith(f" · {name} lora.rank={rank}")
+            assert arm.data.params["variant.settings.rank"] == rank and arm.info.status == "FINISHED"
+            seeds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == arm.info.run_id]
+            assert sorted(r.data.tags["seed"] for r in seeds) == ["0", "1"]
+            for seed in seeds:
+                assert seed.info.status == "FINISHED"
+                assert {"val_accuracy", "pgd/eps_8/asr", "autoattack/eps_8/robust_accuracy",
+                        "square/eps_8/asr"} <= set(seed.data.metrics)
+                assert client.get_run(seed.info.run_id).inputs.dataset_inputs, "dataset not logged"
+    assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))
+
+    # the sweep report: every experiment (the baseline commit too) with its rank, the failed one with its log
+    sh([sys.executable, "stages/sweep.py", "--out", "reports/sweep"], root, env)
+    table = pd.read_csv(root / "reports" / "sweep" / "sweep.csv")
+    lora = table[table["arm"] == "lora_fc"]
+    assert sorted(lora["rank"]) == [2, 4, 8] and (lora["trainable_params"] == lora["rank"] * (3 + 512)).all()
+    assert set(table["experiment"]) == set(states) | {"main"}
+    text = (root / "reports" / "sweep" / "sweep.md").read_text()
+    failed = text.split("broken", 1)[1]
+    assert "lora.rank must be" in failed or "rank must be" in failed, failed[:2000]  # its log tail says why
+    assert list((root / "reports" / "sweep" / "figures").glob("*.png"))
+
+
+def test_a_dvc_remote_gives_a_second_machine_the_results_without_recomputing(repo, tmp_path):
+    root, env, _ = repo
+    remote = tmp_path / "remote"
+    sh([sys.executable, "-m", "dvc", "remote", "add", "--local", "-d", "shared", str(remote)], root, env)
+    sh([sys.executable, "-m", "dvc", "push"], root, env)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    sh([sys.executable, "-m", "dvc", "remote", "add", "--local", "-d", "shared", str(remote)], clone, env)
+    sh([sys.executable, "-m", "dvc", "pull"], clone, env)
+    for path in ("models/lora_fc/seed_1.pt", "results/attack/baseline.parquet", "results/blackbox/square.parquet",
+                 "reports/report.md"):
+        assert (clone / path).read_bytes() == (root / path).read_bytes(), path
+    assert "Data and pipelines are up to date" in sh([sys.executable, "-m", "dvc", "status"], clone, env)
+    log = sh([sys.executable, "-m", "dvc", "repro"], clone, env)
+    assert not _ran(log), log[-2000:]  # nothing recomputed on the second machine
 
 
 def test_temporary_experiment_logs_into_the_users_store(repo):
@@ -215,5 +378,5 @@ def test_temporary_experiment_logs_into_the_users_store(repo):
     assert "square: reused" not in log
     runs = db.execute("select r.name, p.value from runs r join params p on p.run_uuid = r.run_uuid "
                       "where p.key = 'report.n_boot' and r.status = 'FINISHED'").fetchall()
-    assert ("report", "150") in runs and db.execute("select count(*) from runs").fetchone()[0] > before
+    assert ("report", "150") in {(name.split(" · ")[0], value) for name, value in runs} and db.execute("select count(*) from runs").fetchone()[0] > before
     assert not list((root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
