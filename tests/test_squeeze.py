@@ -6,69 +6,16 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustlora.attacks import pgd
+from test_attacks import TinyNet, make_data, single_thread, trained  # noqa: F401 (fixtures, shared)
 from robustlora.errors import DataError, ModelError
 from robustlora.squeeze import (Squeezer, adaptive_pgd, bit_depth, bpda, detect, detector_scores, evaluate_detector,
                                 fit_threshold, median_smooth)
 
-N_CLASSES = 4
-SIZE = 16
 SQUEEZERS = (Squeezer("bit_depth", 4), Squeezer("median", 2))
 EPS, STEP, STEPS = 8 / 255, 1 / 255, 20
-
-
-class TinyNet(nn.Module):
-    """Conv-BN-ReLU-pool-FC with normalisation inside (inputs in [0, 1]), as in tests/test_attacks.py."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.pool = nn.AdaptiveAvgPool2d(2)
-        self.fc = nn.Linear(8 * 2 * 2, N_CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        return self.fc(torch.flatten(self.pool(F.relu(self.bn(self.conv(x)))), 1))
-
-
-def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise images with a slightly brighter quadrant that encodes the class (as in tests/test_attacks.py)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, N_CLASSES, (n,), generator=g)
-    x = 0.35 + 0.2 * torch.rand(n, 3, SIZE, SIZE, generator=g)
-    h = SIZE // 2
-    for i, c in enumerate(y.tolist()):
-        r, col = divmod(c, 2)
-        x[i, :, r * h:(r + 1) * h, col * h:(col + 1) * h] += 0.04
-    return x.clamp(0, 1), y
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def trained() -> TinyNet:
-    torch.manual_seed(0)
-    model = TinyNet()
-    x, y = make_data(256, seed=1)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(40):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
