@@ -40,7 +40,7 @@ def write_attack_outputs(table, results: Path, metrics: Path, models: Path, *, l
         table.to_parquet(tmp, index=False)
     summary = {}
     # rows reused from the earlier file: their runs got these figures when the rows were made
-    previous = getattr(cache, "previous", None)
+    previous = cache.previous if cache is not None else None
     reused = set(previous["fingerprint"]) if previous is not None else set()
     for variant, rows in table.groupby("variant", sort=False):
         summary[variant] = metrics_json(rows)

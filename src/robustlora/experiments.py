@@ -33,11 +33,8 @@ COLUMNS = [*RECORD_COLUMNS[:3], "baseline", *RECORD_COLUMNS[3:]]  # sweep's reco
 def _dvc(args: list[str], repo: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m dvc <args>`` in ``repo`` (the interpreter's own DVC, as the stages use)."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    try:
-        return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True,
-                              text=True, timeout=timeout)
-    except FileNotFoundError:
-        raise DataError("dvc is not installed in this environment; install the pipeline extra") from None
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def exp_show(repo: str | os.PathLike = ".", all_commits: bool = False) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ Where the store lives (``tracking_uri``):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import subprocess
@@ -274,21 +275,31 @@ def params_diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str
 
 
 def dvc_experiment(params_file: str | os.PathLike = "params.yaml") -> DvcExperiment:
-    """The current DVC experiment from DVC's environment and git (local commands only); see DvcExperiment."""
+    """The current DVC experiment from DVC's environment and git (local commands only); see DvcExperiment.
+
+    Computed once per process for the same params file, its content and DVC's variables (a stage opens several
+    runs, each of which asks)."""
+    params_file = Path(params_file).resolve()
+    text = params_file.read_text() if params_file.is_file() else None
+    return _dvc_experiment(params_file, text, os.environ.get("DVC_EXP_NAME"), os.environ.get("DVC_EXP_BASELINE_REV"))
+
+
+@functools.lru_cache(maxsize=8)
+def _dvc_experiment(params_file: Path, text: str | None, exp_name: str | None, baseline_rev: str | None
+                    ) -> DvcExperiment:
     import yaml
 
-    params_file = Path(params_file).resolve()
     cwd = params_file.parent
     commit = _git(["rev-parse", "HEAD"], cwd)
-    baseline = os.environ.get("DVC_EXP_BASELINE_REV") or commit
+    baseline = baseline_rev or commit
     swept: dict[str, str] = {}
-    if baseline and params_file.is_file():
+    if baseline and text is not None:
         before = _git(["show", f"{baseline}:./{params_file.name}"], cwd)
         try:
-            swept = params_diff(yaml.safe_load(before or "") or {}, yaml.safe_load(params_file.read_text()) or {})
+            swept = params_diff(yaml.safe_load(before or "") or {}, yaml.safe_load(text) or {})
         except yaml.YAMLError:
             swept = {}
-    name = os.environ.get("DVC_EXP_NAME") or f"workspace@{(commit or 'nogit')[:7]}"
+    name = exp_name or f"workspace@{(commit or 'nogit')[:7]}"
     return DvcExperiment(name=name, baseline_rev=baseline, commit=commit, swept=swept)
 
 
@@ -393,13 +404,19 @@ def log_dataset(name: str, digest: str, source: str, context: str, tags: Mapping
 
 
 @contextlib.contextmanager
-def resume_run(run_id: str, repo_root: Path | None = None) -> Iterator[RunHandle]:
-    """Reopen an existing run (e.g. the attack stage logging into its variant's training run)."""
+def resume_run(run_id: str, repo_root: Path | None = None, *, missing_ok: bool = False) -> Iterator[RunHandle | None]:
+    """Reopen an existing run (e.g. the attack stage logging into its variant's training run).
+
+    A run not in the current store is a TrackingError, or with ``missing_ok`` yields None (nothing is opened).
+    """
     uri = _connect(repo_root)
     mlflow = _mlflow()
     try:
         mlflow.get_run(run_id)
     except mlflow.exceptions.MlflowException:
+        if missing_ok:
+            yield None
+            return
         raise TrackingError(
             f"MLflow run '{run_id}' not found in {uri}; rerun the train stage or point MLFLOW_TRACKING_URI "
             f"at the store that has it"
@@ -419,15 +436,11 @@ def log_into_run(run_file: str | os.PathLike, metrics: Mapping[str, float], repo
     import sys
 
     run_id = read_run_id(run_file)
-    uri = _connect(repo_root)
-    mlflow = _mlflow()
-    try:
-        mlflow.MlflowClient().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        print(f"MLflow: run {run_id} of {run_file} is not in {uri} (its model was trained while logging elsewhere); "
-              f"these metrics are in the stage's metrics file only", file=sys.stderr)
-        return False
-    with resume_run(run_id, repo_root):
+    with resume_run(run_id, repo_root, missing_ok=True) as run:
+        if run is None:
+            print(f"MLflow: run {run_id} of {run_file} is not in {tracking_uri(repo_root)} (its model was trained "
+                  f"while logging elsewhere); these metrics are in the stage's metrics file only", file=sys.stderr)
+            return False
         log_metrics(metrics)
     return True
 
