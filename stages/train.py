@@ -72,6 +72,8 @@ def main(
         tracking.write_run_id(out / "run.json", parent.run_id)
     write_json(metrics, summary)
     columns = ["epoch", "train_loss", "train_accuracy", "holdout_accuracy", "lr"]
+    if spec.adversarial is not None:  # train_accuracy: on the examples trained on (PGD examples for pgd)
+        columns.insert(4, "holdout_robust_accuracy")
     plots.mkdir(parents=True, exist_ok=True)
     for seed, history in histories.items():
         with atomic_path(plots / f"seed_{seed}.csv") as tmp:

@@ -236,8 +236,8 @@ def test_variants_are_validated(raw):
 
 def test_variant_overrides_must_be_keys_of_their_kind(raw):
     raw["variants"]["odd"] = {"adaptation": "full", "rank": 8}
-    assert _error(raw) == ("params.yaml: unknown key variants.odd.rank (known: adaptation, lr, weight_decay, "
-                           "train_batchnorm)")
+    assert _error(raw) == ("params.yaml: unknown key variants.odd.rank (known: adaptation, adversarial, lr, "
+                           "weight_decay, train_batchnorm)")
     raw["variants"]["odd"] = {"adaptation": "none", "lr": 0.1}
     assert _error(raw) == "params.yaml: unknown key variants.odd.lr (known: adaptation)"
     raw["variants"]["odd"] = {"adaptation": "lora", "targets": ["fc"], "rank": 0}
@@ -293,7 +293,7 @@ def test_configs_are_frozen_and_dump_to_json(raw):
     assert data["variants"]["lora_fc"] == {"name": "lora_fc", "adaptation": "lora", "targets": ["fc"],
                                            "target_set": "fc",
                                            "settings": {"lr": 0.05, "weight_decay": 0.0, "rank": 4, "alpha": 1.0,
-                                                        "target_sets": sets}}
+                                                        "target_sets": sets}, "adversarial": None}
     assert data["train"]["seeds"] == [0, 1, 2] and data["report"]["arms"]["baseline"] == "baseline"
 
 
@@ -348,3 +348,38 @@ def test_every_default_target_set_matches_resnet18_layers():
     assert names["fc"] == ["fc"] and sorted(names["fc+conv1"]) == ["conv1", "fc"]
     assert len(names["layer4"]) == 1 + 4 + 1  # fc, two blocks x two convs, the downsample conv
     assert len(names["all_convs"]) == 1 + 1 + 16 + 3  # fc, the stem, 8 blocks x 2 convs, 3 downsample convs
+
+
+# ----------------------------------------------------------------------------- adversarial fine-tuning
+
+
+def test_adversarial_true_takes_the_defaults_and_reaches_the_fit_config(raw):
+    raw["variants"]["robust"] = {"adaptation": "full", "adversarial": True}
+    p = parse_params(raw)
+    at = p.variants["robust"].adversarial
+    assert (at.method, at.eps, at.steps, at.random_start, at.select) == ("pgd", 4 / 255, 2, True, "robust")
+    assert at.step_size == pytest.approx(1.25 * 4 / 255)  # Madry's 2.5·ε of travel over the steps
+    assert p.fit_config("robust", p.train.seeds[0]).adversarial == at
+    assert p.variants["baseline"].adversarial is None and p.fit_config("baseline", p.train.seeds[0]).adversarial is None
+    assert at.label == "PGD-AT ε=4/255, 2 steps of 1.25·ε, random start"
+
+
+def test_a_variants_adversarial_mapping_overrides_train_adversarial_key_by_key(raw):
+    raw["train"]["adversarial"] = {"eps": "8/255", "steps": 3}
+    raw["variants"]["trades"] = {"adaptation": "full", "adversarial": {"method": "trades", "beta": 1.0}}
+    raw["variants"]["plain"] = {"adaptation": "full", "adversarial": False}
+    p = parse_params(raw)
+    assert p.variants["baseline"].adversarial.eps == 8 / 255  # train.adversarial reaches every training arm
+    trades = p.variants["trades"].adversarial
+    assert (trades.method, trades.beta, trades.eps, trades.steps) == ("trades", 1.0, 8 / 255, 3)
+    assert p.variants["plain"].adversarial is None
+    assert trades.label == "TRADES β=1, ε=8/255, 3 steps of 0.833·ε"
+
+
+def test_adversarial_errors_name_the_key(raw):
+    raw["variants"]["robust"] = {"adaptation": "full", "adversarial": {"eps": 0}}
+    assert _error(raw) == "params.yaml: variants.robust.adversarial.eps must be in (0, 1], got 0"
+    raw["variants"]["robust"] = {"adaptation": "full", "adversarial": {"step": 2}}
+    assert _error(raw).startswith("params.yaml: unknown key variants.robust.adversarial.step (known: method, eps,")
+    raw["variants"]["robust"] = {"adaptation": "none", "adversarial": True}
+    assert _error(raw) == "params.yaml: variants.robust.adversarial needs an arm that trains (this variant is none)"

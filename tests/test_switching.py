@@ -153,9 +153,11 @@ def test_switch_cost_measures_and_restores(setup) -> None:
     bank, _, _ = setup
     bank.use("pgd")
     before = {k: v.clone() for k, v in bank.model.state_dict().items()}
-    cost = switch_cost(bank, _inputs(2), repeats=1)
+    cost = switch_cost(bank, _inputs(2), repeats=2)
     for key in ("switch_s", "merged_s", "reload_s", "bank_bytes", "full_models_bytes"):
         assert cost[key] > 0, key
+    for key in ("switch_s", "merged_s", "reload_s"):  # the mean of the repeats, each kept
+        assert len(cost[f"{key}_runs"]) == 2 and cost[key] == pytest.approx(sum(cost[f"{key}_runs"]) / 2)
     assert cost["n_adapters"] == 3 and cost["batch_size"] == 2
     assert cost["bank_bytes"] < cost["full_models_bytes"]
     one_model = sum(p.numel() * 4 for p in bank.model.parameters() if p.requires_grad is False)

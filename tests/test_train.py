@@ -122,3 +122,52 @@ def test_model_without_trainable_parameters_is_refused():
     model = make_model().requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         fit(model, toy_split(8, 0), toy_split(4, 1), CFG, device=torch.device("cpu"), progress=False)
+
+
+# ----------------------------------------------------------------------------- adversarial fine-tuning
+
+AT = {"eps": 8 / 255, "steps": 2}
+
+
+def _at_cfg(**update):
+    from robustlora.config import AdversarialSettings
+
+    return CFG.model_copy(update=dict(max_epochs=3, adversarial=AdversarialSettings(**(AT | update))))
+
+
+def test_adversarial_fit_crafts_in_eval_mode_and_trains_in_train_mode():
+    """Per batch: `steps` forwards with BatchNorm in eval mode (the attack), then one in train mode (the loss)."""
+    train, holdout = toy_split(32, 0), toy_split(16, 1)
+    model = make_model()
+    modes = []
+    model.bn1.register_forward_pre_hook(lambda m, _: modes.append(m.training) if torch.is_grad_enabled() else None)
+    cfg = _at_cfg(select="clean").model_copy(update=dict(max_epochs=1, batch_size=16))
+    fit(model, train, holdout, cfg, device=torch.device("cpu"), progress=False)
+    # 2 batches, then the holdout's PGD accuracy (1 batch, eval mode); clean evaluation runs without grad
+    assert modes == [False, False, True] * 2 + [False, False]
+
+
+def test_adversarial_fit_selects_on_holdout_robust_accuracy_and_resumes_exactly(tmp_path):
+    from robustlora.train import adversarial_config, robust_accuracy
+
+    train, holdout = toy_split(48, 0), toy_split(16, 1)
+    cfg = _at_cfg()
+    full = fit(make_model(), train, holdout, cfg, device=torch.device("cpu"), progress=False)
+    robust = [h["holdout_robust_accuracy"] for h in full.history]
+    assert full.best_holdout_accuracy == max(robust) and robust[full.best_epoch - 1] == max(robust)
+    model = make_model()
+    model.load_state_dict(full.best_state)
+    assert robust_accuracy(model, holdout, adversarial_config(cfg.adversarial), 64, torch.device("cpu"),
+                           seed=cfg.seed) == full.best_holdout_accuracy
+    assert all(h["holdout_robust_accuracy"] <= h["holdout_accuracy"] for h in full.history)
+    ckpt = tmp_path / "ckpt.pt"
+    fit(make_model(), train, holdout, cfg, device=torch.device("cpu"), progress=False, checkpoint_path=ckpt,
+        fingerprint="at", stop_after_epochs=1)
+    resumed = fit(make_model(seed=5), train, holdout, cfg, device=torch.device("cpu"), progress=False,
+                  checkpoint_path=ckpt, fingerprint="at")
+    assert resumed.resumed_from_epoch == 1
+    for k in full.best_state:
+        assert torch.equal(full.best_state[k], resumed.best_state[k]), k
+    standard = fit(make_model(), train, holdout, CFG.model_copy(update=dict(max_epochs=3)), device=torch.device("cpu"),
+                   progress=False)
+    assert not torch.equal(standard.best_state["fc.weight"], full.best_state["fc.weight"])

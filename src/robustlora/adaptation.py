@@ -142,6 +142,7 @@ class Kind:
         """What a checkpoint records of ``spec`` (all :meth:`rebuild` needs), JSON-able."""
         return {"name": spec.name, "adaptation": spec.adaptation, "targets": list(spec.targets),
                 **({"target_set": spec.target_set} if spec.target_set else {}),
+                **({"adversarial": spec.adversarial.model_dump(mode="json")} if spec.adversarial else {}),
                 **spec.settings.model_dump(mode="json", exclude={"target_sets"})}
 
 
@@ -212,8 +213,10 @@ def rebuild(model: nn.Module, meta: Mapping[str, Any], source: str = "checkpoint
 
 
 def describe(spec: VariantSpec) -> str:
-    """One line for humans, e.g. 'LoRA r=4, α=1 on fc, conv1' or 'full fine-tuning, BatchNorm frozen'."""
-    return KINDS[spec.adaptation].describe(spec)
+    """One line for humans, e.g. 'LoRA r=4, α=1 on fc, conv1' or 'full fine-tuning, BatchNorm frozen'; adversarial
+    fine-tuning is appended ('…; PGD-AT ε=4/255, 2 steps of 1.25·ε, random start')."""
+    text = KINDS[spec.adaptation].describe(spec)
+    return f"{text}; {spec.adversarial.label}" if spec.adversarial is not None else text
 
 
 def trains_batchnorm(spec: VariantSpec) -> bool:

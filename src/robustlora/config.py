@@ -148,12 +148,51 @@ class TrainConfig(_Loop):
     lr: Number = Field(0.01, gt=0)
     weight_decay: Number = Field(5e-4, ge=0)
     seed: int = Field(0, ge=0)
+    adversarial: AdversarialOption = None  # adversarial fine-tuning (train.fit crafts the examples per batch)
+
+
+def _adversarial(value: Any) -> Any:
+    """``adversarial: true`` = the default settings; ``false`` / null = standard training."""
+    if value is True:
+        return {}
+    return None if value is False else value
+
+
+class AdversarialSettings(Schema):
+    """Adversarial fine-tuning (``train.adversarial`` or a variant's ``adversarial``): PGD adversarial training
+    (Madry et al. 2018) or TRADES (Zhang et al. 2019), L∞, ε and steps in [0,1] pixel units. The training examples
+    are crafted with the model in eval mode (BatchNorm running statistics, as our attacks use them)."""
+
+    method: Literal["pgd", "trades"] = "pgd"
+    eps: Number = Field(4 / 255, gt=0, le=1)
+    steps: int = Field(2, ge=1)
+    rel_step_size: Number | None = Field(None, gt=0)  # step = rel_step_size·ε; null = 2.5/steps (Madry's travel)
+    random_start: bool = True  # pgd only (TRADES starts at x + 0.001·N(0, 1))
+    beta: Number = Field(6.0, ge=0)  # TRADES only: weight of KL(p(x) ‖ p(x'))
+    select: Literal["robust", "clean"] = "robust"  # the best epoch by holdout PGD accuracy (Rice et al. 2020) or clean
+
+    @property
+    def step_size(self) -> float:
+        """The inner attack's step in [0,1] pixels."""
+        return (self.rel_step_size if self.rel_step_size is not None else 2.5 / self.steps) * self.eps
+
+    @property
+    def label(self) -> str:
+        """'PGD-AT ε=4/255, 2 steps of 1.25·ε, random start' or 'TRADES β=6, ε=4/255, 2 steps of 1.25·ε'."""
+        head = "PGD-AT" if self.method == "pgd" else f"TRADES β={self.beta:g},"
+        start = ", random start" if self.method == "pgd" and self.random_start else ""
+        return (f"{head} ε={_eps_text(self.eps)}, {self.steps} step{'s' if self.steps > 1 else ''} of "
+                f"{self.step_size / self.eps:.3g}·ε{start}")
+
+
+AdversarialOption = Annotated[AdversarialSettings | None, BeforeValidator(_adversarial)]
 
 
 class TrainLoopConfig(_Loop):
     """``train``: the loop of every adapted arm; lr and weight_decay come from the variant's kind."""
 
     seeds: Annotated[tuple[int, ...], BeforeValidator(_seeds)] = (0,)  # every arm is trained once per seed
+    adversarial: AdversarialOption = None  # every adapted arm trains adversarially (a variant's own setting wins)
 
 
 class PgdConfig(Schema):
@@ -331,6 +370,44 @@ Arm = Literal["baseline", "lora_fc", "lora_fc_conv1"]  # the paper's roles
 ARMS: tuple[str, ...] = get_args(Arm)
 
 
+class AdaptiveSqueezeConfig(Schema):
+    """``squeeze.adaptive``: PGD on classifier + detector, through the squeezers by BPDA (robustlora.squeeze)."""
+
+    steps: int = Field(20, ge=1)
+    rel_step_size: Number = Field(0.25, gt=0)  # step = rel_step_size·ε
+    lam: Number = Field(0.25, ge=0)  # weight of the detector penalty (CE is capped at ce_cap nats)
+    ce_cap: Number = Field(2.0, gt=0)
+
+
+class SqueezeConfig(Schema):
+    """``squeeze``: feature squeezing (Xu et al., NDSS 2018) as a detector on every arm, and the attacks on it."""
+
+    bit_depth: int | None = Field(5, ge=1, le=8)  # squeezer: bits per channel (null = not used)
+    median: int | None = Field(2, ge=1, le=8)  # squeezer: median filter window, median x median (null = not used)
+    fpr: Number = Field(0.05, gt=0, lt=1)  # the threshold's false positive rate on the clean holdout split
+    n_images: int = Field(60, ge=1)  # the first N images of the attack subset
+    eps: Annotated[tuple[float, ...] | None, BeforeValidator(_eps_grid)] = None  # values of attack.eps; None = report.eps
+    adaptive: AdaptiveSqueezeConfig = AdaptiveSqueezeConfig()
+
+    @model_validator(mode="after")
+    def _some_squeezer(self) -> SqueezeConfig:
+        if self.bit_depth is None and self.median is None:
+            raise Invalid("", "needs at least one squeezer: bit_depth or median")
+        return self
+
+
+class SwitchingConfig(Schema):
+    """``switching``: one backbone holding a standard and an adversarially trained LoRA adapter; the squeezing
+    detector (on the standard adapter) routes flagged inputs to the robust one, per input."""
+
+    standard: str | None = None  # a LoRA variant (null = no switching system)
+    robust: str | None = None  # a LoRA variant with the same backbone, targets and rank, trained adversarially
+    n_images: int = Field(60, ge=1)  # the first N images of the attack subset
+    eps: Annotated[tuple[float, ...] | None, BeforeValidator(_eps_grid)] = None  # values of attack.eps; None = report.eps
+    cost_batch_size: int = Field(64, ge=1)  # the batch of the latency measurement
+    cost_repeats: int = Field(20, ge=1)  # timed repetitions (the report gives the median and the 5-95 % range)
+
+
 class ReportConfig(Schema):
     eps: Number = Field(8 / 255, ge=0, le=1)  # the main ε of findings and comparisons; one of attack.eps
     reference_fgsm_asr: Number = Field(0.65, ge=0, le=1)  # the paper's baseline FGSM success rate
@@ -361,6 +438,7 @@ class VariantSpec(Schema):
     targets: Annotated[tuple[Text, ...], BeforeValidator(_as_tuple)] = ()  # layer names or globs (lora)
     target_set: str | None = None  # the name of lora.target_sets that ``targets`` came from (or equals)
     settings: SerializeAsAny[Schema]  # KINDS[adaptation].settings; defaults to that kind's defaults
+    adversarial: AdversarialOption = None  # adversarial fine-tuning; resolved against train.adversarial
 
     @model_validator(mode="before")
     @classmethod
@@ -387,6 +465,8 @@ class VariantSpec(Schema):
             raise Invalid("targets", f"is only for adaptation: {takers} (this variant is {self.adaptation})", targets)
         if not isinstance(self.settings, kind.settings):
             raise Invalid("settings", f"must be {kind.settings.__name__}", self.settings)
+        if self.adversarial is not None and not kind.trains:
+            raise Invalid("adversarial", f"needs an arm that trains (this variant is {self.adaptation})")
         return self
 
     @property
@@ -422,6 +502,8 @@ class Params(Schema):
     autoattack: AutoAttackConfig = AutoAttackConfig()
     blackbox: BlackboxConfig = BlackboxConfig()
     transfer: TransferConfig = TransferConfig()
+    squeeze: SqueezeConfig = SqueezeConfig()
+    switching: SwitchingConfig = SwitchingConfig()
     report: ReportConfig = ReportConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
@@ -445,6 +527,30 @@ class Params(Schema):
             if name not in self.variants:
                 raise ParamError(f"params.yaml: transfer.surrogates names no variant {name!r} "
                                  f"(have: {', '.join(self.variants)})")
+        for section in ("squeeze", "switching"):
+            if getattr(self, section).eps is None:  # the defences are evaluated at the report's ε by default
+                object.__setattr__(self, section, getattr(self, section).model_copy(update={"eps": (self.report.eps,)}))
+            for e in getattr(self, section).eps:
+                if e not in self.attack.eps:
+                    grid = ", ".join(map(_eps_text, self.attack.eps))
+                    raise ParamError(f"params.yaml: {section}.eps must be values of attack.eps ({grid}), got "
+                                     f"{_eps_text(e)}")
+        sw = self.switching
+        if (sw.standard is None) != (sw.robust is None):
+            raise ParamError("params.yaml: switching needs both standard and robust (or neither), got "
+                             f"standard {sw.standard!r}, robust {sw.robust!r}")
+        for role in ("standard", "robust"):
+            name = getattr(sw, role)
+            if name is None:
+                continue
+            if name not in self.variants:
+                raise ParamError(f"params.yaml: switching.{role} names no variant {name!r} "
+                                 f"(have: {', '.join(self.variants)})")
+            if not self.variants[name].kind.takes_targets:
+                raise ParamError(f"params.yaml: switching.{role} must be a LoRA variant (adapters share one "
+                                 f"backbone), got {name!r} (adaptation: {self.variants[name].adaptation})")
+        if sw.standard is not None and sw.standard == sw.robust:
+            raise ParamError(f"params.yaml: switching.standard and switching.robust are both {sw.standard!r}")
         for role, name in self.report.arms.items():
             if name is not None and name not in self.variants:
                 raise ParamError(f"params.yaml: report.arms.{role} names no variant {name!r} "
@@ -470,8 +576,9 @@ class Params(Schema):
             raise ParamError(f"params.yaml: variants.{variant} (adaptation: {spec.adaptation}) trains nothing")
         if seed not in self.train.seeds:
             raise ParamError(f"params.yaml: seed {seed} is not in train.seeds {list(self.train.seeds)}")
-        loop = self.train.model_dump(exclude={"seeds"})
-        return TrainConfig(**loop, lr=spec.settings.lr, weight_decay=spec.settings.weight_decay, seed=int(seed))
+        loop = self.train.model_dump(exclude={"seeds", "adversarial"})
+        return TrainConfig(**loop, lr=spec.settings.lr, weight_decay=spec.settings.weight_decay, seed=int(seed),
+                           adversarial=spec.adversarial)
 
 
 assert set(KINDS) <= set(Params.model_fields), "every kind of adaptation needs its settings section in Params"
@@ -487,8 +594,10 @@ def _variant_input(name: str, entry: Any, sections: dict[str, Any]) -> Any:
     kind = KINDS.get(entry["adaptation"]) if isinstance(entry.get("adaptation"), str) else None
     if kind is None or sections.get(kind.name) is None:
         return spec  # VariantSpec names the bad adaptation; a bad section was reported before the variants
-    overrides = {k: v for k, v in entry.items() if k not in spec}
-    known = ["adaptation", *(["targets"] if kind.takes_targets else []), *kind.settings.model_fields]
+    spec |= _resolved_adversarial(name, entry, sections.get("train"), kind.trains)
+    overrides = {k: v for k, v in entry.items() if k not in spec and k != "adversarial"}
+    known = ["adaptation", *(["targets"] if kind.takes_targets else []), *(["adversarial"] if kind.trains else []),
+             *kind.settings.model_fields]
     unknown = [k for k in overrides if k not in known]
     if unknown:
         raise ParamError(f"params.yaml: unknown key variants.{name}.{unknown[0]} (known: {', '.join(known)})")
@@ -498,6 +607,21 @@ def _variant_input(name: str, entry: Any, sections: dict[str, Any]) -> Any:
         raise _explain(e, kind.settings, ("variants", name)) from None
     return spec | _named_targets(name, spec.get("targets"), getattr(settings, "target_sets", None)) | {
         "settings": settings}
+
+
+def _resolved_adversarial(variant: str, entry: dict[str, Any], train: Any, trains: bool) -> dict[str, Any]:
+    """The variant's adversarial training: its own ``adversarial`` (a mapping over train.adversarial's or the
+    defaults; true = those; false / null = none) or, without the key, train.adversarial (arms that train only)."""
+    base = train.adversarial if isinstance(train, TrainLoopConfig) else None
+    if "adversarial" not in entry:
+        return {"adversarial": base} if trains and base is not None else {}
+    own = _adversarial(entry["adversarial"])
+    if isinstance(own, dict) and base is not None:
+        own = base.model_dump() | own
+    try:
+        return {"adversarial": AdversarialSettings.model_validate(own) if isinstance(own, dict) else own}
+    except SchemaError as e:
+        raise _explain(e, AdversarialSettings, ("variants", variant, "adversarial")) from None
 
 
 def _named_targets(variant: str, targets: Any, sets: dict[str, tuple[str, ...]] | None) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def train_variant(spec: VariantSpec, cfg: TrainConfig | None, *, backbone_path: 
     trainable, total = count_parameters(model)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    best_epoch, epochs_run, train_seconds, ips, holdout_acc = 0, 0, 0.0, 0.0, None
+    best_epoch, epochs_run, train_seconds, ips, holdout_acc, robust_acc = 0, 0, 0.0, 0.0, None, None
     if trainable and cfg is not None:
         result = fit(model, train, holdout, cfg, device=dev, checkpoint_path=checkpoint_path,
                      train_batchnorm=adaptation.trains_batchnorm(spec),
@@ -109,11 +109,13 @@ def train_variant(spec: VariantSpec, cfg: TrainConfig | None, *, backbone_path: 
         history = result.history
         best_epoch, epochs_run, train_seconds, ips = (result.best_epoch, result.epochs_run, result.train_seconds,
                                                       result.images_per_second)
-        holdout_acc = result.best_holdout_accuracy
+        holdout_acc = result.history[result.best_epoch - 1]["holdout_accuracy"] if result.history else None
+        robust_acc = result.history[result.best_epoch - 1].get("holdout_robust_accuracy") if result.history else None
     model.to(dev)
     metrics = {
         "val_accuracy": accuracy(model, val, eval_bs, dev),
         "holdout_accuracy": holdout_acc if holdout_acc is not None else accuracy(model, holdout, eval_bs, dev),
+        **({"holdout_robust_accuracy": robust_acc} if robust_acc is not None else {}),
         "train_accuracy": accuracy(model, train, eval_bs, dev),
         "trainable_params": trainable,
         "total_params": total,

@@ -195,16 +195,19 @@ def _param_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _seconds_per_batch(step: Callable[[int], object], n: int, repeats: int, device: torch.device) -> float:
+def _seconds_per_batch(step: Callable[[int], object], n: int, repeats: int, device: torch.device) -> list[float]:
+    """Seconds per batch of each repeat (one repeat = one batch through each of the n ways, in turn)."""
     step(0)  # warm-up, untimed
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        start = time.perf_counter()
         for i in range(n):
             step(i)
-    sync()
-    return (time.perf_counter() - start) / (repeats * n)
+        sync()
+        times.append((time.perf_counter() - start) / n)
+    return times
 
 
 @torch.no_grad()
@@ -212,7 +215,8 @@ def switch_cost(bank: AdapterBank, x: torch.Tensor, repeats: int = 3) -> dict[st
     """Measurement only: seconds per batch and parameter bytes of three ways to serve N adapters (eval mode).
 
     switch_s: `bank.use(name)` + forward; merged_s: pick one of N pre-built merged full models + forward;
-    reload_s: `load_state_dict` of a full checkpoint state_dict + forward. Each cycles through all N adapters.
+    reload_s: `load_state_dict` of a full checkpoint state_dict + forward. Each cycles through all N adapters;
+    the mean over repeats, and each repeat's seconds per batch in `<key>_runs`.
     bank_bytes: backbone parameters + stored adapters; full_models_bytes: parameters of N merged models.
     The model's factors, active adapter and train/eval flags are restored afterwards.
     """
@@ -230,19 +234,18 @@ def switch_cost(bank: AdapterBank, x: torch.Tensor, repeats: int = 3) -> dict[st
             merged.append(merge_lora(model).eval())
             states.append(copy.deepcopy(model.state_dict()))
         with eval_mode(model):
-            switch_s = _seconds_per_batch(lambda i: bank.use(names[i]).model(x), len(names), repeats, device)
-            merged_s = _seconds_per_batch(lambda i: merged[i](x), len(names), repeats, device)
-            reload_s = _seconds_per_batch(lambda i: (model.load_state_dict(states[i]), model(x)), len(names),
-                                          repeats, device)
+            runs = {"switch": _seconds_per_batch(lambda i: bank.use(names[i]).model(x), len(names), repeats, device),
+                    "merged": _seconds_per_batch(lambda i: merged[i](x), len(names), repeats, device),
+                    "reload": _seconds_per_batch(lambda i: (model.load_state_dict(states[i]), model(x)),
+                                                 len(names), repeats, device)}
     finally:
         for k, t in saved.items():
             params[k].copy_(t)
         bank.active = active
     adapters = [t for name in names for t in bank.adapter(name).values()]
     return {
-        "switch_s": switch_s,
-        "merged_s": merged_s,
-        "reload_s": reload_s,
+        **{f"{k}_s": sum(v) / len(v) for k, v in runs.items()},
+        **{f"{k}_s_runs": v for k, v in runs.items()},
         "bank_bytes": _param_bytes(model.parameters()) + _param_bytes(adapters),
         "full_models_bytes": sum(_param_bytes(m.parameters()) for m in merged),
         "n_adapters": len(names),

@@ -5,6 +5,11 @@ so a GPU epoch is not input-bound. All randomness of the loop comes from one see
 in every checkpoint: a killed run resumed from its last epoch ends with the same weights as an uninterrupted one.
 Training steps run under bfloat16 autocast on CUDA; the holdout accuracy that selects the best epoch is
 evaluated in float32 on every device (robustlora.models.accuracy).
+
+Adversarial fine-tuning (``cfg.adversarial``): every batch is replaced by its PGD examples (Madry) or gets the
+TRADES loss (robustlora.adversarial), crafted in eval mode; the best epoch is then chosen by the holdout accuracy
+under the same PGD (``select: robust``, Rice et al. 2020) unless ``select: clean``. The random starts come from a
+generator seeded once per epoch from the loop's generator, so resumption stays exact.
 """
 
 from __future__ import annotations
@@ -23,15 +28,16 @@ from torch import nn
 
 from robustlora.config import TrainConfig
 from robustlora.data import Split
+from robustlora.adversarial import AdversarialConfig, adversarial_loss, pgd_examples
 from robustlora.io import atomic_path
-from robustlora.models import accuracy, prepare_input
+from robustlora.models import accuracy, eval_mode, prepare_input
 
 
 @dataclass
 class FitResult:
     best_state: dict[str, torch.Tensor]
     best_epoch: int
-    best_holdout_accuracy: float
+    best_holdout_accuracy: float  # what selected the best epoch: clean, or PGD accuracy (adversarial, select robust)
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
@@ -88,6 +94,31 @@ def lr_factor(epoch: int, cfg: TrainConfig) -> float:
     return cfg.gamma ** (e // cfg.step_size)
 
 
+def adversarial_config(settings: Any) -> AdversarialConfig | None:
+    """params' AdversarialSettings -> robustlora.adversarial.AdversarialConfig (None stays None)."""
+    if settings is None:
+        return None
+    return AdversarialConfig(method=settings.method, eps=settings.eps, steps=settings.steps,
+                             step_size=settings.step_size, random_start=settings.random_start, beta=settings.beta)
+
+
+def robust_accuracy(model: nn.Module, split: Split, at: AdversarialConfig, batch_size: int, device: torch.device,
+                    seed: int = 0) -> float:
+    """Share of ``split`` still classified correctly after PGD with the training attack's settings (the last
+    iterate, as in training), in float32 and eval mode; the random starts are seeded by ``seed``. NaN if empty."""
+    if len(split) == 0:
+        return float("nan")
+    generator = torch.Generator(device).manual_seed(seed)
+    correct = 0
+    for i in range(0, len(split), batch_size):
+        x = prepare_input(split.images[i:i + batch_size].to(device), device)
+        y = split.labels[i:i + batch_size].to(device)
+        x_adv = pgd_examples(model, x, y, at, generator)
+        with torch.no_grad(), eval_mode(model):
+            correct += int((model(x_adv).float().argmax(1) == y).sum())
+    return correct / len(split)
+
+
 def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     # a plain function (not a closure object) keeps the scheduler's state_dict to last_epoch and base_lrs
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, cfg))
@@ -129,6 +160,8 @@ def fit(
     generator = torch.Generator().manual_seed(cfg.seed)
     images, labels = train.images.to(device), train.labels.to(device)
     holdout_dev = Split(holdout.images.to(device), holdout.labels)
+    at = adversarial_config(cfg.adversarial)
+    select_robust = at is not None and cfg.adversarial.select == "robust"
 
     state: dict[str, Any] = {"epoch": 0, "best_state": None, "best_acc": -1.0, "best_epoch": 0, "bad_epochs": 0,
                              "history": [], "train_seconds": 0.0, "images_seen": 0}
@@ -160,6 +193,8 @@ def fit(
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=generator).to(device)
         aug = draw_augmentation(n, cfg.crop_padding, cfg.flip, generator).to(device)
+        if at is not None:  # one draw per epoch from the loop's generator: a resumed run crafts the same examples
+            at_generator = torch.Generator(device).manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator)))
         # running sums stay on the device: no host sync per batch
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
@@ -172,8 +207,11 @@ def fit(
             x = prepare_input(augment(images[idx], cfg.crop_padding, aug[i:i + cfg.batch_size]), device)
             y = labels[idx]
             with _autocast(device):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+                if at is None:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                else:  # the logits of the inputs trained on: PGD examples (pgd) or clean (trades)
+                    loss, logits = adversarial_loss(model, x, y, at, at_generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -188,6 +226,10 @@ def fit(
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                    "holdout_accuracy": holdout_acc, "lr": lr, "epoch_seconds": seconds,
                    "images_per_second": seen / seconds if seconds > 0 else 0.0}
+        if at is not None:
+            metrics["holdout_robust_accuracy"] = robust_accuracy(model, holdout_dev, at, cfg.eval_batch_size, device,
+                                                                 seed=cfg.seed)
+            holdout_acc = metrics["holdout_robust_accuracy"] if select_robust else holdout_acc
         state["history"].append(metrics)
         state["train_seconds"] += seconds
         state["images_seen"] += seen
@@ -198,7 +240,8 @@ def fit(
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", holdout=f"{holdout_acc:.3f}")
+        epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", holdout=f"{metrics['holdout_accuracy']:.3f}",
+                           **({"robust": f"{metrics['holdout_robust_accuracy']:.3f}"} if at is not None else {}))
         if on_epoch is not None:
             on_epoch(metrics)
         if ckpt is not None:
