@@ -25,6 +25,10 @@ def main(
     autoattack: Path = typer.Option(..., help="AutoAttack's per-image results, e.g. results/autoattack.parquet"),
     blackbox_dir: Path = typer.Option(..., help="folder of <attack>.parquet black-box results, e.g. results/blackbox"),
     transfer: Path = typer.Option(..., help="transfer's per-image results, e.g. results/transfer.parquet"),
+    defences_dir: Path = typer.Option(..., help="folder of the defences stage's squeeze.parquet and switching.parquet, "
+                                      "e.g. results/defences"),
+    defences_metrics: Path = typer.Option(..., help="the defences stage's metrics (switching cost), "
+                                          "e.g. metrics/defences.json"),
     train_metrics_dir: Path = typer.Option(..., help="folder of <variant>.json train metrics, e.g. metrics/train"),
     histories_dir: Path = typer.Option(..., help="folder of <variant>/seed_<s>.csv histories, e.g. plots/train"),
     prepared: Path = typer.Option(..., help="prepared target domain (its info.json gives the attacked image size), "
@@ -39,7 +43,7 @@ def main(
 
     import pandas as pd
 
-    from robustlora import adaptation, analysis, checks, crosscheck, figures, report, tracking
+    from robustlora import adaptation, analysis, checks, crosscheck, defence_report, figures, report, tracking
     from robustlora.config import BLACKBOX_ATTACKS, load_params
     from robustlora.io import atomic_path, read_json, write_json, write_text
 
@@ -90,10 +94,33 @@ def main(
     figs.update(figures.write_crosscheck_figures(
         out / "figures", versus=cross.versus, curves=cross.curves, matrix=cross.matrix, arms=result.arms,
         report_eps=settings.report_eps, names={a: crosscheck.attack_name(a) for a in set(extra["attack"])}))
+    defences = defence_report.analyse_defences(
+        results, settings, at_arms=defence_report.adversarial_arms(p.variants), arms=list(p.variants),
+        train_metrics=train_metrics, autoattack=pd.read_parquet(_need(autoattack, "autoattack")),
+        squeeze=pd.read_parquet(_need(defences_dir / "squeeze.parquet", "defences")),
+        switching=pd.read_parquet(_need(defences_dir / "switching.parquet", "defences")),
+        cost=read_json(_need(defences_metrics, "defences")).get("switching_cost"))
+    figs.update(defence_report.write_defence_figures(out / "figures", defences.points, settings.report_eps))
+    sq, sw = p.squeeze, p.switching
+    squeezers = ", ".join([f"bit depth {sq.bit_depth}"] * (sq.bit_depth is not None)
+                          + [f"{sq.median}×{sq.median} median"] * (sq.median is not None))
+    defences_text = defence_report.defences_section(
+        defences, settings, {key: f"figures/{path.name}" for key, path in figs.items()},
+        squeeze_settings=(f"Squeezers: {squeezers} (Xu et al. 2018); the threshold gives a {100 * sq.fpr:g} % false "
+                          f"positive rate on each model's clean holdout images. First {sq.n_images} attacked images; "
+                          f"FGSM and PGD as above; the adaptive attack is {sq.adaptive.steps}-step PGD (step "
+                          f"{sq.adaptive.rel_step_size:g}·ε) on min(CE, {sq.adaptive.ce_cap:g}) − "
+                          f"{sq.adaptive.lam:g}·relu(score − 0.9·threshold) through the squeezers by BPDA, per image "
+                          "the stronger of it and PGD."),
+        switching_settings=(f"One backbone holds the adapters of `{sw.standard}` and `{sw.robust}` (same seed); the "
+                            f"squeezing detector on `{sw.standard}` routes each flagged input to `{sw.robust}`. "
+                            f"First {sw.n_images} attacked images. Nothing in the system is random, so no EOT is "
+                            "needed." if sw.standard else ""))
     text = report.render(report.ReportInputs(
         analysis=result, settings=settings, checks=found_checks, train=analysis.train_table(train_metrics),
         arm_info=info, threat=threat, params=p.model_dump(mode="json"),
-        figures={key: f"figures/{path.name}" for key, path in figs.items()}, crosscheck=cross))
+        figures={key: f"figures/{path.name}" for key, path in figs.items()}, crosscheck=cross,
+        defences=defences_text))
     counts = checks.count(found_checks)
     write_text(out / "report.md", text)
     write_json(out / "findings.json", analysis.findings_json(result.findings, settings, result.common_sizes, counts))

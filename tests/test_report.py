@@ -225,6 +225,7 @@ variants:
 model: {input_size: 32}
 attack: {eps: [2/255, 8/255], n_images: 40}
 report: {n_boot: 100}
+switching: {standard: null, robust: null}
 """
 
 
@@ -264,6 +265,15 @@ def stage_inputs(root: Path) -> dict[str, Path]:
         extra[name].to_parquet(paths["blackbox_dir"] / f"{name}.parquet")
     pd.concat([first.assign(attack=f"transfer_{arm}") for arm in RESULTS["variant"].unique()]).to_parquet(
         paths["transfer"])
+    # the defences stage: no detector rows and no switching system here (robustlora.defence_report has its tests)
+    from robustlora.defences import SQUEEZE_COLUMNS, SWITCHING_COLUMNS
+
+    paths["defences_dir"], paths["defences_metrics"] = root / "results" / "defences", root / "metrics" / "defences.json"
+    paths["defences_dir"].mkdir(parents=True)
+    pd.DataFrame(columns=["variant", "seed", *SQUEEZE_COLUMNS]).to_parquet(paths["defences_dir"] / "squeeze.parquet")
+    pd.DataFrame(columns=["system", "standard", "robust", "seed", *SWITCHING_COLUMNS]).to_parquet(
+        paths["defences_dir"] / "switching.parquet")
+    paths["defences_metrics"].write_text(json.dumps({"squeeze": {}, "switching": {}, "switching_cost": None}))
     return paths
 
 
@@ -293,6 +303,7 @@ def test_stage_writes_every_output_and_logs_one_run(tmp_path: Path, monkeypatch:
     out = paths["out"]
     text = (out / "report.md").read_text()
     assert text.startswith(f"# {report.TITLE}\n\n## Findings")
+    assert "## Defences" in text and "### Dynamic adapter switching" in text
     assert "images of 64 px are resized to 32 px" in text and "LoRA r=4, α=1 on fc+conv1 (fc, conv1)" in text
     findings = json.loads((out / "findings.json").read_text())
     assert findings["verdicts"]["c1/pgd"] == "supported" and findings["checks"]["failed"] == 1

@@ -62,6 +62,7 @@ class ReportInputs:
     params: Mapping[str, Any]  # every params.yaml value, resolved
     figures: Mapping[str, str]  # figure key (robustlora.figures.write_figures) -> path relative to the report
     crosscheck: CrossCheck | None = None  # the attacks beyond FGSM and PGD, when they ran
+    defences: str | None = None  # the Defences section (robustlora.defence_report.defences_section)
     title: str = TITLE
 
 
@@ -87,6 +88,8 @@ def render(inputs: ReportInputs) -> str:
     parts += [_comparisons_section(a, inputs.settings, inputs.figures)]
     if inputs.crosscheck is not None:
         parts.append(_crosscheck_section(inputs.crosscheck, inputs.settings, inputs.figures))
+    if inputs.defences:
+        parts.append(inputs.defences)
     parts += [_checks_section(inputs.checks),
               _definitions_section(inputs.settings),
               _params_section(inputs.params)]
