@@ -34,12 +34,14 @@ TINY = {
                  "boundary": {"n_images": 2, "max_iter": 3, "num_trial": 2, "sample_size": 2, "init_size": 5},
                  "zoo": {"n_images": 2, "max_iter": 2, "nb_parallel": 8}},
     "transfer": {"n_images": 6, "eps": ["8/255"]},
+    "squeeze": {"n_images": 4, "adaptive": {"steps": 2}},   # at report.eps
+    "switching": {"n_images": 4, "cost_batch_size": 4, "cost_repeats": 2},
     "report": {"eps": "8/255", "n_boot": 200},
 }
-VARIANTS = ["pretrained", "baseline", "lora_fc", "lora_fc_conv1"]
+VARIANTS = ["pretrained", "baseline", "lora_fc", "lora_fc_conv1", "lora_fc_conv1_at"]  # the last: adversarial
 SEEDS = [0, 1]
 BLACKBOX = ["square", "hopskipjump", "boundary", "zoo"]
-CROSS_ARM = {"autoattack", "blackbox", "transfer"}  # the stages that attack every arm
+CROSS_ARM = {"autoattack", "blackbox", "transfer", "defences"}  # the stages that attack every arm
 
 
 def _merge(base, changes):
@@ -163,6 +165,37 @@ def test_attacks_beyond_pgd_have_per_image_rows_for_every_model(repo):
     assert sorted(strong["image"].unique()) == sorted(attack["image"].unique())[:4] and len(strong) == 4
     assert set(strong["seed"]) == {0}
     assert sorted(aa["image"].unique()) == sorted(attack["image"].unique())[:6]
+
+
+def test_defences_evaluate_every_model_and_the_switching_system(repo):
+    import pandas as pd
+
+    root, _, _ = repo
+    train = json.loads((root / "metrics" / "train" / "lora_fc_conv1_at.json").read_text())
+    assert {"holdout_robust_accuracy", "train_seconds"} <= set(train["seeds"]["0"])  # adversarial fine-tuning
+    history = pd.read_csv(root / "plots" / "train" / "lora_fc_conv1_at" / "seed_0.csv")
+    assert (history["holdout_robust_accuracy"] <= history["holdout_accuracy"]).all()
+    squeeze = pd.read_parquet(root / "results" / "defences" / "squeeze.parquet")
+    models = {(v, s) for v in VARIANTS for s in ([0] if v == "pretrained" else SEEDS)}
+    assert set(zip(squeeze["variant"], squeeze["seed"])) == models
+    assert squeeze.groupby(["variant", "seed", "attack"]).size().eq(4).all()
+    assert set(squeeze["attack"]) == {"fgsm", "pgd", "adaptive"} and (squeeze["holdout_fpr"] <= 0.05).all()
+    # against classifier + detector the adaptive attack is never weaker than PGD, image by image
+    wide = squeeze.pivot_table(index=["variant", "seed", "image"], columns="attack",
+                               values=["adv_correct", "adv_flagged"], aggfunc="first")
+    evades = {a: ~wide[("adv_correct", a)].astype(bool) & ~wide[("adv_flagged", a)].astype(bool)
+              for a in ("pgd", "adaptive")}
+    assert (evades["adaptive"] >= evades["pgd"]).all()
+    switching = pd.read_parquet(root / "results" / "defences" / "switching.parquet")
+    assert set(switching["seed"]) == set(SEEDS) and set(switching["system"]) == {"lora_fc_conv1+lora_fc_conv1_at"}
+    wide = switching.pivot_table(index=["seed", "image"], columns="attack", values="adv_correct", aggfunc="first")
+    assert (wide["worst"] == wide.drop(columns="worst").all(axis=1)).all()
+    cost = json.loads((root / "metrics" / "defences.json").read_text())["switching_cost"]
+    assert cost["n_adapters"] == 2 and cost["switch_s"]["median"] > 0 and cost["bank_bytes"] < cost["full_models_bytes"]
+    report = (root / "reports" / "report.md").read_text()
+    assert "## Defences" in report and "### Feature squeezing" in report and "### Dynamic adapter switching" in report
+    assert "PGD-AT ε=4/255, 1 step of 1.25·ε, random start" in report and "defences_tradeoff.png" in report
+    assert (root / "reports" / "figures" / "defences_tradeoff.png").stat().st_size > 0
 
 
 def test_dvc_metrics_show_lists_accuracy_and_success_rates(repo):
@@ -330,7 +363,8 @@ def test_queued_rank_sweep_on_two_workers_logs_into_a_tracking_server(repo, serv
         assert top.data.tags["dvc.exp_name"] == name and len(top.data.tags["dvc.exp_baseline_rev"]) == 40
         assert "lora_fc/pgd_robust_acc" in top.data.metrics
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == top.info.run_id]
-        assert sorted(r.info.run_name.split(" · ")[0] for r in children) == ["lora_fc", "report"]
+        # the swept arm, the report and the defences stage's switching system (its cost measured again)
+        assert sorted(r.info.run_name.split(" · ")[0] for r in children) == ["lora_fc", "report", "switching"]
         for arm in (r for r in children if r.data.tags.get("level") == "arm"):
             assert arm.info.run_name.endswith(f" · {name} {swept}")
             assert arm.data.params["variant.settings.rank"] == rank and arm.info.status == "FINISHED"
