@@ -315,6 +315,35 @@ def test_dataset_is_logged_as_an_input(store: Path, tmp_path: Path) -> None:
             tracking.log_prepared_dataset(tmp_path, "synthetic", None, "training")
 
 
+def test_a_dataset_logged_by_two_processes_at_once_is_linked_not_lost(store: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two queue workers log the same new dataset: the store's insert fails for the slower one; it retries."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    real, calls = mlflow.log_input, []
+
+    def racing(dataset, context=None, **kw):
+        calls.append(dataset.name)
+        if len(calls) == 1:  # what the server answered in the queued sweep when the other worker won the race
+            raise MlflowException("BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                  "datasets.experiment_id, datasets.name, datasets.digest")
+        return real(dataset, context=context, **kw)
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    exp = tracking.DvcExperiment("x", None, None, {})
+    with tracking.start_run("datasets", "seed", repo_root=store, exp=exp) as run:
+        tracking.log_dataset("target", "d" * 32, "synthetic", "training")
+    assert calls == ["target", "target"]
+    (entry,) = MlflowClient(run.tracking_uri).get_run(run.run_id).inputs.dataset_inputs
+    assert entry.dataset.name == "target"
+    monkeypatch.setattr(mlflow, "log_input", lambda *a, **k: (_ for _ in ()).throw(MlflowException("other")))
+    with pytest.raises(MlflowException, match="other"):  # any other store error still stops the stage
+        with tracking.start_run("datasets", "seed", repo_root=store, exp=exp):
+            tracking.log_dataset("target", "d" * 32, "synthetic", "training")
+
+
 def test_logging_into_a_run_of_another_store_is_skipped_with_one_line(store: Path, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
     from mlflow import MlflowClient

@@ -400,7 +400,15 @@ def log_dataset(name: str, digest: str, source: str, context: str, tags: Mapping
         from mlflow.data.code_dataset_source import CodeDatasetSource
 
         src = CodeDatasetSource({"source": source, **(tags or {})})
-    mlflow.log_input(MetaDataset(src, name=name, digest=digest[:36]), context=context)
+    dataset = MetaDataset(src, name=name, digest=digest[:36])
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException as e:
+        # two processes (parallel queue workers) logging the same new dataset race in the store's check-then-insert;
+        # the loser's retry finds the winner's row and only links this run to it
+        if "UNIQUE constraint failed" not in str(e):
+            raise
+        mlflow.log_input(dataset, context=context)
 
 
 @contextlib.contextmanager
