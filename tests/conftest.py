@@ -10,6 +10,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
 def pytest_collection_modifyitems(items):
-    """The end-to-end module first: it is the long pole (~7 min); under pytest-xdist (`-n 2 --dist loadfile`,
-    pyproject) the unit tests fill the other worker meanwhile. A stable sort: the order within files is kept."""
-    items.sort(key=lambda item: item.path.name != "test_pipeline.py")
+    """The end-to-end module first and its sweep module last: under pytest-xdist (`-n 2 --dist loadfile`,
+    pyproject) one worker builds the tiny study (tests/e2e.py) while the other runs the unit tests, then takes the
+    sweep on its own copy of the study. A stable sort: the order within files is kept."""
+    order = {"test_pipeline.py": 0, "test_pipeline_sweep.py": 2}
+    items.sort(key=lambda item: order.get(item.path.name, 1))
