@@ -77,12 +77,18 @@ def _build(root: Path, env: dict) -> str:
     return log
 
 
-def study(tmp_path_factory, name: str) -> tuple[Path, dict, str]:
-    """(a private copy of the tiny study after `dvc repro` and a commit, the environment, the repro's log)."""
+def environment() -> dict:
+    """The subprocesses' environment: this interpreter's tools first, no MLflow / DVC settings of the caller."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", GIT_AUTHOR_NAME="t",
                GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t", PYTHONPATH="",
                MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
+    return env
+
+
+def study(tmp_path_factory, name: str) -> tuple[Path, dict, str]:
+    """(a private copy of the tiny study after `dvc repro` and a commit, the environment, the repro's log)."""
+    env = environment()
     shared = tmp_path_factory.getbasetemp().parent / "tiny-study"  # common to every xdist worker of this session
     with FileLock(str(shared) + ".lock"):
         if not (shared / ".built").is_file():

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from e2e import CROSS_ARM, _ran, sh, study
+from e2e import CROSS_ARM, _ran, environment, sh, study
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,9 @@ def _free_port():
 
 
 @pytest.fixture(scope="module")
-def server(repo, tmp_path_factory):
+def server(tmp_path_factory):
     """An MLflow tracking server (SQLite backend, local artifact root) on a free port, as the README starts it."""
-    _, env, _ = repo
+    env = environment()  # started while the other worker may still be building the study
     where = tmp_path_factory.mktemp("server")
     port = _free_port()
     log = open(where / "server.log", "w")
@@ -50,7 +50,7 @@ def server(repo, tmp_path_factory):
     log.close()
 
 
-def test_queued_rank_sweep_on_two_workers_logs_into_a_tracking_server(repo, server):
+def test_queued_rank_sweep_on_two_workers_logs_into_a_tracking_server(server, repo):
     import mlflow
     import pandas as pd
 
@@ -68,7 +68,7 @@ def test_queued_rank_sweep_on_two_workers_logs_into_a_tracking_server(repo, serv
         status = sh([sys.executable, "-m", "dvc", "queue", "status"], root, env)
         if not any(word in status for word in ("Queued", "Running")):
             break
-        time.sleep(10)  # each `dvc queue status` costs a CPU second the workers need
+        time.sleep(4)  # each `dvc queue status` costs a CPU second the workers need
     else:
         raise AssertionError(f"the queue did not finish in 15 minutes:\n{status}")
     sh([sys.executable, "-m", "dvc", "queue", "stop"], root, env)
