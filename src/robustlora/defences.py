@@ -125,17 +125,16 @@ def squeeze_rows(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, i
 # ----------------------------------------------------------------------------- switching
 
 
-def switching_bank(standard_path, robust_path, names: tuple[str, str]) -> tuple[AdapterBank, nn.Module, nn.Module]:
-    """One backbone (the standard model's) holding both adapters; also the two models as trained, for checks.
+def switching_bank(standard_path, robust_path, names: tuple[str, str]) -> AdapterBank:
+    """One backbone (the standard model itself) holding both adapters, in eval mode.
 
     Refuses (ModelError naming the key) a robust model whose non-LoRA weights differ from the standard one's.
     """
-    standard, _ = load_variant(standard_path)
-    robust, _ = load_variant(robust_path)
     backbone, _ = load_variant(standard_path)
-    adapters = {names[0]: adapter_from_state_dict(standard.state_dict(), backbone, str(standard_path)),
+    robust, _ = load_variant(robust_path)
+    adapters = {names[0]: adapter_from_state_dict(backbone.state_dict(), backbone, str(standard_path)),
                 names[1]: adapter_from_state_dict(robust.state_dict(), backbone, str(robust_path))}
-    return AdapterBank(backbone.eval(), adapters), standard, robust
+    return AdapterBank(backbone.eval(), adapters)
 
 
 class _Router:
