@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlora import attacks
 from robustlora.attacks import fgsm, fgsm_sweep, input_gradient, pgd
 from robustlora.config import AttackConfig, ConvergenceConfig, PgdConfig
 from robustlora.evaluate import DIAGNOSTIC_COLUMNS, IMAGE_COLUMNS, attack_suite, summarize_images
@@ -254,7 +255,9 @@ class Threshold(nn.Module):
         return torch.stack([-s, s], dim=1)
 
 
-def test_restarts_keep_successful_restart_per_example():
+@pytest.mark.parametrize("restart_batch", [512, 128, 64])  # 3 restarts of 64 images per pass, then 2 + 1, then 1 + 1 + 1
+def test_restarts_keep_successful_restart_per_example(monkeypatch, restart_batch):
+    monkeypatch.setattr(attacks, "RESTART_BATCH", restart_batch)
     model = Threshold()
     n, eps = 64, 0.1
     x = torch.full((n, 1, 2, 2), 0.45)

@@ -92,6 +92,9 @@ def fgsm_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Seq
     return [(x + e * direction).clamp_(0.0, 1.0) if e > 0 else x.detach().clone() for e in eps_list]
 
 
+RESTART_BATCH = 512  # PGD restarts are crafted side by side in batches of at most this many images
+
+
 class _Strongest:
     """Per example, the strongest point offered so far: a misclassified one beats one that is not, then the higher
     cross-entropy wins (``first_success``: a misclassified point is kept even against a later, higher-loss one)."""
@@ -159,7 +162,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
     restart): a misclassified one if any, and among those alike the one with the highest cross-entropy; so the
     result is never weaker than the last iterate or any earlier one. Costs one extra forward pass per restart.
     ``keep='last'``: the last iterate of each restart (Foolbox's LinfPGD); across restarts the first misclassified
-    one, else the one with the highest loss. Restarts stop early once every example is misclassified.
+    one, else the one with the highest loss.
+    Restarts run side by side, as one batch of up to ``RESTART_BATCH`` images (a small batch costs nearly as much as a
+    large one on a CPU); the next group starts only if some example is still not misclassified. Their random starts
+    are drawn in restart order, so on a CPU they are the numbers that one restart after another would draw.
     ``generator`` (on x's device) makes the random starts reproducible.
     """
     _check_images(x, y)
@@ -175,15 +181,24 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
         return x.detach().clone()
     # without a random start every restart would be the same deterministic run
     restarts = int(restarts) if random_start else 1
+    n = len(x)
+    per_pass = max(1, min(restarts, RESTART_BATCH // max(n, 1)))  # restarts crafted in one batch
+    best: _Strongest | None = None
     with eval_mode(model):
-        first = _pgd_run(model, x, y, eps, step_size, int(steps), random_start, generator, keep, score=restarts > 1)
-        if isinstance(first, torch.Tensor):
-            return first
-        best = first
-        best.first_success = keep == "last"
-        for _ in range(restarts - 1):
+        done = 0
+        while done < restarts:
+            k = min(per_pass, restarts - done)
+            xs, ys = (x, y) if k == 1 else (x.repeat(k, *[1] * (x.dim() - 1)), y.repeat(k))
+            run = _pgd_run(model, xs, ys, eps, step_size, int(steps), random_start, generator, keep, score=restarts > 1)
+            if isinstance(run, torch.Tensor):  # one restart, keep='last': the bare last iterate
+                return run
+            for j in range(k):  # in restart order: keep='last' keeps the first misclassified restart
+                part = slice(j * n, (j + 1) * n)
+                if best is None:
+                    best = _Strongest(run.x[part], run.loss[part], run.success[part], first_success=keep == "last")
+                else:
+                    best.offer(run.x[part], run.loss[part], run.success[part])
+            done += k
             if bool(best.success.all()):
                 break  # every example already fooled: more restarts cannot change its success
-            run = _pgd_run(model, x, y, eps, step_size, int(steps), random_start, generator, keep, score=True)
-            best.offer(run.x, run.loss, run.success)
     return best.x
