@@ -189,7 +189,10 @@ def test_squeeze_verdicts_follow_the_adaptive_attack() -> None:
     assert survives["verdict"] == "survives the adaptive attack"
     frame = squeeze_frame()
     frame["adv_flagged"] = False
-    assert squeeze_verdicts(frame, settings()).iloc[0]["verdict"] == "no gain"
+    none = squeeze_verdicts(frame, settings()).iloc[0]
+    assert none["verdict"] == "no gain" and none["gain_nonadaptive"] == 0
+    # no image gained, yet the interval is not zero width: 40 images cannot rule out a gain of up to 8.8 points
+    assert none["gain_nonadaptive_lo"] < 0 < none["gain_nonadaptive_hi"] == pytest.approx(1.96 ** 2 / (40 + 1.96 ** 2), rel=1e-3)
 
 
 def test_missing_column_raises_one_line_data_error() -> None:

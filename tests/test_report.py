@@ -106,8 +106,9 @@ def test_findings_come_first_with_bold_verdicts(built: tuple[str, dict]) -> None
     assert len(lines) == 2 + 1 + 4 + 6  # (a) x 2, (b), (c) x 4, (d) x 3 arms x 2 attacks
     assert all(re.match(r"- \*\*(supported|contradicted|inconclusive|not evaluated)\*\* \(", ln) for ln in lines)
     c1 = next(ln for ln in lines if "(c1) lora_fc lowers the PGD" in ln)
-    # the common-correct set is the unadapted arm's 24 images: the baseline's PGD flips all, lora_fc's none
-    assert c1.startswith("- **supported**") and ": -100.0 [-100.0, -100.0] points; p < 0.001, Holm p < 0.001" in c1
+    # the common-correct set is the unadapted arm's 24 images: the baseline's PGD flips all, lora_fc's none. The
+    # bootstrap sees no variation; the interval is Wilson's bound for 24 images, 1.96² / (24 + 1.96²) = 13.8 points
+    assert c1.startswith("- **supported**") and ": -100.0 [-100.0, -86.2] points; p < 0.001, Holm p < 0.001" in c1
     assert "on the 24 common-correct images (correct in every seed of every adapted arm)" in c1
     # one baseline seed has best epoch 1: the failed check is flagged above the findings
     assert "**Sanity checks: 1 failed" in findings

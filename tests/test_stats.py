@@ -182,11 +182,35 @@ def test_chunked_bootstrap_matches_one_chunk(monkeypatch):
     assert chunked.ci_high == pytest.approx(whole.ci_high, abs=0.02)
 
 
-def test_paired_difference_identical_arms_is_exactly_zero():
+def test_paired_difference_identical_arms_is_zero_with_the_images_wilson_bound():
+    # no discordant image among 150: the bootstrap sees no variation, but 150 images cannot rule out a discordance
+    # rate up to Wilson's upper bound for 0 of 150, on either side
+    bound = wilson_interval(0, 150)[1]
+    assert bound == pytest.approx(1.96 ** 2 / (150 + 1.96 ** 2), rel=1e-3)
     x = _bernoulli((1, 150), 0.5, seed=7)
-    assert paired_difference(x, x.copy(), n_boot=300, seed=0) == Estimate(0.0, 0.0, 0.0, 150, 1)
+    assert paired_difference(x, x.copy(), n_boot=300, seed=0) == Estimate(0.0, -bound, bound, 150, 1)
     same = np.tile(_bernoulli((1, 150), 0.5, seed=8), (3, 1))  # three seeds that agree
-    assert paired_difference(same, same.copy(), n_boot=300, seed=0) == Estimate(0.0, 0.0, 0.0, 150, 3)
+    assert paired_difference(same, same.copy(), n_boot=300, seed=0) == Estimate(0.0, -bound, bound, 150, 3)
+    # every image flipped by one arm only: +1, and the interval stays within [-1, 1]
+    ones, zeros = np.ones((2, 40)), np.zeros((3, 40))
+    assert paired_difference(ones, zeros, n_boot=200, seed=0) == Estimate(1.0, 1 - wilson_interval(0, 40)[1], 1.0, 40, 2)
+
+
+def test_zero_or_full_share_gets_the_wilson_interval_not_zero_width():
+    # e.g. no image fooled (0 / 60 per seed) or every image fooled: the bootstrap alone would say [0, 0] / [1, 1]
+    zero = hierarchical_mean(np.zeros((3, 60)), n_boot=200, seed=0)
+    assert (zero.value, zero.ci_low) == (0.0, 0.0) and zero.ci_high == pytest.approx(wilson_interval(0, 60)[1])
+    full = hierarchical_mean(np.ones((2, 60), dtype=bool), n_boot=200, seed=0)
+    assert (full.value, full.ci_high) == (1.0, 1.0) and full.ci_low == pytest.approx(wilson_interval(60, 60)[0])
+    # per-image differences (-1 / 0 / +1) that are all 0: symmetric bound; a real spread keeps the bootstrap interval
+    diff = hierarchical_mean(np.zeros((1, 30)) - np.zeros((1, 30)), n_boot=200, seed=0, signed=True)
+    assert diff.ci_low == pytest.approx(-wilson_interval(0, 30)[1]) and diff.ci_high == pytest.approx(wilson_interval(0, 30)[1])
+    spread = hierarchical_mean(np.array([[1.0, 0.0, -1.0, 0.0] * 10]), n_boot=200, seed=0, signed=True)
+    assert spread.ci_low < 0 < spread.ci_high and spread.ci_high != pytest.approx(wilson_interval(0, 40)[1])
+    # unsigned, all-zero values are a share of 0: one-sided
+    assert hierarchical_mean(np.zeros((1, 30)), n_boot=200, seed=0).ci_low == 0.0
+    # n_boot = 0 still gives NaN bounds, not a Wilson bound
+    assert math.isnan(hierarchical_mean(np.zeros((1, 10)), n_boot=0, seed=0).ci_high)
 
 
 def test_paired_difference_pairs_images():

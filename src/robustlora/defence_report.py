@@ -350,7 +350,7 @@ def squeeze_verdicts(squeeze: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     per-image difference is bootstrapped directly. p: exact McNemar on majority votes; Holm over every gain of the
     table. A gain counts when its CI lies above 0 and its Holm p < alpha. Verdict: 'survives the adaptive attack'
     (the adaptive gain counts), 'only against non-adaptive attacks' (only the PGD gain counts), 'no gain' (neither
-    CI reaches above 0), else 'inconclusive'. Columns: SQUEEZE_VERDICT_COLUMNS.
+    gain is above 0: the detector made no image robust), else 'inconclusive'. Columns: SQUEEZE_VERDICT_COLUMNS.
     """
     cells = _squeeze(squeeze)[1]
     rows = []
@@ -364,7 +364,7 @@ def squeeze_verdicts(squeeze: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         row: dict[str, Any] = {"variant": variant, "eps": eps, "n_images": len(pgd.images), "n_seeds": len(pgd.seeds)}
         for name, defended in (("nonadaptive", _defended(pgd.x)), ("adaptive", _defended(adaptive.x))):
             est = stats.hierarchical_mean(defended.astype(float) - robust, n_boot=settings.n_boot,
-                                          seed=settings.seed, confidence=settings.confidence)
+                                          seed=settings.seed, confidence=settings.confidence, signed=True)
             row |= {f"gain_{name}": est.value, f"gain_{name}_lo": est.ci_low, f"gain_{name}_hi": est.ci_high,
                     f"p_{name}": stats.mcnemar_paired(defended, robust)[0]}
         rows.append(row)
@@ -377,7 +377,8 @@ def squeeze_verdicts(squeeze: pd.DataFrame, settings: Settings) -> pd.DataFrame:
                   for n in ("adaptive", "nonadaptive")]
         if any(counts):
             return SQUEEZE_VERDICTS[0] if counts[0] else SQUEEZE_VERDICTS[1]
-        return SQUEEZE_VERDICTS[2] if max(r["gain_nonadaptive_hi"], r["gain_adaptive_hi"]) <= 0 else SQUEEZE_VERDICTS[3]
+        # no image gained against either attack; the CIs still say how large a gain the images cannot rule out
+        return SQUEEZE_VERDICTS[2] if max(r["gain_nonadaptive"], r["gain_adaptive"]) <= 0 else SQUEEZE_VERDICTS[3]
 
     table["verdict"] = [verdict(r) for _, r in table.iterrows()] if len(table) else []
     return table[SQUEEZE_VERDICT_COLUMNS]
@@ -671,7 +672,8 @@ def _squeeze_md(d: Defences, settings: Settings) -> tuple[list[str], list[str]]:
               f"against the adaptive attack, both relative to the classifier alone under PGD. Holm over the "
               f"{2 * len(v)} gains; a gain counts when its CI lies above 0 and Holm p < {settings.alpha:g}. Verdict: "
               "'survives the adaptive attack' if the adaptive gain counts; 'only against non-adaptive attacks' if "
-              "only the PGD gain counts; 'no gain' if neither CI reaches above 0; else 'inconclusive'.",
+              "only the PGD gain counts; 'no gain' if neither gain is above 0 (the detector made no image robust; "
+              "the CI still shows the gain these images cannot rule out); else 'inconclusive'.",
               _md_table(["Arm", "ε", "Gain vs PGD [95% CI]", "Holm p", "Gain vs adaptive [95% CI]", "Holm p",
                          "Verdict"],
                         [[r.variant, format_eps(r.eps), _gain(r, "nonadaptive"), format_p(r.p_holm_nonadaptive),

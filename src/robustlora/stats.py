@@ -6,7 +6,11 @@ Conventions shared by every function:
 - ``mask`` is an optional (N,) bool array selecting the images a statistic is computed over (None = all);
 - an arm's value is the mean over its seeds of the mean over the masked images;
 - intervals are two-sided at ``confidence`` (0.95 = a 95 % interval); bootstrap intervals are percentile intervals of
-  ``n_boot`` seeded resamples (``n_boot=0`` gives NaN bounds); the same ``seed`` always gives the same interval.
+  ``n_boot`` seeded resamples (``n_boot=0`` gives NaN bounds); the same ``seed`` always gives the same interval;
+- on 0/1 outcomes (or their differences, -1/0/1) an interval is never zero width: where every resample gives the
+  same value (all images alike: no image fooled, or no discordant pair), the bootstrap sees no variation, but N
+  images cannot rule out a share up to the Wilson bound z²/(N + z²) (1.6 % at N = 240, 66 % at N = 2); the interval
+  is then that bound around the value (:func:`_unseen_variation`).
 numpy and the standard library only (no scipy): exact binomial tails come from integer arithmetic.
 """
 
@@ -126,12 +130,14 @@ def mcnemar_paired(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None)
 
 
 def hierarchical_mean(values: np.ndarray, mask: np.ndarray | None = None, *, n_boot: int, seed: int,
-                      confidence: float = 0.95) -> Estimate:
+                      confidence: float = 0.95, signed: bool = False) -> Estimate:
     """Mean over seeds of the mean over masked images of (S, N) values, with a two-level bootstrap interval.
 
     Each resample draws the masked images with replacement and, independently, the S seeds with replacement; its
     statistic is the mean over the drawn seeds of the mean over the drawn images. With one seed the seed level is
     degenerate and only images vary. An empty mask gives NaN value and interval, n_images 0.
+    ``signed``: the values are per-image differences of 0/1 outcomes (-1, 0, 1), so an all-zero array is a difference
+    of 0 (interval on both sides), not a share of 0.
     """
     x = _as_matrix(values, "values")
     sel = _select(x, _mask(mask, x.shape[1]), "values")
@@ -140,7 +146,7 @@ def hierarchical_mean(values: np.ndarray, mask: np.ndarray | None = None, *, n_b
         return Estimate(math.nan, math.nan, math.nan, 0, n_seeds)
     value = float(sel.sum() / sel.size)
     boot = _bootstrap([sel], n_boot, seed)[0]
-    lo, hi = _percentile(boot, confidence)
+    lo, hi = _unseen_variation(value, *_percentile(boot, confidence), [sel], n_img, confidence, signed)
     return Estimate(value, lo, hi, n_img, n_seeds)
 
 
@@ -163,7 +169,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = No
         return Estimate(math.nan, math.nan, math.nan, 0, n_seeds)
     value = float(sa.sum() / sa.size - sb.sum() / sb.size)
     boot_a, boot_b = _bootstrap([sa, sb], n_boot, seed)
-    lo, hi = _percentile(boot_a - boot_b, confidence)
+    lo, hi = _unseen_variation(value, *_percentile(boot_a - boot_b, confidence), [sa, sb], n_img, confidence,
+                               signed=True)
     return Estimate(value, lo, hi, n_img, n_seeds)
 
 
@@ -199,6 +206,22 @@ def _draw_counts(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
     """(k, n) float counts of n draws with replacement from n items, one row per resample."""
     idx = rng.integers(0, n, size=(k, n)) + n * np.arange(k)[:, None]
     return np.bincount(idx.ravel(), minlength=k * n).reshape(k, n).astype(np.float64)
+
+
+def _unseen_variation(value: float, lo: float, hi: float, arms: list[np.ndarray], n_img: int,
+                      confidence: float, signed: bool) -> tuple[float, float]:
+    """(lo, hi), or where the bootstrap saw no variation (lo == hi) on 0/1 outcomes (``signed``: on arms of 0/1
+    outcomes compared, or on their per-image differences), the Wilson bound of ``n_img`` images around ``value``:
+    with nothing differing among N images, a share up to z²/(N + z²) is not ruled out. Bounds stay within [0, 1]
+    for a share and [-1, 1] for a difference; continuous values that all agree keep their zero width."""
+    if not lo == hi or n_img == 0:  # a real interval, or NaN bounds (n_boot = 0)
+        return lo, hi
+    levels = (-1.0, 0.0, 1.0) if signed else (0.0, 1.0)
+    if not all(np.isin(x, levels).all() for x in arms):
+        return lo, hi
+    floor, ceil = (-1.0, 1.0) if signed else (0.0, 1.0)
+    bound = float(wilson_interval(0, n_img, confidence)[1])
+    return max(value - bound, floor), min(value + bound, ceil)
 
 
 def _percentile(boot: np.ndarray, confidence: float) -> tuple[float, float]:
