@@ -434,7 +434,9 @@ def _definitions_section(settings: Settings) -> str:
         "drawing seeds and images with replacement; a success rate's per-seed ratio is bootstrapped through its "
         "first-order linearisation. A share's interval is widened to contain the Wilson interval of the arm's mean "
         "share on its smallest per-seed n, so it never has zero width at 0 % or 100 %.",
-        "- Paired differences: the same images drawn for both arms, each arm's seeds drawn independently.",
+        "- Paired differences: the same images drawn for both arms, each arm's seeds drawn independently. Where no "
+        "image differs (the bootstrap sees no variation), the interval is the Wilson bound of the N images, "
+        "±1.96²/(N + 1.96²): never zero width.",
         "- McNemar: exact two-sided binomial test on the images whose majority vote over seeds differs between the "
         "two arms (ties dropped).",
         f"- Holm: step-down correction over a family of p-values; findings and the comparisons table are separate "
