@@ -16,7 +16,7 @@ the share of images that stay robust. A randomly initialised network is fooled b
 always runs all its steps on every image.
 
 Attacks (--attacks):
-- pgd: robustlora.attacks.pgd, --pgd-steps steps of 2.5·ε/steps (the default study's rule), random start, float32;
+- pgd: robustlora.attacks.gradient.pgd, --pgd-steps steps of 2.5·ε/steps (the default study's rule), random start, float32;
 - pgd-bf16: the same under bf16 autocast with a channels_last model (the GPU levers; very slow on CPUs without bf16);
 - aa-standard: pyautoattack AutoAttack(version="standard"): APGD-CE, APGD-T (9 targets), FAB-T, Square 5000 queries;
 - aa-custom: the CPU default of params.yaml: APGD-CE + APGD-T, n_iter 10, n_target_classes 3, one restart;
@@ -43,8 +43,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from robustlora.attacks import pgd  # noqa: E402
-from robustlora.models import autocast_off, build_model  # noqa: E402
+from robustlora.attacks.gradient import pgd  # noqa: E402
+from robustlora.models.resnet import autocast_off, build_model  # noqa: E402
 
 ATTACKS = ("pgd", "pgd-bf16", "aa-custom", "aa-standard", "square")
 IMAGE_SIZE = 64  # pixels of the images fed to the model (Tiny ImageNet's); the model resizes to its input_size

@@ -2,7 +2,7 @@
 
 At small input sizes ResNet18's layer4 (and at 16 px also layer3) works on 1x1 maps; oneDNN's weight gradient for a
 3x3 convolution of a 1x1 map is very slow on some CPUs (about 3 GFLOP/s on a 2-core AVX2 EPYC, where sgemm runs at
-100). robustlora.models.Conv2d runs that case as the linear map of the centre tap (same outputs and gradients).
+100). robustlora.models.resnet.Conv2d runs that case as the linear map of the centre tap (same outputs and gradients).
 
     PYTHONPATH=src python benchmarks/bench_conv1x1.py --input-size 24 --repeats 5
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlora.models import build_model
+from robustlora.models.resnet import build_model
 
 
 def plain_copy(model: nn.Module) -> nn.Module:

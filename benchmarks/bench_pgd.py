@@ -1,4 +1,4 @@
-"""PGD throughput: robustlora.attacks.pgd vs torchattacks.PGD on the same ResNet18, data, ε, steps and device.
+"""PGD throughput: robustlora.attacks.gradient.pgd vs torchattacks.PGD on the same ResNet18, data, ε, steps and device.
 
     PYTHONPATH=src python benchmarks/bench_pgd.py                       # CPU defaults: batch 32, 32x32, 5 steps
     PYTHONPATH=src python benchmarks/bench_pgd.py --channels-last       # + our PGD on a channels_last model
@@ -14,7 +14,7 @@ Our PGD returns the strongest iterate (keep='best', as the study runs it), which
 run than torchattacks' last iterate; ``--keep last`` times it with torchattacks' semantics.
 
 Levers (for our PGD; the reference is torchattacks as it comes, float32 on a plain NCHW model):
-- ``--autocast bf16|fp16``: the gradient steps run under ``torch.autocast`` (robustlora.attacks computes its loss in
+- ``--autocast bf16|fp16``: the gradient steps run under ``torch.autocast`` (robustlora.attacks.gradient computes its loss in
   float32, so a caller may do this); the images it returns are evaluated in float32.
 - ``--channels-last``: the model and the images in channels_last memory format (cuDNN / oneDNN prefer it).
 With a lever the runs are: robustlora (float32, NCHW), robustlora+levers, torchattacks, and torchattacks+levers
@@ -50,8 +50,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from robustlora.attacks import pgd  # noqa: E402
-from robustlora.models import autocast_off, build_model  # noqa: E402
+from robustlora.attacks.gradient import pgd  # noqa: E402
+from robustlora.models.resnet import autocast_off, build_model  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -210,7 +210,7 @@ def robust_counts(model: nn.Module, images, labels: torch.Tensor, cfg, eps_list:
                   amp: str, channels_last: bool) -> tuple[int, list[int], float]:
     """Clean-correct images, robust images per ε and seconds, for PGD run as the attack stage runs it (one generator
     seeded cfg.seed, batches of cfg.batch_size, ε in order) with the given levers; evaluated in float32."""
-    from robustlora.evaluate import _to_batch
+    from robustlora.evaluation.suite import _to_batch
 
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     clean, robust = 0, [0] * len(eps_list)
@@ -252,8 +252,8 @@ def check_default(args: argparse.Namespace, device: torch.device) -> int | None:
     """Robust accuracy of PGD with the levers vs float32 PGD on every trained model of the default study; returns
     the largest difference in robust (or clean-correct) images over models and ε (None: nothing to check)."""
     from robustlora.config import load_params
-    from robustlora.evaluate import _pgd_eps, attacked_images
-    from robustlora.models import load_variant
+    from robustlora.evaluation.suite import _pgd_eps, attacked_images
+    from robustlora.models.resnet import load_variant
 
     levers = lever_label(args.autocast, args.channels_last)
     if not levers:

@@ -1,9 +1,9 @@
-"""Preprocessing throughput: robustlora.data.prepare_domain on a Tiny-ImageNet-sized synthetic archive.
+"""Preprocessing throughput: robustlora.data.dataset.prepare_domain on a Tiny-ImageNet-sized synthetic archive.
 
     PYTHONPATH=src python benchmarks/bench_preprocess.py                      # 200 classes x (500 + 50) = 110,000 JPEGs
     PYTHONPATH=src python benchmarks/bench_preprocess.py --classes 20 --train-per-class 100 --val-per-class 10
 
-The archive (64x64 JPEGs in Tiny ImageNet's layout, drawn by robustlora.synthetic in the target domain's style) is
+The archive (64x64 JPEGs in Tiny ImageNet's layout, drawn by robustlora.data.synthetic in the target domain's style) is
 built once under --workdir and reused while its settings match. Generation is sharded per class over processes and
 merged in a fixed order, so the archive is byte-identical for given settings whatever --workers is.
 Prints images/s, seconds, and the time scaled to 110,000 images against the 60 s target (2 cores).
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from robustlora.data import prepare_domain
+from robustlora.data.dataset import prepare_domain
 from robustlora.io import atomic_path, write_json
-from robustlora.synthetic import DomainStyle, class_specs, write_domain_archive
+from robustlora.data.synthetic import DomainStyle, class_specs, write_domain_archive
 
 ROOT = "tiny-imagenet-200"
 TARGET_SECONDS, TARGET_IMAGES = 60.0, 110_000  # the requirement: Tiny ImageNet preprocessed in <= 60 s on 2 cores
-ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps, as robustlora.synthetic writes them
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps, as robustlora.data.synthetic writes them
 FORMAT = 1  # bump when the archive recipe below changes, so old caches are rebuilt
 
 

@@ -1,4 +1,4 @@
-"""PGD restarts side by side (robustlora.attacks.pgd) vs one restart after another, same model, images and run.
+"""PGD restarts side by side (robustlora.attacks.gradient.pgd) vs one restart after another, same model, images and run.
 
 The convergence check (attack.convergence) runs PGD with 10x the steps and 5 restarts on the few images PGD left
 correct. On a CPU a batch of 4 images costs nearly as much as one of 20, so crafting the restarts in one batch
@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from robustlora import attacks
-from robustlora.models import build_model
+from robustlora.attacks import gradient as attacks
+from robustlora.models.resnet import build_model
 
 
 def timed(model, x, y, args, restart_batch: int) -> tuple[float, torch.Tensor]:

@@ -1,10 +1,10 @@
-"""Training throughput: robustlora.train.fit vs a bare PyTorch loop on the same model, data, batch and device.
+"""Training throughput: robustlora.training.loop.fit vs a bare PyTorch loop on the same model, data, batch and device.
 
     PYTHONPATH=src python benchmarks/bench_train.py                         # CPU defaults: ~10 s on 2 idle cores
     PYTHONPATH=src python benchmarks/bench_train.py --device cuda --images 50000 --size 64 --input-size 64 --batch 256
 
 Both sides train a fresh robustlora Classifier (ResNet18, same initial weights) for --epochs epochs on the same
-random uint8 images with the same SGD settings, and both pay for the same augmentation (robustlora.train.augment:
+random uint8 images with the same SGD settings, and both pay for the same augmentation (robustlora.training.loop.augment:
 random crop with padding + flip; --no-augment turns it off on both). On CUDA both use bf16 autocast and channels_last,
 as fit does. fit gets an empty holdout split, so no evaluation is counted; it still does its per-epoch bookkeeping
 (scheduler step, copying the best weights to the CPU). Times are wall-clock around the whole call, device-synchronised,
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from robustlora.config import TrainConfig
-from robustlora.data import Split
-from robustlora.models import Classifier, build_model, pick_device
-from robustlora.train import augment, draw_augmentation, fit
+from robustlora.data.dataset import Split
+from robustlora.models.resnet import Classifier, build_model, pick_device
+from robustlora.training.loop import augment, draw_augmentation, fit
 
 
 def sync(device: torch.device) -> None:
@@ -47,7 +47,7 @@ def train_config(batch: int, epochs: int, augmentation: bool) -> TrainConfig:
 
 
 def run_ours(model: Classifier, train: Split, cfg: TrainConfig, device: torch.device) -> float:
-    """robustlora.train.fit with an empty holdout; returns its internal img/s (epoch loops only)."""
+    """robustlora.training.loop.fit with an empty holdout; returns its internal img/s (epoch loops only)."""
     empty = Split(train.images[:0], train.labels[:0])
     return fit(model, train, empty, cfg, device=device, progress=False).images_per_second
 

@@ -21,13 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from robustlora.config import load_params  # noqa: E402
-from robustlora.data import load_classes, load_split, prepare_domain  # noqa: E402
-from robustlora.evaluate import attack_variant, metrics_json  # noqa: E402
-from robustlora.adaptation import prepare, training_seeds  # noqa: E402
-from robustlora.models import load_backbone  # noqa: E402
-from robustlora.study import pretrain_backbone, train_variant  # noqa: E402
-from robustlora.synthetic import make_synthetic  # noqa: E402
-from robustlora.train import fit  # noqa: E402
+from robustlora.data.dataset import load_classes, load_split, prepare_domain  # noqa: E402
+from robustlora.evaluation.suite import attack_variant, metrics_json  # noqa: E402
+from robustlora.models.adaptation import prepare, training_seeds  # noqa: E402
+from robustlora.models.resnet import load_backbone  # noqa: E402
+from robustlora.training.study import pretrain_backbone, train_variant  # noqa: E402
+from robustlora.data.synthetic import make_synthetic  # noqa: E402
+from robustlora.training.loop import fit  # noqa: E402
 
 
 def main() -> None:
@@ -96,8 +96,8 @@ def main() -> None:
 
 def cpu_side(args: argparse.Namespace) -> None:
     """With CUDA hidden: the variant checkpoint loads and scores like on the GPU; the resume point continues on CPU."""
-    from robustlora.models import load_variant
-    from robustlora.models import accuracy
+    from robustlora.models.resnet import load_variant
+    from robustlora.models.resnet import accuracy
 
     assert not torch.cuda.is_available(), "run with CUDA_VISIBLE_DEVICES= to check loading on a CPU"
     p = load_params(args.params)

@@ -1,4 +1,4 @@
-"""One Tiny-ImageNet-sized epoch on a GPU: robustlora.train.fit vs a bare PyTorch loop, in img/s.
+"""One Tiny-ImageNet-sized epoch on a GPU: robustlora.training.loop.fit vs a bare PyTorch loop, in img/s.
 
     PYTHONPATH=src python benchmarks/gpu_epoch.py                     # 100,000 64x64 images, 200 classes, batch 256
     PYTHONPATH=src python benchmarks/gpu_epoch.py --device cpu --images 128 --batch 32    # a smoke test anywhere
@@ -29,7 +29,7 @@ from bench_train import (
     train_config,
 )
 
-from robustlora.models import pick_device
+from robustlora.models.resnet import pick_device
 
 
 def main() -> None:

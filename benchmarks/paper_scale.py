@@ -11,14 +11,14 @@ minutes even on a slower card (lower it if the device time left is short). --qui
 JSON to the temp folder unless --out is given, so a smoke run never overwrites the GPU figures.
 
 Needs only torch (+ the repo's src, put on sys.path by the script, as benchmarks/bench_attacks.py does).
-The library modules used directly import nothing else: robustlora.models (build_model, prepare_input, to_pixels,
-predict, pick_device), robustlora.lora (apply_lora, count_parameters), robustlora.attacks (pgd, fgsm, input_gradient),
+The library modules used directly import nothing else: robustlora.models.resnet (build_model, prepare_input, to_pixels,
+predict, pick_device), robustlora.models.lora (apply_lora, count_parameters), robustlora.attacks.gradient (pgd, fgsm, input_gradient),
 robustlora.io (atomic_path). What needs pydantic / pandas / pillow / tqdm is used only when it imports, else the table
 says what was replaced:
-- robustlora.adaptation.TARGET_SETS (pydantic): else a verbatim copy below;
-- robustlora.train (pydantic, pandas, pillow via config/data): its per-batch helpers (draw_augmentation, augment,
+- robustlora.models.adaptation.TARGET_SETS (pydantic): else a verbatim copy below;
+- robustlora.training.loop (pydantic, pandas, pillow via config/data): its per-batch helpers (draw_augmentation, augment,
   _autocast, _set_batchnorm_eval), else verbatim copies below; and the cross-check through train.fit itself;
-- robustlora.evaluate.attack_suite (pydantic, pandas, tqdm): the cross-check of one attack-stage batch.
+- robustlora.evaluation.suite.attack_suite (pydantic, pandas, tqdm): the cross-check of one attack-stage batch.
 
 THE DATA ARE SYNTHETIC. This is a throughput measurement: 200 classes x 500 training images + 200 x 50 val images,
 64x64 RGB uint8 NHWC (Tiny ImageNet's shape and storage), each a class's random coarse colour pattern plus per-image
@@ -81,10 +81,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from robustlora.attacks import fgsm, input_gradient, pgd  # noqa: E402
+from robustlora.attacks.gradient import fgsm, input_gradient, pgd  # noqa: E402
 from robustlora.io import atomic_path  # noqa: E402
-from robustlora.lora import apply_lora, count_parameters  # noqa: E402
-from robustlora.models import build_model, pick_device, predict, prepare_input, to_pixels  # noqa: E402
+from robustlora.models.lora import apply_lora, count_parameters  # noqa: E402
+from robustlora.models.resnet import build_model, pick_device, predict, prepare_input, to_pixels  # noqa: E402
 
 START = time.perf_counter()
 
@@ -100,7 +100,7 @@ PAPER = {
 LORA_RANK, LORA_ALPHA = 4, 1.0           # params.yaml lora.rank / lora.alpha
 FULL_LR, FULL_WD, LORA_LR, LORA_WD = 0.02, 5e-4, 0.1, 0.0   # params.yaml full / lora (the cost does not depend on them)
 
-# A verbatim copy of robustlora.adaptation.TARGET_SETS, used only where that module cannot import (no pydantic).
+# A verbatim copy of robustlora.models.adaptation.TARGET_SETS, used only where that module cannot import (no pydantic).
 _TARGET_SETS_COPY: dict[str, tuple[str, ...]] = {
     "fc": ("fc",),
     "fc+conv1": ("fc", "conv1"),
@@ -144,7 +144,7 @@ def time_it(fn: Callable[[], object], device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------- fit's per-batch helpers
-# Verbatim copies of robustlora.train's helpers, used only where robustlora.train cannot import.
+# Verbatim copies of robustlora.training.loop's helpers, used only where robustlora.training.loop cannot import.
 
 
 def _draw_augmentation_copy(n: int, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -175,29 +175,29 @@ def _set_batchnorm_eval_copy(model: nn.Module) -> None:
 
 
 class Helpers:
-    """fit's per-batch helpers: robustlora.train's own when it imports, else the verbatim copies above."""
+    """fit's per-batch helpers: robustlora.training.loop's own when it imports, else the verbatim copies above."""
 
     def __init__(self) -> None:
-        self.why = why_not("robustlora.train")
+        self.why = why_not("robustlora.training.loop")
         if self.why is None:
-            from robustlora import train
+            from robustlora.training import loop as train
 
             self.draw_augmentation, self.augment = train.draw_augmentation, train.augment
             self.autocast, self.set_batchnorm_eval = train._autocast, train._set_batchnorm_eval
-            self.source = "robustlora.train"
+            self.source = "robustlora.training.loop"
         else:
             self.draw_augmentation, self.augment = _draw_augmentation_copy, _augment_copy
             self.autocast, self.set_batchnorm_eval = _autocast_copy, _set_batchnorm_eval_copy
-            self.source = f"verbatim copies (robustlora.train: {self.why.split(':')[0]})"
+            self.source = f"verbatim copies (robustlora.training.loop: {self.why.split(':')[0]})"
 
 
 def target_sets() -> tuple[dict[str, tuple[str, ...]], str]:
-    why = why_not("robustlora.adaptation")
+    why = why_not("robustlora.models.adaptation")
     if why is None:
-        from robustlora.adaptation import TARGET_SETS
+        from robustlora.models.adaptation import TARGET_SETS
 
-        return dict(TARGET_SETS), "robustlora.adaptation.TARGET_SETS"
-    return dict(_TARGET_SETS_COPY), f"a verbatim copy (robustlora.adaptation: {why.split(':')[0]})"
+        return dict(TARGET_SETS), "robustlora.models.adaptation.TARGET_SETS"
+    return dict(_TARGET_SETS_COPY), f"a verbatim copy (robustlora.models.adaptation: {why.split(':')[0]})"
 
 
 # ----------------------------------------------------------------------------- data and models
@@ -357,8 +357,8 @@ def stage_batch_estimate(att: dict[str, Any], n_pgd: int, steps: int) -> float:
 def fit_check(arm: str, sets, images, labels, args, device) -> dict[str, Any]:
     """train.fit itself: 2 epochs on (warmup + batches) batches, empty holdout; epoch 2's own epoch_seconds."""
     from robustlora.config import TrainConfig
-    from robustlora.data import Split
-    from robustlora.train import fit
+    from robustlora.data.dataset import Split
+    from robustlora.training.loop import fit
 
     model, setting = make_arm(arm, sets, args.classes, args.input_size)
     n = min(len(labels), (args.warmup + args.batches) * args.batch)
@@ -376,7 +376,7 @@ def fit_check(arm: str, sets, images, labels, args, device) -> dict[str, Any]:
 def attack_suite_check(sets, val_images, val_labels, args, device) -> dict[str, Any]:
     """evaluate.attack_suite on one batch with the paper's attack settings (convergence check off)."""
     from robustlora.config import AttackConfig, ConvergenceConfig, PgdConfig
-    from robustlora.evaluate import attack_suite
+    from robustlora.evaluation.suite import attack_suite
 
     model, _ = make_arm("baseline", sets, args.classes, args.input_size)
     model.eval()
@@ -486,7 +486,7 @@ def main() -> None:
     helpers = Helpers()
     sets, sets_source = target_sets()
     print(f"fit's per-batch helpers: {helpers.source}; target sets: {sets_source}")
-    for module in ("robustlora.train", "robustlora.adaptation", "robustlora.evaluate"):
+    for module in ("robustlora.training.loop", "robustlora.models.adaptation", "robustlora.evaluation.suite"):
         why = why_not(module)
         if why:
             print(f"  {module} does not import here: {why}")
@@ -580,7 +580,7 @@ def main() -> None:
     checks: dict[str, Any] = {}
     if args.checks:
         print("\n[3] cross-checks through the library")
-        why = next((w for w in (why_not("robustlora.train"), why_not("robustlora.config"), why_not("tqdm"))
+        why = next((w for w in (why_not("robustlora.training.loop"), why_not("robustlora.config"), why_not("tqdm"))
                     if w), None)
         for arm in train:
             if why:
@@ -601,9 +601,9 @@ def main() -> None:
                   f"(fit's epoch_seconds {c['epoch_seconds']:.3f}); fit / mirror loop {ratio:.3f}")
             rows.append(("fit cross-check", f"{arm}: train.fit epoch 2 of 2, {c['images']:,} images",
                          f"{c['img_per_s']:,.0f} img/s, fit / mirror {ratio:.3f}", src("measured (library)")))
-        why = next((w for w in (why_not("robustlora.evaluate"), why_not("robustlora.config")) if w), None)
+        why = next((w for w in (why_not("robustlora.evaluation.suite"), why_not("robustlora.config")) if w), None)
         if why:
-            skip("attack_suite cross-check", f"robustlora.evaluate cannot run here ({why})")
+            skip("attack_suite cross-check", f"robustlora.evaluation.suite cannot run here ({why})")
         elif att is None or elapsed() > args.budget_s:
             skip("attack_suite cross-check", "no part-2 figures" if att is None else
                  f"past the {args.budget_s:.0f} s budget")

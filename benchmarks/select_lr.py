@@ -22,11 +22,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from robustlora import adaptation  # noqa: E402
+from robustlora.models import adaptation  # noqa: E402
 from robustlora.config import load_params  # noqa: E402
-from robustlora.data import load_classes, load_split  # noqa: E402
-from robustlora.models import load_backbone, pick_device  # noqa: E402
-from robustlora.train import fit  # noqa: E402
+from robustlora.data.dataset import load_classes, load_split  # noqa: E402
+from robustlora.models.resnet import load_backbone, pick_device  # noqa: E402
+from robustlora.training.loop import fit  # noqa: E402
 
 
 def main() -> None:

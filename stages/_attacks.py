@@ -10,7 +10,7 @@ from _common import rel
 def each_model(p, models: Path, *, first_seed_only: bool = False):
     """(variant, seed, model file, run-id file) of every trained model (``first_seed_only``: each variant's first
     training seed), in params order; a missing file is a one-line ModelError naming the stage that writes it."""
-    from robustlora.adaptation import training_seeds
+    from robustlora.models.adaptation import training_seeds
     from robustlora.errors import ModelError
 
     for variant, spec in p.variants.items():
@@ -29,7 +29,7 @@ def write_attack_outputs(table, results: Path, metrics: Path, models: Path, *, l
     MLflow runs: each seed's figures into its training run, the across-seed means into the variant's run. The
     clean accuracy of an attack's image subset is not logged (the attack stage logs it on all its images)."""
     from robustlora import tracking
-    from robustlora.evaluate import flat_metrics, mean_metrics, metrics_json
+    from robustlora.evaluation.suite import flat_metrics, mean_metrics, metrics_json
     from robustlora.io import atomic_path, write_json
 
     if cache is not None and cache.reused:

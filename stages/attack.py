@@ -29,9 +29,9 @@ def main(
     from robustlora import tracking
     from robustlora.config import load_params
     from robustlora.errors import ModelError
-    from robustlora.evaluate import attack_variant, flat_metrics, mean_metrics, metrics_json, success_curves
+    from robustlora.evaluation.suite import attack_variant, flat_metrics, mean_metrics, metrics_json, success_curves
     from robustlora.io import atomic_path, write_json
-    from robustlora.adaptation import training_seeds
+    from robustlora.models.adaptation import training_seeds
 
     p = load_params(params)
     spec = p.variant(variant)

@@ -22,10 +22,10 @@ def main(
     """Run AutoAttack (autoattack.version, autoattack.eps) on the first autoattack.n_images of the PGD images."""
     import pandas as pd
 
-    from robustlora.autoattack import autoattack_suite
+    from robustlora.attacks.autoattack import autoattack_suite
     from robustlora.config import load_params
-    from robustlora.evaluate import RowCache, attacked_images, fingerprint
-    from robustlora.models import load_variant
+    from robustlora.evaluation.suite import RowCache, attacked_images, fingerprint
+    from robustlora.models.resnet import load_variant
 
     p = load_params(params)
     cfg = p.autoattack

@@ -30,11 +30,11 @@ def main(
     """
     import pandas as pd
 
-    from robustlora.blackbox import blackbox_attack
+    from robustlora.attacks.blackbox import blackbox_attack
     from robustlora.config import BLACKBOX_ATTACKS, load_params
     from robustlora.errors import ParamError
-    from robustlora.evaluate import RowCache, attacked_images, fingerprint
-    from robustlora.models import load_variant
+    from robustlora.evaluation.suite import RowCache, attacked_images, fingerprint
+    from robustlora.models.resnet import load_variant
 
     unknown = sorted(set(only or ()) - set(BLACKBOX_ATTACKS))
     if unknown:

@@ -29,13 +29,13 @@ def main(
     import pandas as pd
 
     from robustlora import tracking
-    from robustlora.adaptation import training_seeds
+    from robustlora.models.adaptation import training_seeds
     from robustlora.config import load_params
-    from robustlora.data import load_split
-    from robustlora.defences import squeeze_rows, switching_bank, switching_cost, switching_rows
-    from robustlora.evaluate import RowCache, attacked_images, fingerprint
+    from robustlora.data.dataset import load_split
+    from robustlora.defences.evaluation import squeeze_rows, switching_bank, switching_cost, switching_rows
+    from robustlora.evaluation.suite import RowCache, attacked_images, fingerprint
     from robustlora.io import atomic_path, write_json
-    from robustlora.models import load_variant, pick_device
+    from robustlora.models.resnet import load_variant, pick_device
 
     p = load_params(params)
     sq, sw, attack = p.squeeze, p.switching, p.attack

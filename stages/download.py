@@ -22,19 +22,19 @@ def main(
     p = load_params(params)
     out.mkdir(parents=True, exist_ok=True)
     if p.data.source == "synthetic":
-        from robustlora.synthetic import describe, make_synthetic
+        from robustlora.data.synthetic import describe, make_synthetic
 
         paths = make_synthetic(p.data.synthetic, out)
         write_json(out / "synthetic.json", describe(p.data.synthetic))
         print(f"download: synthesised {', '.join(_common.rel(x) for x in paths.values())}")
     else:
-        from robustlora.download import fetch_archive
+        from robustlora.data.download import fetch_archive
 
         (out / "source.zip").unlink(missing_ok=True)  # no synthetic source domain with real data
         path = fetch_archive(p.data.url, out / "tiny-imagenet-200.zip", p.data.md5)
         print(f"download: {_common.rel(path)} " + (f"verified (md5 {p.data.md5})" if p.data.md5 else "(md5 not checked: data.md5 is null)"))
     if p.model.weights == "imagenet":
-        from robustlora.models import fetch_imagenet_weights
+        from robustlora.models.resnet import fetch_imagenet_weights
 
         print(f"download: ImageNet weights at {fetch_imagenet_weights()}")
 

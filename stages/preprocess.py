@@ -21,7 +21,7 @@ def main(
     import shutil
 
     from robustlora.config import load_params
-    from robustlora.data import data_domains, prepare_domain
+    from robustlora.data.dataset import data_domains, prepare_domain
 
     p = load_params(params)
     domains = data_domains(p, raw)

@@ -24,7 +24,7 @@ def main(
     from robustlora import tracking
     from robustlora.config import load_params, to_dict
     from robustlora.io import atomic_path, write_json
-    from robustlora.study import pretrain_backbone
+    from robustlora.training.study import pretrain_backbone
 
     p = load_params(params)
     config = {"model": to_dict(p.model), "pretrain": to_dict(p.pretrain), "data": to_dict(p.data)}

@@ -43,7 +43,14 @@ def main(
 
     import pandas as pd
 
-    from robustlora import adaptation, analysis, checks, crosscheck, defence_report, figures, report, tracking
+    from robustlora.models import adaptation
+    from robustlora.analysis import results as analysis
+    from robustlora.analysis import checks
+    from robustlora.analysis import crosscheck
+    from robustlora.analysis import defences as defence_report
+    from robustlora.reporting import figures
+    from robustlora.reporting import report
+    from robustlora import tracking
     from robustlora.config import BLACKBOX_ATTACKS, load_params
     from robustlora.io import atomic_path, read_json, write_json, write_text
 

@@ -25,7 +25,8 @@ def main(
     """
     import json
 
-    from robustlora import experiments, sweep
+    from robustlora.tracking import experiments
+    from robustlora.reporting import sweep
     from robustlora.errors import DataError
 
     if exp_json is not None:

@@ -31,8 +31,8 @@ def main(
     from robustlora import tracking
     from robustlora.config import load_params, to_dict
     from robustlora.io import atomic_path, write_json
-    from robustlora.adaptation import training_seeds
-    from robustlora.study import summarize_seeds, train_variant
+    from robustlora.models.adaptation import training_seeds
+    from robustlora.training.study import summarize_seeds, train_variant
 
     p = load_params(params)
     spec = p.variant(variant)

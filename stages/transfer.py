@@ -22,11 +22,11 @@ def main(
     """Craft PGD (attack.pgd settings) on each surrogate's first seed at transfer.eps; evaluate on every model."""
     import pandas as pd
 
-    from robustlora.adaptation import training_seeds
+    from robustlora.models.adaptation import training_seeds
     from robustlora.config import load_params
-    from robustlora.evaluate import RowCache, attacked_images, fingerprint
-    from robustlora.models import load_variant
-    from robustlora.transfer import craft_pgd, transfer_rows
+    from robustlora.evaluation.suite import RowCache, attacked_images, fingerprint
+    from robustlora.models.resnet import load_variant
+    from robustlora.attacks.transfer import craft_pgd, transfer_rows
 
     p = load_params(params)
     cfg = p.transfer

@@ -20,10 +20,10 @@ def main(
     """Check counts per split and class (as the archive and the caps imply), labels, image sizes and pixel-hash
     uniqueness, and the official Tiny ImageNet sizes when the archive is the official zip; fail on any violation."""
     from robustlora.config import load_params
-    from robustlora.data import data_domains
+    from robustlora.data.dataset import data_domains
     from robustlora.errors import ValidationError
     from robustlora.io import write_json
-    from robustlora.validation import validate_domain
+    from robustlora.data.validation import validate_domain
 
     p = load_params(params)
     results, failed = {}, []

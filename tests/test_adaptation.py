@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import ROOT
-from robustlora import adaptation
-from robustlora.adaptation import KINDS, FullSettings, LoraSettings
+from robustlora.models import adaptation
+from robustlora.models.adaptation import KINDS, FullSettings, LoraSettings
 from robustlora.config import VariantSpec
 from robustlora.errors import ModelError
-from robustlora.lora import EvalBatchNorm2d, count_parameters, expected_lora_param_count
-from robustlora.models import build_model
+from robustlora.models.lora import EvalBatchNorm2d, count_parameters, expected_lora_param_count
+from robustlora.models.resnet import build_model
 
 NUM_CLASSES, SIZE = 10, 32
 HEAD = 512 * NUM_CLASSES + NUM_CLASSES  # ResNet18's fc
@@ -25,7 +25,7 @@ def spec(adaptation_: str, targets=(), **settings) -> VariantSpec:
 
 
 def test_import_is_torch_free():
-    code = "import sys, robustlora.adaptation, robustlora.config; sys.exit('torch' in sys.modules)"
+    code = "import sys, robustlora.models.adaptation, robustlora.config; sys.exit('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                             env={"PYTHONPATH": str(ROOT / "src")})
     assert result.returncode == 0, result.stderr or "importing adaptation/config pulled in torch"

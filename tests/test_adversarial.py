@@ -1,4 +1,4 @@
-"""robustlora.adversarial: examples crafted in eval mode with modes restored; adversarial training buys robustness."""
+"""robustlora.training.adversarial: examples crafted in eval mode with modes restored; adversarial training buys robustness."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustlora.adversarial import AdversarialConfig, adversarial_loss, pgd_examples, trades_examples
-from robustlora.attacks import pgd
+from robustlora.training.adversarial import AdversarialConfig, adversarial_loss, pgd_examples, trades_examples
+from robustlora.attacks.gradient import pgd
 
 EPS = 0.05
 

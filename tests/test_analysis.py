@@ -1,4 +1,4 @@
-"""Tests for robustlora.analysis on synthetic per-image results whose answers are known by construction."""
+"""Tests for robustlora.analysis.results on synthetic per-image results whose answers are known by construction."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from robustlora import stats
-from robustlora.analysis import (ResultSet, Settings, analyse, arm_estimates, common_correct, findings,
+from robustlora.analysis.results import (ResultSet, Settings, analyse, arm_estimates, common_correct, findings,
                                  findings_json, format_eps, paired_comparisons, seed_estimates, train_table)
 from robustlora.errors import DataError
 

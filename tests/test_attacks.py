@@ -1,4 +1,4 @@
-"""Tests for robustlora.attacks (FGSM, PGD) and robustlora.evaluate (the attack suite) on tiny CPU models."""
+"""Tests for robustlora.attacks.gradient (FGSM, PGD) and robustlora.evaluation.suite (the attack suite) on tiny CPU models."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlora import attacks
-from robustlora.attacks import fgsm, fgsm_sweep, input_gradient, pgd
+from robustlora.attacks import gradient as attacks
+from robustlora.attacks.gradient import fgsm, fgsm_sweep, input_gradient, pgd
 from robustlora.config import AttackConfig, ConvergenceConfig, PgdConfig
-from robustlora.evaluate import DIAGNOSTIC_COLUMNS, IMAGE_COLUMNS, attack_suite, summarize_images
-from robustlora.models import eval_mode
+from robustlora.evaluation.suite import DIAGNOSTIC_COLUMNS, IMAGE_COLUMNS, attack_suite, summarize_images
+from robustlora.models.resnet import eval_mode
 
 N_CLASSES = 4
 SIZE = 16

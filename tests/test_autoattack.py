@@ -1,4 +1,4 @@
-"""Tests for robustlora.autoattack (the official AutoAttack as per-image rows) on tiny CPU models."""
+"""Tests for robustlora.attacks.autoattack (the official AutoAttack as per-image rows) on tiny CPU models."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlora.attacks import pgd
-from robustlora.autoattack import autoattack_suite, build_autoattack, run_components
+from robustlora.attacks.gradient import pgd
+from robustlora.attacks.autoattack import autoattack_suite, build_autoattack, run_components
 from robustlora.config import AutoAttackConfig
-from robustlora.evaluate import EXTRA_COLUMNS, IMAGE_COLUMNS
+from robustlora.evaluation.suite import EXTRA_COLUMNS, IMAGE_COLUMNS
 
 SIZE = 8
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Tests for robustlora.blackbox: ART's Square, HopSkipJump, Boundary and ZOO with exact per-image query counts,
+"""Tests for robustlora.attacks.blackbox: ART's Square, HopSkipJump, Boundary and ZOO with exact per-image query counts,
 on a tiny hand-set CPU model."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from robustlora import blackbox as bb
-from robustlora.blackbox import LINF_TOL, BlackboxRun, QueryCounter, art_classifier, blackbox_attack, run_blackbox
+from robustlora.attacks import blackbox as bb
+from robustlora.attacks.blackbox import LINF_TOL, BlackboxRun, QueryCounter, art_classifier, blackbox_attack, run_blackbox
 from robustlora.config import BLACKBOX_ATTACKS, BlackboxConfig
 from robustlora.errors import ParamError
-from robustlora.evaluate import EXTRA_COLUMNS, IMAGE_COLUMNS
+from robustlora.evaluation.suite import EXTRA_COLUMNS, IMAGE_COLUMNS
 
 N_CLASSES, SIZE, N_IMAGES = 3, 8, 10
 WRONG = (0, 1)  # images made misclassified before any attack

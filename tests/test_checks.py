@@ -1,4 +1,4 @@
-"""Tests for robustlora.checks: each check passes on a sound study and fails on a constructed violation."""
+"""Tests for robustlora.analysis.checks: each check passes on a sound study and fails on a constructed violation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustlora.checks import STATUSES, Check, attack_checks, count, run_checks, training_checks
+from robustlora.analysis.checks import STATUSES, Check, attack_checks, count, run_checks, training_checks
 from test_analysis import GRID, SANITY, SUCCESS, arm_frame, first_correct, study
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import yaml
 
-from robustlora.adaptation import TARGET_SETS, FullSettings, LoraSettings
+from robustlora.models.adaptation import TARGET_SETS, FullSettings, LoraSettings
 from robustlora.config import (AttackConfig, ParamError, PgdConfig, TrainConfig, VariantSpec, load_params,
                                parse_params, to_dict)
 from robustlora.errors import RobustloraError
@@ -340,8 +340,8 @@ def test_unknown_target_set_and_bad_sets_are_named(raw):
 
 
 def test_every_default_target_set_matches_resnet18_layers():
-    from robustlora.lora import resolve_targets
-    from robustlora.models import build_model
+    from robustlora.models.lora import resolve_targets
+    from robustlora.models.resnet import build_model
 
     model = build_model(10, 32)
     names = {name: resolve_targets(model, list(patterns)) for name, patterns in TARGET_SETS.items()}

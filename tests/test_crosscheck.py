@@ -1,4 +1,4 @@
-"""Tests for robustlora.crosscheck (attacks beyond FGSM/PGD vs PGD) and the gradient-masking checks."""
+"""Tests for robustlora.analysis.crosscheck (attacks beyond FGSM/PGD vs PGD) and the gradient-masking checks."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from torch import nn
 
-from robustlora import crosscheck
-from robustlora.analysis import Settings
-from robustlora.checks import masking_checks
-from robustlora.evaluate import attack_suite
+from robustlora.analysis import crosscheck
+from robustlora.analysis.results import Settings
+from robustlora.analysis.checks import masking_checks
+from robustlora.evaluation.suite import attack_suite
 from test_attacks import Quantised, attack_cfg, suite_data, trained  # noqa: F401 (fixtures)
 
 SETTINGS = Settings(eps_grid=(4 / 255,), report_eps=4 / 255, arms={"baseline": "a"}, n_boot=200)
@@ -165,7 +165,7 @@ def test_attack_names() -> None:
 
 
 def test_row_cache_reuses_only_rows_with_the_same_fingerprint(tmp_path) -> None:
-    from robustlora.evaluate import RowCache, fingerprint
+    from robustlora.evaluation.suite import RowCache, fingerprint
 
     model_a, model_b = tmp_path / "a.pt", tmp_path / "b.pt"
     model_a.write_bytes(b"weights a")
@@ -189,7 +189,7 @@ def test_row_cache_reuses_only_rows_with_the_same_fingerprint(tmp_path) -> None:
 
 def test_square_beating_pgd_on_a_quantised_model_is_flagged_as_masking(trained, suite_data) -> None:  # noqa: F811
     """End to end: PGD gets no gradient through an input quantiser, Square does not need one."""
-    from robustlora.blackbox import blackbox_attack
+    from robustlora.attacks.blackbox import blackbox_attack
     from robustlora.config import BlackboxConfig, SquareConfig
 
     images, labels = suite_data

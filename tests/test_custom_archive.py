@@ -15,11 +15,12 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT
-from robustlora import data, download
-from robustlora.data import Archive, ArchiveSizes, DataError, expected_counts
+from robustlora.data import dataset as data
+from robustlora.data import download
+from robustlora.data.dataset import Archive, ArchiveSizes, DataError, expected_counts
 from robustlora.errors import ValidationError
-from robustlora.synthetic import imagenet_wnids
-from robustlora.validation import validate_domain
+from robustlora.data.synthetic import imagenet_wnids
+from robustlora.data.validation import validate_domain
 
 # classes no pretrained head knows (one looks like a number), each with its own train / val counts
 OWN = {"n99000001": (7, 4), "my_cats": (5, 2), "0042": (9, 3)}

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from robustlora.data import Archive, DataError, expected_counts, load_classes, load_split, prepare_domain
-from robustlora.synthetic import SyntheticConfig, class_specs, imagenet_wnids, make_synthetic
+from robustlora.data.dataset import Archive, DataError, expected_counts, load_classes, load_split, prepare_domain
+from robustlora.data.synthetic import SyntheticConfig, class_specs, imagenet_wnids, make_synthetic
 
 WNIDS = ["n01443537", "n01629819", "n01641577"]
 
@@ -73,7 +73,7 @@ def test_prepare_decodes_grayscale_and_cmyk_and_builds_splits(tmp_path):
 
 
 def test_parallel_decoding_gives_identical_output(tmp_path, monkeypatch):
-    import robustlora.data as data
+    import robustlora.data.dataset as data
 
     archive = make_archive(tmp_path / "a.zip", train=6)
     m1 = prepare_domain(archive, tmp_path / "one", classes=3, train_per_class=None, val_per_class=None, holdout=0.2,
@@ -184,7 +184,7 @@ def test_data_domains_follow_the_params(tmp_path):
 
     from conftest import ROOT
     from robustlora.config import parse_params
-    from robustlora.data import data_domains
+    from robustlora.data.dataset import data_domains
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     synthetic = data_domains(parse_params(raw), tmp_path)

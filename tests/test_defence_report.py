@@ -1,4 +1,4 @@
-"""Tests for robustlora.defence_report on synthetic per-image tables whose answers are known by construction."""
+"""Tests for robustlora.analysis.defences on synthetic per-image tables whose answers are known by construction."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from robustlora import stats
-from robustlora.analysis import RESULT_COLUMNS, Settings, eps_key
-from robustlora.defence_report import (AdversarialArm, adversarial_differences, adversarial_table, analyse_defences,
+from robustlora.analysis.results import RESULT_COLUMNS, Settings, eps_key
+from robustlora.analysis.defences import (AdversarialArm, adversarial_differences, adversarial_table, analyse_defences,
                                        defences_section, squeeze_table, squeeze_verdicts, switching_comparisons,
                                        switching_table, tradeoff_figure, tradeoff_points, write_defence_figures)
 from robustlora.errors import DataError
@@ -142,7 +142,7 @@ def test_adversarial_arms_of_params_find_their_standard_twins() -> None:
     import yaml
 
     from robustlora.config import parse_params
-    from robustlora.defence_report import adversarial_arms
+    from robustlora.analysis.defences import adversarial_arms
 
     raw = yaml.safe_load(open("params.yaml"))
     raw["variants"]["lora_fc_at"] = {"adaptation": "lora", "targets": ["fc"], "rank": 8, "adversarial": True}
@@ -280,6 +280,6 @@ def test_tradeoff_points_and_deterministic_figure(defences, tmp_path) -> None:
 
 
 def test_bytes_are_shown_in_the_unit_that_keeps_them_readable() -> None:
-    from robustlora.defence_report import _bytes
+    from robustlora.analysis.defences import _bytes
 
     assert _bytes(11_728) == "11.5 KiB" and _bytes(44_726_568) == "42.7 MiB"  # a LoRA adapter vs a ResNet18

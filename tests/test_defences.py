@@ -1,4 +1,4 @@
-"""robustlora.defences: the squeezing detector on a model and the detector-driven switching system, per image."""
+"""robustlora.defences.evaluation: the squeezing detector on a model and the detector-driven switching system, per image."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import torch
 import yaml
 
 from robustlora.config import AttackConfig, ParamError, SqueezeConfig, SwitchingConfig, parse_params
-from robustlora.defences import (SQUEEZE_COLUMNS, SWITCHING_ATTACKS, SWITCHING_COLUMNS, squeeze_rows, squeezers,
+from robustlora.defences.evaluation import (SQUEEZE_COLUMNS, SWITCHING_ATTACKS, SWITCHING_COLUMNS, squeeze_rows, squeezers,
                                  switching_rows)
-from robustlora.lora import apply_lora
-from robustlora.models import build_model
-from robustlora.squeeze import detect, detector_scores, fit_threshold
-from robustlora.switching import AdapterBank, adapter_from_state_dict, lora_keys
+from robustlora.models.lora import apply_lora
+from robustlora.models.resnet import build_model
+from robustlora.defences.squeeze import detect, detector_scores, fit_threshold
+from robustlora.defences.switching import AdapterBank, adapter_from_state_dict, lora_keys
 
 CLASSES, SIZE, N = 4, 16, 12
 ATTACK = AttackConfig(n_images=N, batch_size=5, eps=[8 / 255], pgd={"steps": 3, "rel_step_size": 0.5})

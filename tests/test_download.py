@@ -1,4 +1,4 @@
-"""robustlora.download against a real localhost HTTP server that can truncate, stall and fail on request."""
+"""robustlora.data.download against a real localhost HTTP server that can truncate, stall and fail on request."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from robustlora import download
-from robustlora.download import DownloadError, check_zip_members, fetch_archive, md5sum, safe_extract
+from robustlora.data import download
+from robustlora.data.download import DownloadError, check_zip_members, fetch_archive, md5sum, safe_extract
 
 FAST = dict(retries=3, timeout=2.0, backoff=0.01, progress=False)
 UNSAFE_NAMES = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -14,38 +13,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
 
-
-def imported_files(script: Path, root: Path) -> set[str]:
-    """Repository files a stage script imports, transitively: stages/_*.py helpers and src/robustlora/*.py.
-
-    Every import statement counts, also those inside functions (the stages import lazily to keep --help fast).
-    """
-    seen: set[str] = set()
-    todo = [script]
-    while todo:
-        path = todo.pop()
-        rel = path.relative_to(root).as_posix()
-        if rel in seen:
-            continue
-        seen.add(rel)
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            for name in names:
-                if name.startswith("_") and (root / "stages" / f"{name}.py").is_file():
-                    todo.append(root / "stages" / f"{name}.py")
-                elif name.startswith("robustlora"):
-                    parts = name.split(".")
-                    candidate = root / "src" / Path(*parts).with_suffix(".py")
-                    if candidate.is_file():
-                        todo.append(candidate)
-                    elif (root / "src" / Path(*parts) / "__init__.py").is_file():
-                        todo.append(root / "src" / Path(*parts) / "__init__.py")
-    return seen
+from sync_dvc_deps import imported_files, synced, stage_scripts  # noqa: E402
 
 
 def _stages(dvc_yaml: Path) -> dict[str, dict]:
@@ -75,12 +45,13 @@ def test_the_check_catches_a_missing_dependency(tmp_path: Path) -> None:
     # a copy of the real pipeline whose train stage forgets one module it imports
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     train = stages["stages"]["train"]["do"]
-    train["deps"] = [d for d in train["deps"] if d not in ("src/robustlora/study.py", "src/robustlora/train.py")]
+    forgotten = ("src/robustlora/training/__init__.py", "src/robustlora/training/loop.py",
+                 "src/robustlora/training/study.py")
+    train["deps"] = [d for d in train["deps"] if d not in forgotten]
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
-    assert missing_deps(tmp_path / "dvc.yaml", ROOT) == {
-        "train": ["src/robustlora/study.py", "src/robustlora/train.py"]}
-    # the training loop is found transitively: the stage itself imports study, which imports train
-    assert "robustlora.train" not in (ROOT / "stages" / "train.py").read_text()
+    assert missing_deps(tmp_path / "dvc.yaml", ROOT) == {"train": list(forgotten)}
+    # the training loop is found transitively: the stage itself imports study, which imports the loop
+    assert "robustlora.training.loop" not in (ROOT / "stages" / "train.py").read_text()
 
 
 def test_lazy_imports_inside_functions_count(tmp_path: Path) -> None:
@@ -91,6 +62,31 @@ def test_lazy_imports_inside_functions_count(tmp_path: Path) -> None:
     (tmp_path / "src" / "robustlora" / "b.py").write_text("")
     assert imported_files(tmp_path / "stages" / "s.py", tmp_path) == {
         "stages/s.py", "src/robustlora/a.py", "src/robustlora/b.py"}
+
+
+def test_a_package_module_brings_every_parent_init(tmp_path: Path) -> None:
+    # Python runs robustlora/__init__.py and robustlora/pkg/__init__.py before robustlora/pkg/mod.py
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "src" / "robustlora" / "pkg").mkdir(parents=True)
+    (tmp_path / "stages" / "s.py").write_text("from robustlora.pkg.mod import f\n")
+    (tmp_path / "src" / "robustlora" / "__init__.py").write_text("")
+    (tmp_path / "src" / "robustlora" / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "src" / "robustlora" / "pkg" / "mod.py").write_text("")
+    assert imported_files(tmp_path / "stages" / "s.py", tmp_path) == {
+        "stages/s.py", "src/robustlora/__init__.py", "src/robustlora/pkg/__init__.py", "src/robustlora/pkg/mod.py"}
+
+
+def test_dvc_yaml_lists_exactly_the_code_each_stage_runs() -> None:
+    # no stale dep either (a module no stage imports any more would re-run the stage for nothing)
+    text = (ROOT / "dvc.yaml").read_text()
+    assert synced(text, ROOT, stage_scripts(ROOT / "dvc.yaml")) == text, "run python tools/sync_dvc_deps.py"
+
+
+def test_sync_adds_a_forgotten_module_and_keeps_the_rest(tmp_path: Path) -> None:
+    text = (ROOT / "dvc.yaml").read_text()
+    broken = text.replace("      - src/robustlora/data/validation.py\n", "", 1)
+    assert broken != text
+    assert synced(broken, ROOT, stage_scripts(ROOT / "dvc.yaml")) == text
 
 
 def test_dvc_lock_matches_the_committed_code_and_params() -> None:
@@ -109,7 +105,7 @@ def test_dvc_lock_matches_the_committed_code_and_params() -> None:
             if not isinstance(change, dict):
                 continue
             code = {k: v for k, v in change.get("changed deps", {}).items()
-                    if k.startswith(("stages/", "src/")) and v == "modified"}
+                    if k.startswith(("stages/", "src/")) and v in ("modified", "new", "deleted")}
             params = change.get("changed params")
             if code or params:
                 stale[stage] = {"code": code, "params": params}

@@ -1,4 +1,4 @@
-"""robustlora.experiments: sweep records from `dvc exp show --json` (the shape DVC 3 writes), failed runs kept."""
+"""robustlora.tracking.experiments: sweep records from `dvc exp show --json` (the shape DVC 3 writes), failed runs kept."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from robustlora import experiments
+from robustlora.tracking import experiments
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 

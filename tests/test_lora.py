@@ -1,4 +1,4 @@
-"""Tests for robustlora.lora: exactness at init, ΔW shape/rank, merging, PEFT equivalence, freezing, targets."""
+"""Tests for robustlora.models.lora: exactness at init, ΔW shape/rank, merging, PEFT equivalence, freezing, targets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import resnet18
 
-from robustlora.lora import (
+from robustlora.models.lora import (
     EvalBatchNorm2d,
     LoRAConv2d,
     LoRALayer,

@@ -1,4 +1,4 @@
-"""Tests for robustlora.metrics and the summaries of robustlora.evaluate on hand-made per-image rows."""
+"""Tests for robustlora.evaluation.metrics and the summaries of robustlora.evaluation.suite on hand-made per-image rows."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from robustlora.evaluate import SHORT_NAMES, SUMMARY_COLUMNS, flat_metrics, metrics_json, success_curves, \
+from robustlora.evaluation.suite import SHORT_NAMES, SUMMARY_COLUMNS, flat_metrics, metrics_json, success_curves, \
     summarize_images
-from robustlora.metrics import METRICS, eps_label, image_outcomes, outcome_metrics
+from robustlora.evaluation.metrics import METRICS, eps_label, image_outcomes, outcome_metrics
 from robustlora.stats import wilson_interval
 
 # 5 images, 3 classes; labels 0, 1, 2, 0, 1 (as probabilities; image_outcomes takes their logs)
@@ -179,7 +179,7 @@ def test_metrics_json_means_stds_and_seeds():
 
 
 def test_mean_metrics_flattens_the_across_seed_means():
-    from robustlora.evaluate import mean_metrics
+    from robustlora.evaluation.suite import mean_metrics
 
     means = mean_metrics(metrics_json(two_seeds()))
     assert means["clean_accuracy"] == pytest.approx(0.6)

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from robustlora.data import Split
-from robustlora.models import (
+from robustlora.data.dataset import Split
+from robustlora.models.resnet import (
     ModelError, accuracy, build_model, load_backbone, load_checkpoint, load_imagenet_backbone,
     load_variant, predict, save_checkpoint,
 )
@@ -80,7 +80,7 @@ def test_imagenet_weights_missing_or_corrupt(tmp_path, monkeypatch):
 
 def test_variant_round_trip(tmp_path):
     torch.manual_seed(0)
-    from robustlora.lora import apply_lora
+    from robustlora.models.lora import apply_lora
 
     model = apply_lora(build_model(3, 32), ["fc", "conv1"], rank=2, alpha=0.5)
     with torch.no_grad():
@@ -97,7 +97,7 @@ def test_variant_round_trip(tmp_path):
 
 
 def test_unavailable_device_names_the_param_key():
-    from robustlora.models import pick_device
+    from robustlora.models.resnet import pick_device
 
     assert pick_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
@@ -108,7 +108,7 @@ def test_unavailable_device_names_the_param_key():
 
 def test_model_weights_typo_is_named(tmp_path):
     from robustlora.config import ModelConfig, TrainConfig
-    from robustlora.study import pretrain_backbone
+    from robustlora.training.study import pretrain_backbone
 
     with pytest.raises(ModelError, match=r"model.weights 'imagnet' is neither pretrain, imagenet nor an existing"):
         pretrain_backbone(ModelConfig(weights="imagnet"), TrainConfig(), None, tmp_path / "b.pt")
@@ -162,7 +162,7 @@ def test_centre_tap_conv_equals_the_convolution_on_1x1_maps():
     """models.Conv2d's linear shortcut gives the conv's output and gradients (zero for the taps that see padding)."""
     from torch import nn
 
-    from robustlora.models import Conv2d
+    from robustlora.models.resnet import Conv2d
 
     torch.manual_seed(0)
     plain = nn.Conv2d(8, 6, 3, padding=1, bias=True)
@@ -190,7 +190,7 @@ def test_classifier_uses_the_centre_tap_conv_and_keeps_torchvision_names():
     from torch import nn
     from torchvision.models import resnet18
 
-    from robustlora.models import Conv2d
+    from robustlora.models.resnet import Conv2d
 
     model = build_model(10, 32)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]

@@ -1,4 +1,4 @@
-"""Tests for the report: markdown (robustlora.report), figures (robustlora.figures) and the stage's wiring."""
+"""Tests for the report: markdown (robustlora.reporting.report), figures (robustlora.reporting.figures) and the stage's wiring."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustlora import checks as checks_mod
-from robustlora import figures, report
-from robustlora.analysis import analyse, train_table
+from robustlora.analysis import checks as checks_mod
+from robustlora.reporting import figures
+from robustlora.reporting import report
+from robustlora.analysis.results import analyse, train_table
 from robustlora.errors import DataError
-from robustlora.report import ArmInfo, ReportInputs, ThreatModel, render
+from robustlora.reporting.report import ArmInfo, ReportInputs, ThreatModel, render
 from test_analysis import GRID, SANITY, SEEDS, arm_frame, first_correct, robust_on_grid, settings, study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,8 +267,8 @@ def stage_inputs(root: Path) -> dict[str, Path]:
         extra[name].to_parquet(paths["blackbox_dir"] / f"{name}.parquet")
     pd.concat([first.assign(attack=f"transfer_{arm}") for arm in RESULTS["variant"].unique()]).to_parquet(
         paths["transfer"])
-    # the defences stage: no detector rows and no switching system here (robustlora.defence_report has its tests)
-    from robustlora.defences import SQUEEZE_COLUMNS, SWITCHING_COLUMNS
+    # the defences stage: no detector rows and no switching system here (robustlora.analysis.defences has its tests)
+    from robustlora.defences.evaluation import SQUEEZE_COLUMNS, SWITCHING_COLUMNS
 
     paths["defences_dir"], paths["defences_metrics"] = root / "results" / "defences", root / "metrics" / "defences.json"
     paths["defences_dir"].mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Tests for robustlora.squeeze: feature-squeezing detector (Xu et al. 2018) and the adaptive BPDA attack on it."""
+"""Tests for robustlora.defences.squeeze: feature-squeezing detector (Xu et al. 2018) and the adaptive BPDA attack on it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from robustlora.attacks import pgd
+from robustlora.attacks.gradient import pgd
 from test_attacks import TinyNet, make_data, single_thread, trained  # noqa: F401 (fixtures, shared)
 from robustlora.errors import DataError, ModelError
-from robustlora.squeeze import (Squeezer, adaptive_pgd, bit_depth, bpda, detect, detector_scores, evaluate_detector,
+from robustlora.defences.squeeze import (Squeezer, adaptive_pgd, bit_depth, bpda, detect, detector_scores, evaluate_detector,
                                 fit_threshold, median_smooth)
 
 SQUEEZERS = (Squeezer("bit_depth", 4), Squeezer("median", 2))

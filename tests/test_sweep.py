@@ -1,4 +1,4 @@
-"""Tests for the sweep report (robustlora.sweep): Pareto front, table, markdown, figures and the written files."""
+"""Tests for the sweep report (robustlora.reporting.sweep): Pareto front, table, markdown, figures and the written files."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustlora import sweep
+from robustlora.reporting import sweep
 from robustlora.errors import DataError
-from robustlora.figures import arm_colors
-from robustlora.sweep import (METRICS, RECORD_COLUMNS, pareto_front, render_sweep, sweep_table,
+from robustlora.reporting.figures import arm_colors
+from robustlora.reporting.sweep import (METRICS, RECORD_COLUMNS, pareto_front, render_sweep, sweep_table,
                               unsuccessful_experiments, validate_records, write_sweep, write_sweep_figures)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

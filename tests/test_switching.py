@@ -1,4 +1,4 @@
-"""Tests for robustlora.switching: per-input routing equals separate models, in-place switching, shared backbone."""
+"""Tests for robustlora.defences.switching: per-input routing equals separate models, in-place switching, shared backbone."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from robustlora.errors import ModelError
-from robustlora.lora import apply_lora
-from robustlora.models import build_model
-from robustlora.switching import AdapterBank, SwitchingClassifier, adapter_from_state_dict, lora_keys, switch_cost
+from robustlora.models.lora import apply_lora
+from robustlora.models.resnet import build_model
+from robustlora.defences.switching import AdapterBank, SwitchingClassifier, adapter_from_state_dict, lora_keys, switch_cost
 
 NUM_CLASSES, SIZE = 5, 16
 TARGETS = ["fc", "conv1"]

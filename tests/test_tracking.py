@@ -1,4 +1,4 @@
-"""robustlora.tracking against a real sqlite MLflow store in tmp dirs (one store per module: schema setup is slow)."""
+"""robustlora.tracking.runs against a real sqlite MLflow store in tmp dirs (one store per module: schema setup is slow)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustlora import tracking
+from robustlora.tracking import runs as tracking
 
 _ENV = ["MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID",
         "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE"]

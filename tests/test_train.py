@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from robustlora.config import TrainConfig
-from robustlora.data import Split
-from robustlora.lora import apply_lora
-from robustlora.models import accuracy, build_model
-from robustlora.train import augment, draw_augmentation, fit
+from robustlora.data.dataset import Split
+from robustlora.models.lora import apply_lora
+from robustlora.models.resnet import accuracy, build_model
+from robustlora.training.loop import augment, draw_augmentation, fit
 
 CFG = TrainConfig(lr=0.05, batch_size=16, max_epochs=4, patience=10, device="cpu", crop_padding=2, eval_batch_size=64)
 
@@ -148,7 +148,7 @@ def test_adversarial_fit_crafts_in_eval_mode_and_trains_in_train_mode():
 
 
 def test_adversarial_fit_selects_on_holdout_robust_accuracy_and_resumes_exactly(tmp_path):
-    from robustlora.train import adversarial_config, robust_accuracy
+    from robustlora.training.loop import adversarial_config, robust_accuracy
 
     train, holdout = toy_split(48, 0), toy_split(16, 1)
     cfg = _at_cfg()

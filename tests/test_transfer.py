@@ -1,4 +1,4 @@
-"""Tests for robustlora.transfer (PGD crafted on a surrogate, evaluated on a target) on tiny CPU models."""
+"""Tests for robustlora.attacks.transfer (PGD crafted on a surrogate, evaluated on a target) on tiny CPU models."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlora.attacks import pgd
+from robustlora.attacks.gradient import pgd
 from robustlora.config import AttackConfig, ConvergenceConfig, PgdConfig
-from robustlora.evaluate import EXTRA_COLUMNS, IMAGE_COLUMNS, attack_suite
-from robustlora.transfer import craft_pgd, transfer_rows
+from robustlora.evaluation.suite import EXTRA_COLUMNS, IMAGE_COLUMNS, attack_suite
+from robustlora.attacks.transfer import craft_pgd, transfer_rows
 
 N_CLASSES, SIZE = 4, 8
 EPS = (2 / 255, 6 / 255, 16 / 255)

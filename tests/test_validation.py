@@ -1,4 +1,4 @@
-"""Tests for robustlora.validation: the Great Expectations suite on a data manifest."""
+"""Tests for robustlora.data.validation: the Great Expectations suite on a data manifest."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from robustlora.data import ArchiveSizes
-from robustlora.validation import MANIFEST_COLUMNS, class_count_table, validate_archive_sizes, validate_manifest
+from robustlora.data.dataset import ArchiveSizes
+from robustlora.data.validation import MANIFEST_COLUMNS, class_count_table, validate_archive_sizes, validate_manifest
 
 CLASSES = ["n01443537", "n01629819", "n01641577"]
 PER_CLASS = {"train": 4, "holdout": 1, "val": 2}

@@ -1,8 +1,10 @@
-"""Atomic file output: write to a temporary sibling, rename only when complete."""
+"""File I/O in one place: atomic output (write to a temporary sibling, rename only when complete), JSON, and the
+digest of a file's bytes."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -49,3 +51,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (``sha256`` or ``md5``), read in 1 MiB blocks so a large file never sits in memory."""
+    h = hashlib.new(algorithm, usedforsecurity=False) if algorithm == "md5" else hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

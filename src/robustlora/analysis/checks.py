@@ -1,0 +1,403 @@
+"""Sanity checks that guard the evaluation, computed once and returned as data (after fra31/auto-attack's checks.py).
+
+Attack checks follow Carlini et al. 2019, "On Evaluating Adversarial Robustness", per arm x training seed and paired
+on the same images: an iterative attack (PGD) is never weaker than a single step (FGSM); success never falls as ε
+grows; PGD at a huge ε (attack.pgd.sanity_eps, default 1: unbounded, any image in [0,1] is reachable) succeeds on
+essentially every image; the clean prediction of an image is the same in every attack row (the same model); after
+the attack no more images are right than before; the correct flags agree with the predictions. Tolerance: one image.
+Training checks read metrics/train/<arm>.json: no trained arm's best epoch is its first (it never learned), and a
+best epoch at max_epochs is a warning (still improving when the budget ran out).
+
+Statuses: 'passed', 'failed', 'warning', 'not evaluated' (the inputs for the check are absent — never a pass).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from robustlora.analysis.results import ATTACK_NAMES, EPS_DECIMALS, eps_key, format_eps, format_pct, validate_results
+
+__all__ = ["STATUSES", "TITLES", "Check", "attack_checks", "training_checks", "masking_checks", "run_checks", "count"]
+
+STATUSES = ("passed", "failed", "warning", "not evaluated")
+MIN_SANITY_SUCCESS = 0.99
+SLACK_IMAGES = 1
+TITLES = {  # check name -> what it asserts, for the report
+    "pgd_vs_fgsm": "PGD success ≥ FGSM success at every ε",
+    "monotone_fgsm": "FGSM success non-decreasing in ε",
+    "monotone_pgd": "PGD success non-decreasing in ε",
+    "pgd_sanity_eps": f"PGD success ≥ {100 * MIN_SANITY_SUCCESS:.0f} % at the sanity ε",
+    "clean_consistent": "clean prediction identical in every attack row of an image",
+    "adv_not_above_clean": "accuracy after the attack ≤ clean accuracy",
+    "flags_match_predictions": "correct flags agree with predictions and labels",
+    "best_epoch": "best epoch neither the first nor max_epochs",
+    # gradient masking (Carlini et al. 2019, section 5; fra31/auto-attack's checks.py)
+    "blackbox_vs_pgd": "black-box success ≤ PGD success on the same images (paired, within the noise)",
+    "transfer_vs_pgd": "transfer success ≤ the target's PGD success on the same images (paired, within the noise)",
+    "autoattack_vs_pgd": "AutoAttack robust accuracy ≤ PGD robust accuracy on the same images (within the noise)",
+    "convergence": "PGD with 10x the steps and 5 restarts fools no more images than PGD (within the noise)",
+    "zero_gradients": "the input gradient at the clean input is non-zero",
+    "outputs_are_logits": "the model returns logits, not probabilities",
+    "large_eps": f"success ≥ {100 * MIN_SANITY_SUCCESS:.0f} % at a large ε (≥ 0.5, i.e. unbounded in practice)",
+}
+MAX_ZERO_GRADIENT_SHARE = 0.01  # more clean images with an all-zero input gradient than this fails the check
+LARGE_EPS = 0.5
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of one arm (and seed): `status` in STATUSES, `detail` says what was measured."""
+
+    name: str  # a key of TITLES
+    arm: str
+    seed: int | None
+    status: str
+    detail: str
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"check status must be one of {', '.join(STATUSES)}, got {self.status!r}")
+
+    @property
+    def title(self) -> str:
+        return TITLES.get(self.name, self.name)
+
+    @property
+    def flagged(self) -> bool:
+        """Anything but a pass: a failure, a warning or a check that could not run."""
+        return self.status != "passed"
+
+
+# ----------------------------------------------------------------------------- attack checks
+
+def attack_checks(results: pd.DataFrame, *, eps_grid: Sequence[float], sanity_eps: float | None,
+                  slack_images: int = SLACK_IMAGES, min_sanity_success: float = MIN_SANITY_SUCCESS) -> list[Check]:
+    """Carlini-style checks per arm x seed on the per-image results (ε in [0,1] pixels)."""
+    table = validate_results(results)
+    table["success"] = table["clean_correct"] & ~table["adv_correct"]
+    cells = (table.groupby(["variant", "seed", "attack", "eps_key"], sort=False)
+             .agg(n=("image", "size"), correct=("clean_correct", "sum"), success=("success", "sum"),
+                  adv=("adv_correct", "sum")).reset_index())
+    grid = sorted(eps_key(e) for e in eps_grid)
+    checks: list[Check] = []
+    for (arm, seed), rows in table.groupby(["variant", "seed"], sort=False):
+        arm, seed = str(arm), int(seed)
+        agg = cells[(cells["variant"] == arm) & (cells["seed"] == seed)]
+        checks.append(_pgd_vs_fgsm(arm, seed, agg, grid, slack_images))
+        for attack in ("fgsm", "pgd"):
+            checks.append(_monotone(arm, seed, attack, agg[agg["attack"] == attack], slack_images))
+        checks.append(_sanity(arm, seed, agg, sanity_eps, min_sanity_success))
+        checks.append(_clean_consistent(arm, seed, rows))
+        checks.append(_adv_not_above_clean(arm, seed, agg, slack_images))
+        checks.append(_flags_match(arm, seed, rows))
+    return checks
+
+
+def _rate(row: pd.Series) -> float:
+    """Success rate of one aggregated cell; NaN with no correct image."""
+    return row["success"] / row["correct"] if row["correct"] > 0 else math.nan
+
+
+def _slack(slack_images: int, *counts: float) -> float:
+    """One image as a share of the smaller of the counts."""
+    n = min(counts)
+    return slack_images / n if n > 0 else math.inf
+
+
+def _pgd_vs_fgsm(arm: str, seed: int, agg: pd.DataFrame, grid: Sequence[float], slack_images: int) -> Check:
+    fgsm = agg[agg["attack"] == "fgsm"].set_index("eps_key")
+    pgd = agg[agg["attack"] == "pgd"].set_index("eps_key")
+    pairs = [(e, fgsm.loc[e], pgd.loc[e]) for e in grid if e in fgsm.index and e in pgd.index]
+    pairs = [(e, f, p) for e, f, p in pairs if f["correct"] > 0 and p["correct"] > 0]
+    if not pairs:
+        return Check("pgd_vs_fgsm", arm, seed, "not evaluated", "no grid ε with a success rate for both attacks")
+    failures = []
+    for eps, f, p in pairs:
+        tol = _slack(slack_images, f["correct"], p["correct"])
+        if _rate(p) < _rate(f) - tol:
+            failures.append(f"ε = {format_eps(eps)}: PGD {format_pct(_rate(p))} % < FGSM {format_pct(_rate(f))} %")
+    if failures:
+        return Check("pgd_vs_fgsm", arm, seed, "failed", "; ".join(failures) + f" (tolerance {slack_images} image)"
+                     " — PGD weaker than FGSM points to a bug or gradient masking")
+    margin = min(_rate(p) - _rate(f) for _, f, p in pairs)
+    return Check("pgd_vs_fgsm", arm, seed, "passed",
+                 f"{len(pairs)} ε; smallest PGD − FGSM = {100 * margin:+.1f} points")
+
+
+def _monotone(arm: str, seed: int, attack: str, rows: pd.DataFrame, slack_images: int) -> Check:
+    name = f"monotone_{attack}"
+    rows = rows[rows["correct"] > 0].sort_values("eps_key")
+    if len(rows) < 2:
+        return Check(name, arm, seed, "not evaluated",
+                     f"needs two ε with a {ATTACK_NAMES.get(attack, attack)} success rate, got {len(rows)}")
+    records = list(rows.itertuples(index=False))
+    failures = []
+    for j in range(1, len(records)):
+        # against every smaller ε, so a slow drift below the slack per step is still caught
+        for i in range(j):
+            a, b = records[i], records[j]
+            if b.success / b.correct < a.success / a.correct - _slack(slack_images, a.correct, b.correct):
+                failures.append(f"{format_pct(a.success / a.correct)} % at ε = {format_eps(a.eps_key)} → "
+                                f"{format_pct(b.success / b.correct)} % at ε = {format_eps(b.eps_key)}")
+                break
+    if failures:
+        return Check(name, arm, seed, "failed", "success falls as ε grows: " + "; ".join(failures)
+                     + f" (tolerance {slack_images} image)")
+    first, last = records[0], records[-1]
+    return Check(name, arm, seed, "passed",
+                 f"{len(records)} ε from {format_eps(first.eps_key)} to {format_eps(last.eps_key)}: "
+                 f"{format_pct(first.success / first.correct)} % → {format_pct(last.success / last.correct)} %")
+
+
+def _sanity(arm: str, seed: int, agg: pd.DataFrame, sanity_eps: float | None, min_success: float) -> Check:
+    if sanity_eps is None:
+        return Check("pgd_sanity_eps", arm, seed, "not evaluated",
+                     "attack.pgd.sanity_eps is null; set it (e.g. 1.0) to run this check")
+    row = agg[(agg["attack"] == "pgd") & (agg["eps_key"] == eps_key(sanity_eps))]
+    if row.empty:
+        return Check("pgd_sanity_eps", arm, seed, "not evaluated",
+                     f"no PGD results at ε = {format_eps(sanity_eps)}; rerun the attack stage")
+    row = row.iloc[0]
+    if row["correct"] == 0:
+        return Check("pgd_sanity_eps", arm, seed, "not evaluated", "no image was classified correctly")
+    rate = _rate(row)
+    detail = (f"PGD success {format_pct(rate)} % ({int(row['success'])}/{int(row['correct'])}) at "
+              f"ε = {format_eps(sanity_eps)}")
+    if rate >= min_success:
+        return Check("pgd_sanity_eps", arm, seed, "passed", detail)
+    return Check("pgd_sanity_eps", arm, seed, "failed",
+                 detail + " — an unbounded attack that fails points to a bug or gradient masking")
+
+
+def _clean_consistent(arm: str, seed: int, rows: pd.DataFrame) -> Check:
+    per_image = rows.groupby("image")["clean_pred"].nunique()
+    differing = int((per_image > 1).sum())
+    if differing:
+        return Check("clean_consistent", arm, seed, "failed",
+                     f"{differing} of {len(per_image)} images have different clean predictions across attack rows; "
+                     "the attacks did not see the same model or images")
+    return Check("clean_consistent", arm, seed, "passed",
+                 f"{len(per_image)} images, {len(rows) // max(len(per_image), 1)} attack rows each")
+
+
+def _adv_not_above_clean(arm: str, seed: int, agg: pd.DataFrame, slack_images: int) -> Check:
+    # robust accuracy (correct before AND after) is <= clean by construction; accuracy after alone is not
+    gain = agg["adv"] - agg["correct"]  # images right after the attack minus images right before
+    worst, row = gain.max(), agg.loc[gain.idxmax()]
+    if worst > slack_images:
+        return Check("adv_not_above_clean", arm, seed, "failed",
+                     f"{ATTACK_NAMES.get(row['attack'], row['attack'])} at ε = {format_eps(row['eps_key'])}: "
+                     f"{int(row['adv'])} images right after the attack vs {int(row['correct'])} before; the attack "
+                     "helps the model, which points to a sign or label bug")
+    return Check("adv_not_above_clean", arm, seed, "passed",
+                 f"{len(agg)} attack x ε cells; at most {int(max(worst, 0))} more image(s) right after than before")
+
+
+def _flags_match(arm: str, seed: int, rows: pd.DataFrame) -> Check:
+    clean_bad = int((rows["clean_correct"] != (rows["clean_pred"] == rows["label"])).sum())
+    adv_bad = int((rows["adv_correct"] != (rows["adv_pred"] == rows["label"])).sum())
+    if clean_bad or adv_bad:
+        return Check("flags_match_predictions", arm, seed, "failed",
+                     f"{clean_bad} clean and {adv_bad} adversarial rows whose correct flag disagrees with "
+                     "prediction == label")
+    return Check("flags_match_predictions", arm, seed, "passed", f"{len(rows)} rows")
+
+
+# ----------------------------------------------------------------------------- training checks
+
+def training_checks(train_metrics: Mapping[str, Mapping[str, Any]]) -> list[Check]:
+    """Per trained arm x seed: best epoch > 1 (else failed), best epoch < max_epochs (else warning).
+
+    An arm whose every seed ran 0 epochs (adaptation `none`) is not trained and gets no check.
+    """
+    checks = []
+    for arm, metrics in train_metrics.items():
+        seeds = metrics.get("seeds") or {}
+        if not seeds:
+            checks.append(Check("best_epoch", arm, None, "not evaluated",
+                                f"metrics/train/{arm}.json has no per-seed entries"))
+            continue
+        if all(s.get("epochs_run") == 0 for s in seeds.values()):
+            continue
+        for key in sorted(seeds, key=int):
+            checks.append(_best_epoch(arm, int(key), seeds[key]))
+    return checks
+
+
+def _best_epoch(arm: str, seed: int, metrics: Mapping[str, Any]) -> Check:
+    best, run, budget = metrics.get("best_epoch"), metrics.get("epochs_run"), metrics.get("max_epochs")
+    if best is None:
+        return Check("best_epoch", arm, seed, "not evaluated", "the train metrics have no best_epoch")
+    of = f"best epoch {best} of {run if run is not None else '?'} run"
+    if best <= 1:
+        return Check("best_epoch", arm, seed, "failed",
+                     f"{of}: holdout accuracy never improved on the first epoch; the arm is not trained (tune its "
+                     "lr on the holdout)")
+    if budget is None:
+        return Check("best_epoch", arm, seed, "not evaluated", f"{of}; the train metrics have no max_epochs")
+    if best >= budget:
+        return Check("best_epoch", arm, seed, "warning",
+                     f"{of} = max_epochs {budget}: still improving when the budget ran out (raise train.max_epochs)")
+    return Check("best_epoch", arm, seed, "passed", f"{of} (max_epochs {budget})")
+
+
+# ----------------------------------------------------------------------------- gradient masking
+
+def masking_checks(results: pd.DataFrame, extra: pd.DataFrame | None = None, *, alpha: float = 0.05,
+                   slack_images: int = SLACK_IMAGES, budget_limited: Sequence[str] = ("zoo",)) -> list[Check]:
+    """Signs of gradient masking, each a Check per arm (pooled over seeds) unless stated.
+
+    ``results``: the attack stage's rows (fgsm, pgd, pgd_strong, with the diagnostic columns); ``extra``: the rows
+    of AutoAttack, the black-box attacks and transfer (attack names as robustlora.analysis.crosscheck). A weaker attack
+    beating a stronger one is judged per cell (arm x attack x ε) on the seed x image pairs of PGD's and the other
+    attack's outcomes on the same images: 'failed' when the one-sided exact binomial test on the discordant pairs
+    gives p < ``alpha`` (more than the noise), 'warning' when it is ahead by more than ``slack_images`` but not
+    significantly. ``budget_limited``: attacks whose default budget need not reach 100 % at a large ε (a warning,
+    not a failure).
+    """
+    checks: list[Check] = []
+    table = results.copy()
+    table["eps_key"] = table["eps"].astype(float).round(EPS_DECIMALS)
+    checks += _diagnostics(table)
+    pgd = table[table["attack"] == "pgd"]
+    strong = table[table["attack"] == "pgd_strong"]
+    if not strong.empty:
+        checks += _versus(pgd, strong, "convergence", alpha, slack_images, stronger_is="other")
+    if extra is None or extra.empty:
+        return checks
+    other = extra.copy()
+    other["eps_key"] = other["eps"].astype(float).round(EPS_DECIMALS)
+    from robustlora.analysis.crosscheck import BLACK_BOX, TRANSFER_PREFIX
+
+    for attack, rows in other.groupby("attack", sort=False):
+        attack = str(attack)
+        if attack == "autoattack":
+            checks += _versus(pgd, rows, "autoattack_vs_pgd", alpha, slack_images, stronger_is="other")
+        elif attack in BLACK_BOX:
+            checks += _versus(pgd, rows, "blackbox_vs_pgd", alpha, slack_images, stronger_is="pgd")
+        elif attack.startswith(TRANSFER_PREFIX):
+            checks += _versus(pgd, rows, "transfer_vs_pgd", alpha, slack_images, stronger_is="pgd")
+        checks += _large_eps(attack, rows, attack in budget_limited)
+    return checks
+
+
+def _one_sided_binomial(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2): how surprising k of n discordant pairs on one side are."""
+    return float(sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n) if n else 1.0
+
+
+def _versus(pgd: pd.DataFrame, other: pd.DataFrame, name: str, alpha: float, slack_images: int,
+            stronger_is: str) -> list[Check]:
+    """Per arm: is the attack expected to be weaker (stronger_is='pgd') ever significantly ahead, per ε?"""
+    key = ["variant", "seed", "eps_key", "image"]
+    merged = other.merge(pgd[key + ["adv_correct"]], on=key, how="inner", suffixes=("", "_pgd"))
+    merged = merged[merged["clean_correct"]]
+    checks = []
+    for arm, rows in merged.groupby("variant", sort=False):
+        attack = str(rows["attack"].iloc[0])
+        cells, failures, warnings = [], [], []
+        for eps, g in rows.groupby("eps_key", sort=True):
+            other_fooled, pgd_fooled = ~g["adv_correct"], ~g["adv_correct_pgd"]
+            other_only, pgd_only = int((other_fooled & ~pgd_fooled).sum()), int((pgd_fooled & ~other_fooled).sum())
+            # the side that must not be ahead: the weaker attack (black-box, transfer) or PGD (vs a stronger one)
+            ahead, behind = (other_only, pgd_only) if stronger_is == "pgd" else (pgd_only, other_only)
+            if name == "convergence":
+                ahead, behind = other_only, pgd_only  # more effort must not find more than the noise
+            p = _one_sided_binomial(ahead, ahead + behind)
+            text = (f"ε = {format_eps(eps)}: {ahead} vs {behind} of {len(g)} seed·image pairs (p = {p:.3g}); "
+                    f"success {format_pct(float(other_fooled.mean()))} % vs PGD {format_pct(float(pgd_fooled.mean()))} %")
+            cells.append(text)
+            if ahead > behind and p < alpha:
+                failures.append(text)
+            elif ahead > behind + slack_images:
+                warnings.append(text)
+        label = _attack_label(attack)
+        if failures:
+            checks.append(Check(name, str(arm), None, "failed", f"{label}: " + "; ".join(failures)
+                                + " — " + _MASKING_HINT[name]))
+        elif warnings:
+            checks.append(Check(name, str(arm), None, "warning", f"{label}, ahead but within the noise: "
+                                + "; ".join(warnings)))
+        else:
+            checks.append(Check(name, str(arm), None, "passed", f"{label}: " + "; ".join(cells)))
+    return checks
+
+
+_MASKING_HINT = {
+    "blackbox_vs_pgd": "an attack without gradients beats PGD: possible gradient masking",
+    "transfer_vs_pgd": "examples from another model beat PGD on this one: possible gradient masking",
+    "autoattack_vs_pgd": "AutoAttack leaves more images correct than PGD: a bug, or AutoAttack's budget is too small",
+    "convergence": "PGD had not converged: raise attack.pgd.steps / restarts before trusting its numbers",
+}
+
+
+def _attack_label(attack: str) -> str:
+    from robustlora.analysis.crosscheck import attack_name
+
+    return attack_name(attack)
+
+
+def _diagnostics(table: pd.DataFrame) -> list[Check]:
+    """Per arm x seed, from the clean rows: zero input gradients, and outputs that are not logits."""
+    if "clean_grad_norm" not in table.columns or "clean_output" not in table.columns:
+        return [Check("zero_gradients", "all", None, "not evaluated",
+                      "the attack results have no gradient diagnostics; rerun the attack stage")]
+    checks = []
+    for (arm, seed), rows in table.groupby(["variant", "seed"], sort=False):
+        clean = rows.drop_duplicates("image")
+        zero = float((clean["clean_grad_norm"] == 0).mean())
+        detail = (f"{format_pct(zero)} % of {len(clean)} clean images have an all-zero input gradient "
+                  f"(median L1 norm {float(clean['clean_grad_norm'].median()):.3g})")
+        status = "failed" if zero > MAX_ZERO_GRADIENT_SHARE else "warning" if zero > 0 else "passed"
+        if status == "failed":
+            detail += " — gradient attacks get no signal there: gradient masking (e.g. a quantised input)"
+        checks.append(Check("zero_gradients", str(arm), int(seed), status, detail))
+        kinds = clean["clean_output"].value_counts()
+        if set(kinds.index) == {"logits"}:
+            checks.append(Check("outputs_are_logits", str(arm), int(seed), "passed", f"{len(clean)} images"))
+        else:
+            shown = ", ".join(f"{k}: {v}" for k, v in kinds.items())
+            checks.append(Check("outputs_are_logits", str(arm), int(seed), "failed",
+                                f"outputs are {shown} — cross-entropy on probabilities flattens the loss and masks "
+                                "gradients; return logits and keep the softmax out of the model"))
+    return checks
+
+
+def _large_eps(attack: str, rows: pd.DataFrame, budget_limited: bool) -> list[Check]:
+    large = rows[(rows["eps_key"] >= LARGE_EPS) & rows["clean_correct"]]
+    if large.empty:
+        return []
+    checks = []
+    for arm, g in large.groupby("variant", sort=False):
+        rate = float((~g["adv_correct"]).mean())
+        top = float(g["eps_key"].max())
+        detail = (f"{_attack_label(attack)}: success {format_pct(rate)} % ({int((~g['adv_correct']).sum())}/{len(g)}"
+                  f" seed·image pairs) at ε = {'1 (unbounded)' if top >= 1 else format_eps(top)}")
+        if rate >= MIN_SANITY_SUCCESS:
+            checks.append(Check("large_eps", str(arm), None, "passed", detail))
+        elif budget_limited:
+            checks.append(Check("large_eps", str(arm), None, "warning",
+                                detail + " — its query budget is too small to get there (raise it on a GPU)"))
+        else:
+            checks.append(Check("large_eps", str(arm), None, "failed",
+                                detail + " — an attack that cannot fool an unbounded threat model points to a bug "
+                                "or gradient masking"))
+    return checks
+
+
+# ----------------------------------------------------------------------------- all checks
+
+def run_checks(results: pd.DataFrame, train_metrics: Mapping[str, Mapping[str, Any]], *,
+               eps_grid: Sequence[float], sanity_eps: float | None) -> list[Check]:
+    """Training checks, then attack checks."""
+    return training_checks(train_metrics) + attack_checks(results, eps_grid=eps_grid, sanity_eps=sanity_eps)
+
+
+def count(checks: Iterable[Check]) -> dict[str, int]:
+    """Checks per status, every status present (0 when none)."""
+    statuses = [c.status for c in checks]
+    return {s: statuses.count(s) for s in STATUSES}

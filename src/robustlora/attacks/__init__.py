@@ -1,0 +1,1 @@
+"""The attacks, each as per-image rows: FGSM / PGD (ours), AutoAttack, black-box (ART), transfer."""

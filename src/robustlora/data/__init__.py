@@ -1,0 +1,1 @@
+"""The study's data: the download, the offline synthetic miniature, prepared splits and their validation."""

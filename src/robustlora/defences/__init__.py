@@ -1,0 +1,1 @@
+"""Defences as arms: feature squeezing, adapter switching, and the defences stage's work."""

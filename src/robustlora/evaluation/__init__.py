@@ -1,0 +1,1 @@
+"""The attack stage's suite, its per-image results and their summaries."""

@@ -1,0 +1,52 @@
+"""Every file name inside an output folder, in one place.
+
+dvc.yaml names the folders (``models/lora_fc``, ``data/raw``, ``results/defences``, ...) and passes them to the stage
+commands; what lies inside a folder is named here and nowhere else, so a stage, the library and a notebook always
+agree on where a seed's model or a run id is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# data/raw: the archives the download stage writes
+TARGET_ARCHIVE = "tiny-imagenet-200.zip"  # Tiny ImageNet's own name; the synthetic target domain uses it too
+SOURCE_ARCHIVE = "source.zip"  # the synthetic source domain the backbone is pretrained on
+# data/prepared/<domain>: what the preprocess stage writes per domain
+MANIFEST = "manifest.csv"
+# results/defences: the defences stage's per-image tables
+SQUEEZE_RESULTS = "squeeze.parquet"
+SWITCHING_RESULTS = "switching.parquet"
+# resumable training state lives outside DVC's outputs, so a killed stage resumes where it stopped
+CHECKPOINTS = "checkpoints"
+VARIANT_RUN = "run.json"  # models/<variant>/: the MLflow run id of the variant's parent run
+
+
+def seed_model(variant_dir: Path, seed: int) -> Path:
+    """models/<variant>/seed_<s>.pt: one training seed's model."""
+    return Path(variant_dir) / f"seed_{seed}.pt"
+
+
+def seed_run(variant_dir: Path, seed: int) -> Path:
+    """models/<variant>/seed_<s>.run.json: the MLflow run id of that seed's training run."""
+    return Path(variant_dir) / f"seed_{seed}.run.json"
+
+
+def variant_run(variant_dir: Path) -> Path:
+    """models/<variant>/run.json: the MLflow run id of the variant's parent run."""
+    return Path(variant_dir) / VARIANT_RUN
+
+
+def seed_history(plots_dir: Path, seed: int) -> Path:
+    """plots/train/<variant>/seed_<s>.csv: one seed's per-epoch curves."""
+    return Path(plots_dir) / f"seed_{seed}.csv"
+
+
+def pretrain_checkpoint(root: Path) -> Path:
+    """<repo>/checkpoints/pretrain.pt: the backbone's resumable training state."""
+    return Path(root) / CHECKPOINTS / "pretrain.pt"
+
+
+def train_checkpoint(root: Path, variant: str, seed: int) -> Path:
+    """<repo>/checkpoints/<variant>/seed_<s>.pt: one seed's resumable training state."""
+    return Path(root) / CHECKPOINTS / variant / f"seed_{seed}.pt"

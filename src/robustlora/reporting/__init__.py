@@ -1,0 +1,1 @@
+"""Markdown and figures: the study's report and the sweep report."""

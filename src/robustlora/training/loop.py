@@ -1,0 +1,286 @@
+"""The training loop: SGD with momentum, lr decay, early stopping on holdout accuracy, resumable checkpoints.
+
+The uint8 dataset lives on the training device and is augmented there (random crop with padding, horizontal flip),
+so a GPU epoch is not input-bound. All randomness of the loop comes from one seeded generator whose state is saved
+in every checkpoint: a killed run resumed from its last epoch ends with the same weights as an uninterrupted one.
+Training steps run under bfloat16 autocast on CUDA; the holdout accuracy that selects the best epoch is
+evaluated in float32 on every device (robustlora.models.resnet.accuracy).
+
+Adversarial fine-tuning (``cfg.adversarial``): every batch is replaced by its PGD examples (Madry) or gets the
+TRADES loss (robustlora.training.adversarial), crafted in eval mode; the best epoch is then chosen by the holdout accuracy
+under the same PGD (``select: robust``, Rice et al. 2020) unless ``select: clean``. The random starts come from a
+generator seeded once per epoch from the loop's generator, so resumption stays exact.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlora.config import TrainConfig
+from robustlora.data.dataset import Split
+from robustlora.training.adversarial import AdversarialConfig, adversarial_loss, pgd_examples
+from robustlora.io import atomic_path
+from robustlora.models.resnet import accuracy, eval_mode, prepare_input
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_holdout_accuracy: float  # what selected the best epoch: clean, or PGD accuracy (adversarial, select robust)
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+    resumed_from_epoch: int = 0
+
+
+def draw_augmentation(n: int, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop offsets (dy, dx in [0, 2·padding]) and flip flags for ``n`` images, as an n x 3 tensor.
+
+    Drawn on the CPU from the loop's generator, so CPU and GPU runs draw the same numbers; the caller moves them to
+    the device once per epoch instead of once per batch (each host-to-device copy of pageable memory is a sync).
+    """
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    flips = (torch.rand(n, generator=generator) < 0.5) if flip else torch.zeros(n, dtype=torch.bool)
+    return torch.cat([offsets, flips.long()[:, None]], dim=1)
+
+
+def augment(images: torch.Tensor, padding: int, params: torch.Tensor) -> torch.Tensor:
+    """Random crop with zero padding + horizontal flip of a uint8 N x H x W x C batch, on its device.
+
+    ``params``: N x 3 (dy, dx, flip) from :func:`draw_augmentation`, on the images' device.
+    """
+    n, h, w, _ = images.shape
+    device = images.device
+    if padding > 0:
+        padded = F.pad(images, (0, 0, padding, padding, padding, padding))
+        rows = (params[:, 0, None] + torch.arange(h, device=device))[:, :, None]
+        cols = (params[:, 1, None] + torch.arange(w, device=device))[:, None, :]
+        images = padded[torch.arange(n, device=device)[:, None, None], rows, cols]
+    return torch.where(params[:, 2, None, None, None].bool(), images.flip(2), images)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast for training steps on CUDA; evaluation (models.predict) always runs in float32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _set_batchnorm_eval(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def lr_factor(epoch: int, cfg: TrainConfig) -> float:
+    """The lr of ``epoch`` (0-based) as a fraction of ``cfg.lr``: linear warm-up over ``cfg.warmup_epochs``
+    (epoch e < w gets (e+1)/(w+1)), then cosine decay to 0 at ``max_epochs`` or step decay by ``gamma``."""
+    warm = cfg.warmup_epochs
+    if epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    e = epoch - warm
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * e / max(cfg.max_epochs - warm, 1)))
+    return cfg.gamma ** (e // cfg.step_size)
+
+
+def adversarial_config(settings: Any) -> AdversarialConfig | None:
+    """params' AdversarialSettings -> robustlora.training.adversarial.AdversarialConfig (None stays None)."""
+    if settings is None:
+        return None
+    return AdversarialConfig(method=settings.method, eps=settings.eps, steps=settings.steps,
+                             step_size=settings.step_size, random_start=settings.random_start, beta=settings.beta)
+
+
+def robust_accuracy(model: nn.Module, split: Split, at: AdversarialConfig, batch_size: int, device: torch.device,
+                    seed: int = 0) -> float:
+    """Share of ``split`` still classified correctly after PGD with the training attack's settings (the last
+    iterate, as in training), in float32 and eval mode; the random starts are seeded by ``seed``. NaN if empty."""
+    if len(split) == 0:
+        return float("nan")
+    generator = torch.Generator(device).manual_seed(seed)
+    correct = 0
+    for i in range(0, len(split), batch_size):
+        x = prepare_input(split.images[i:i + batch_size].to(device), device)
+        y = split.labels[i:i + batch_size].to(device)
+        x_adv = pgd_examples(model, x, y, at, generator)
+        with torch.no_grad(), eval_mode(model):
+            correct += int((model(x_adv).float().argmax(1) == y).sum())
+    return correct / len(split)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    # a plain function (not a closure object) keeps the scheduler's state_dict to last_epoch and base_lrs
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, cfg))
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    holdout: Split,
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    train_batchnorm: bool = True,
+    checkpoint_path: str | os.PathLike | None = None,
+    fingerprint: str = "",
+    progress: bool | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    desc: str = "train",
+    stop_after_epochs: int | None = None,
+) -> FitResult:
+    """Train the parameters of ``model`` that require grad; return the weights with the best holdout accuracy.
+
+    ``checkpoint_path``: written atomically after every epoch and resumed from when its ``fingerprint`` matches
+    (the caller passes a hash of everything that defines the run). ``on_epoch`` receives each epoch's metrics;
+    epochs before a resume are not replayed to it (the run that trained them reported them).
+    ``stop_after_epochs`` ends the call early (as a kill would), for tests of resumption.
+    """
+    from tqdm.auto import tqdm
+
+    disable = None if progress is None else not progress
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("fit: the model has no trainable parameters")
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = _make_scheduler(optimizer, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    images, labels = train.images.to(device), train.labels.to(device)
+    holdout_dev = Split(holdout.images.to(device), holdout.labels)
+    at = adversarial_config(cfg.adversarial)
+    select_robust = at is not None and cfg.adversarial.select == "robust"
+
+    state: dict[str, Any] = {"epoch": 0, "best_state": None, "best_acc": -1.0, "best_epoch": 0, "bad_epochs": 0,
+                             "history": [], "train_seconds": 0.0, "images_seen": 0}
+    start_epoch = 0
+    ckpt = Path(checkpoint_path) if checkpoint_path else None
+    if ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") == fingerprint:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"])
+            state = saved["loop"]
+            start_epoch = state["epoch"]
+            tqdm.write(f"{desc}: resuming from {ckpt} after epoch {start_epoch}")
+        else:
+            tqdm.write(f"{desc}: ignoring {ckpt}: it belongs to another configuration")
+    resumed_from = start_epoch
+
+    epochs = tqdm(range(start_epoch, cfg.max_epochs), desc=desc, unit="epoch", initial=start_epoch,
+                  total=cfg.max_epochs, disable=disable)
+    n = len(labels)
+    for epoch in epochs:
+        if state["bad_epochs"] >= cfg.patience:
+            break
+        model.train()
+        if not train_batchnorm:
+            _set_batchnorm_eval(model)
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=generator).to(device)
+        aug = draw_augmentation(n, cfg.crop_padding, cfg.flip, generator).to(device)
+        if at is not None:  # one draw per epoch from the loop's generator: a resumed run crafts the same examples
+            at_generator = torch.Generator(device).manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator)))
+        # running sums stay on the device: no host sync per batch
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        batches = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=disable)
+        for i in batches:
+            idx = perm[i:i + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on a single image
+                continue
+            x = prepare_input(augment(images[idx], cfg.crop_padding, aug[i:i + cfg.batch_size]), device)
+            y = labels[idx]
+            with _autocast(device):
+                if at is None:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                else:  # the logits of the inputs trained on: PGD examples (pgd) or clean (trades)
+                    loss, logits = adversarial_loss(model, x, y, at, at_generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(idx)
+        loss_sum, correct = loss_sum.item(), correct.item()  # also waits for the device
+        seconds = time.perf_counter() - t0
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        holdout_acc = accuracy(model, holdout_dev, cfg.eval_batch_size, device)
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                   "holdout_accuracy": holdout_acc, "lr": lr, "epoch_seconds": seconds,
+                   "images_per_second": seen / seconds if seconds > 0 else 0.0}
+        if at is not None:
+            metrics["holdout_robust_accuracy"] = robust_accuracy(model, holdout_dev, at, cfg.eval_batch_size, device,
+                                                                 seed=cfg.seed)
+            holdout_acc = metrics["holdout_robust_accuracy"] if select_robust else holdout_acc
+        state["history"].append(metrics)
+        state["train_seconds"] += seconds
+        state["images_seen"] += seen
+        # strict '>' keeps the earliest best epoch; NaN (empty holdout) always counts as "no worse"
+        if holdout_acc > state["best_acc"] or math.isnan(holdout_acc) or state["best_state"] is None:
+            state.update(best_acc=holdout_acc, best_epoch=epoch + 1, bad_epochs=0,
+                         best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", holdout=f"{metrics['holdout_accuracy']:.3f}",
+                           **({"robust": f"{metrics['holdout_robust_accuracy']:.3f}"} if at is not None else {}))
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if ckpt is not None:
+            _save_resume_point(ckpt, fingerprint, model, optimizer, scheduler, generator, state)
+        if stop_after_epochs is not None and epoch + 1 - resumed_from >= stop_after_epochs:
+            break
+    epochs.close()
+    return FitResult(
+        best_state=state["best_state"],
+        best_epoch=state["best_epoch"],
+        best_holdout_accuracy=state["best_acc"],
+        epochs_run=state["epoch"],
+        history=state["history"],
+        train_seconds=state["train_seconds"],
+        images_per_second=state["images_seen"] / state["train_seconds"] if state["train_seconds"] > 0 else 0.0,
+        resumed_from_epoch=resumed_from,
+    )
+
+
+def _save_resume_point(path: Path, fingerprint: str, model: nn.Module, optimizer, scheduler, generator, state) -> None:
+    payload = {
+        "fingerprint": fingerprint,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "loop": state,
+    }
+    with atomic_path(path, suffix=".pt") as tmp:
+        with open(tmp, "wb") as f:  # same bytes for the same state (see models.save_checkpoint)
+            torch.save(payload, f)
+
+
+def _to_cpu(obj: Any) -> Any:
+    """Optimizer state moved to CPU, so a checkpoint written on a GPU loads on a CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
