@@ -45,8 +45,25 @@ def run(app: typer.Typer) -> None:
 
 
 def rel(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it (for messages), else as given."""
     try:
         return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
 
+
+CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "holdout_accuracy", "lr")
+
+
+def write_curves(path: Path, history: list[dict], *, robust: bool = False) -> None:
+    """One training run's per-epoch curves as CSV (plots/), atomically. ``robust``: adversarial training, whose
+    holdout robust accuracy gets a column before lr (train_accuracy is then on the examples trained on)."""
+    import pandas as pd
+
+    from robustlora.io import atomic_path
+
+    columns = list(CURVE_COLUMNS)
+    if robust:
+        columns.insert(4, "holdout_robust_accuracy")
+    with atomic_path(path, suffix=".csv") as tmp:
+        pd.DataFrame(history, columns=columns).to_csv(tmp, index=False)

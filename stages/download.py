@@ -16,6 +16,7 @@ def main(
     params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: data, model)"),
 ) -> None:
     """Put the data archives into OUT: tiny-imagenet-200.zip (+ source.zip for the synthetic source domain)."""
+    from robustlora import layout
     from robustlora.config import load_params
     from robustlora.io import write_json
 
@@ -25,14 +26,15 @@ def main(
         from robustlora.data.synthetic import describe, make_synthetic
 
         paths = make_synthetic(p.data.synthetic, out)
-        write_json(out / "synthetic.json", describe(p.data.synthetic))
+        write_json(out / layout.SYNTHETIC_DESCRIPTION, describe(p.data.synthetic))
         print(f"download: synthesised {', '.join(_common.rel(x) for x in paths.values())}")
     else:
         from robustlora.data.download import fetch_archive
 
-        (out / "source.zip").unlink(missing_ok=True)  # no synthetic source domain with real data
-        path = fetch_archive(p.data.url, out / "tiny-imagenet-200.zip", p.data.md5)
-        print(f"download: {_common.rel(path)} " + (f"verified (md5 {p.data.md5})" if p.data.md5 else "(md5 not checked: data.md5 is null)"))
+        (out / layout.SOURCE_ARCHIVE).unlink(missing_ok=True)  # no synthetic source domain with real data
+        path = fetch_archive(p.data.url, out / layout.TARGET_ARCHIVE, p.data.md5)
+        verified = f"verified (md5 {p.data.md5})" if p.data.md5 else "(md5 not checked: data.md5 is null)"
+        print(f"download: {_common.rel(path)} {verified}")
     if p.model.weights == "imagenet":
         from robustlora.models.resnet import fetch_imagenet_weights
 

@@ -19,11 +19,9 @@ def main(
     params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: model, pretrain)"),
 ) -> None:
     """Pretrain ResNet18 on the synthetic source domain, or fetch the ImageNet / local weights, into OUT."""
-    import pandas as pd
-
-    from robustlora import tracking
+    from robustlora import layout, tracking
     from robustlora.config import load_params, to_dict
-    from robustlora.io import atomic_path, write_json
+    from robustlora.io import write_json
     from robustlora.training.study import pretrain_backbone
 
     p = load_params(params)
@@ -32,19 +30,15 @@ def main(
     if p.model.weights != "pretrain":
         result, history = pretrain_backbone(p.model, p.pretrain, None, out)
     else:
-        checkpoint = _common.ROOT / "checkpoints" / "pretrain.pt"
+        checkpoint = layout.pretrain_checkpoint(_common.ROOT)
         with tracking.start_run(p.mlflow.experiment, "pretrain", config, {"stage": "pretrain"}):
             tracking.log_prepared_dataset(prepared / "source", p.data.source, p.data.url, "pretraining")
             result, history = pretrain_backbone(
-                p.model, p.pretrain, prepared / "source", out, checkpoint_path=checkpoint,
-                on_epoch=lambda m: tracking.log_metrics({f"epoch/{k}": v for k, v in m.items() if k != "epoch"},
-                                                        step=int(m["epoch"])))
+                p.model, p.pretrain, prepared / "source", out, checkpoint_path=checkpoint, on_epoch=tracking.log_epoch)
             tracking.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
         checkpoint.unlink(missing_ok=True)
     write_json(metrics, result)
-    with atomic_path(plots, suffix=".csv") as tmp:
-        pd.DataFrame(history, columns=["epoch", "train_loss", "train_accuracy", "holdout_accuracy", "lr"]).to_csv(
-            tmp, index=False)
+    _common.write_curves(plots, history)
     print(f"pretrain: {result}")
 
 

@@ -26,11 +26,9 @@ def main(
     """
     import tempfile
 
-    import pandas as pd
-
-    from robustlora import tracking
+    from robustlora import layout, tracking
     from robustlora.config import load_params, to_dict
-    from robustlora.io import atomic_path, write_json
+    from robustlora.io import write_json
     from robustlora.models.adaptation import training_seeds
     from robustlora.training.study import summarize_seeds, train_variant
 
@@ -45,39 +43,34 @@ def main(
         tracking.log_prepared_dataset(prepared, p.data.source, p.data.url, "training")
         for seed in seeds:
             cfg = p.fit_config(variant, seed) if spec.kind.trains else None
-            checkpoint = _common.ROOT / "checkpoints" / variant / f"seed_{seed}.pt"
+            checkpoint = layout.train_checkpoint(_common.ROOT, variant, seed)
             with tracking.start_run(p.mlflow.experiment, f"{variant}/seed_{seed}",
                                     {"seed": seed, "fit": to_dict(cfg) if cfg else {}},
                                     tags | {"level": "seed", "seed": str(seed)}, nested=True) as run:
                 tracking.log_prepared_dataset(prepared, p.data.source, p.data.url, "training")
                 metrics_seed, history = train_variant(
                     spec, cfg, backbone_path=backbone, prepared_dir=prepared, model_cfg=p.model,
-                    out_path=out / f"seed_{seed}.pt", seed=seed, device=p.train.device,
+                    out_path=layout.seed_model(out, seed), seed=seed, device=p.train.device,
                     eval_batch_size=p.train.eval_batch_size, checkpoint_path=checkpoint, extra_meta={"config": config},
-                    on_epoch=lambda m: tracking.log_metrics({f"epoch/{k}": v for k, v in m.items() if k != "epoch"},
-                                                            step=int(m["epoch"])),
+                    on_epoch=tracking.log_epoch,
                 )
                 tracking.log_metrics({k: float(v) for k, v in metrics_seed.items()})
                 with tempfile.TemporaryDirectory() as tmp:  # not into models/, which DVC tracks
                     config_file = Path(tmp) / f"{variant}.seed_{seed}.config.json"
                     write_json(config_file, config | {"seed": seed, "fit": to_dict(cfg) if cfg else None})
                     tracking.log_artifact(config_file, "config")
-                tracking.write_run_id(out / f"seed_{seed}.run.json", run.run_id)
+                tracking.write_run_id(layout.seed_run(out, seed), run.run_id)
             checkpoint.unlink(missing_ok=True)
             per_seed[seed], histories[seed] = metrics_seed, history
             print(f"train@{variant} seed {seed}: val accuracy {metrics_seed['val_accuracy']:.3f}, best epoch "
                   f"{metrics_seed['best_epoch']} of {metrics_seed['epochs_run']}")
         summary = summarize_seeds(per_seed)
         tracking.log_metrics({f"{stat}/{k}": v for stat in ("mean", "std") for k, v in summary[stat].items()})
-        tracking.write_run_id(out / "run.json", parent.run_id)
+        tracking.write_run_id(layout.variant_run(out), parent.run_id)
     write_json(metrics, summary)
-    columns = ["epoch", "train_loss", "train_accuracy", "holdout_accuracy", "lr"]
-    if spec.adversarial is not None:  # train_accuracy: on the examples trained on (PGD examples for pgd)
-        columns.insert(4, "holdout_robust_accuracy")
     plots.mkdir(parents=True, exist_ok=True)
     for seed, history in histories.items():
-        with atomic_path(plots / f"seed_{seed}.csv") as tmp:
-            pd.DataFrame(history, columns=columns).to_csv(tmp, index=False)
+        _common.write_curves(layout.seed_history(plots, seed), history, robust=spec.adversarial is not None)
     mean, std = summary["mean"], summary["std"]
     print(f"train@{variant}: val accuracy {mean['val_accuracy']:.3f} ± {std['val_accuracy']:.3f} over {len(seeds)} seed(s)")
 

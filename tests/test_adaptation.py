@@ -9,8 +9,8 @@ import torch
 
 from conftest import ROOT
 from robustlora.models import adaptation
-from robustlora.models.adaptation import KINDS, FullSettings, LoraSettings
-from robustlora.config import VariantSpec
+from robustlora.config import KIND_SCHEMAS, FullSettings, LoraSettings, VariantSpec
+from robustlora.models.adaptation import KINDS
 from robustlora.errors import ModelError
 from robustlora.models.lora import EvalBatchNorm2d, count_parameters, expected_lora_param_count
 from robustlora.models.resnet import build_model
@@ -96,3 +96,13 @@ def test_describe_and_batchnorm():
                                                       spec("lora", ("fc",)), spec("none"))] == [True, False, False, False]
     assert [k.trains for k in KINDS.values()] == [True, True, False]
     assert KINDS["full"].settings is FullSettings and KINDS["lora"].settings is LoraSettings
+
+
+def test_every_kind_params_knows_has_its_behaviour():
+    # params validates against KIND_SCHEMAS (config may not import models); each entry has its class in KINDS
+    assert list(KINDS) == list(KIND_SCHEMAS) == ["full", "lora", "none"]
+    for name, kind in KINDS.items():
+        assert kind.schema is KIND_SCHEMAS[name]
+        assert (kind.name, kind.settings, kind.takes_targets, kind.trains) == (
+            name, KIND_SCHEMAS[name].settings, KIND_SCHEMAS[name].takes_targets, KIND_SCHEMAS[name].trains)
+    assert spec("lora", ("fc",)).kind is KIND_SCHEMAS["lora"] and not spec("none").kind.trains

@@ -3,9 +3,8 @@ import json
 import pytest
 import yaml
 
-from robustlora.models.adaptation import TARGET_SETS, FullSettings, LoraSettings
-from robustlora.config import (AttackConfig, ParamError, PgdConfig, TrainConfig, VariantSpec, load_params,
-                               parse_params, to_dict)
+from robustlora.config import (TARGET_SETS, AttackConfig, FullSettings, LoraSettings, ParamError, PgdConfig,
+                               TrainConfig, VariantSpec, load_params, parse_params, to_dict)
 from robustlora.errors import RobustloraError
 
 # the schema of the study's params.yaml (the values are the lead's; the tests need only a valid, complete file)
@@ -383,3 +382,20 @@ def test_adversarial_errors_name_the_key(raw):
     assert _error(raw).startswith("params.yaml: unknown key variants.robust.adversarial.step (known: method, eps,")
     raw["variants"]["robust"] = {"adaptation": "none", "adversarial": True}
     assert _error(raw) == "params.yaml: variants.robust.adversarial needs an arm that trains (this variant is none)"
+
+
+def test_slow_blackbox_sections_share_their_first_keys_with_their_own_defaults():
+    from robustlora.config import BoundaryConfig, HopSkipJumpConfig, SlowBlackboxConfig, ZooConfig
+
+    for section, n_images, max_iter in ((HopSkipJumpConfig, 20, 20), (BoundaryConfig, 20, 1000), (ZooConfig, 10, 100)):
+        assert issubclass(section, SlowBlackboxConfig)
+        assert list(section.model_fields)[:3] == ["all_seeds", "n_images", "max_iter"]  # params and MLflow key order
+        assert (section().all_seeds, section().n_images, section().max_iter) == (True, n_images, max_iter)
+
+
+def test_schema_helpers_write_eps_as_params_does():
+    from robustlora.config import as_tuple, eps_grid, off_grid
+
+    assert eps_grid(["8/255", 0.0, "1/255", 8 / 255]) == (0.0, 1 / 255, 8 / 255)  # sorted, repeats dropped
+    assert eps_grid(None) is None and as_tuple(["fc"]) == ("fc",) and as_tuple("fc") == "fc"
+    assert off_grid(3 / 255, (2 / 255, 8 / 255)) == "(2/255, 8/255), got 3/255"

@@ -21,6 +21,7 @@ from robustlora.data.dataset import Archive, ArchiveSizes, DataError, expected_c
 from robustlora.errors import ValidationError
 from robustlora.data.synthetic import imagenet_wnids
 from robustlora.data.validation import validate_domain
+from robustlora.io import file_digest
 
 # classes no pretrained head knows (one looks like a number), each with its own train / val counts
 OWN = {"n99000001": (7, 4), "my_cats": (5, 2), "0042": (9, 3)}
@@ -141,7 +142,7 @@ def test_official_sizes_apply_only_to_the_official_md5(own_project, monkeypatch)
     preprocess(own_project)  # not the official md5, so validate passes (see above)
     archive = own_project / "raw" / "tiny-imagenet-200.zip"
     (domain,) = data.data_domains(_params(own_project), own_project / "raw").values()
-    monkeypatch.setattr(download, "TINY_IMAGENET_MD5", download.md5sum(archive))  # now it *is* "the official zip"
+    monkeypatch.setattr(download, "TINY_IMAGENET_MD5", file_digest(archive, "md5"))  # now it *is* "the official zip"
     report = validate_domain(domain, own_project / "prepared" / "target")
     assert not report.success and report.archive["official"] is True
     summary = report.summary()
@@ -155,7 +156,7 @@ def test_official_sizes_apply_only_to_the_official_md5(own_project, monkeypatch)
 
 def test_official_archive_with_the_official_sizes_passes_them(own_project, monkeypatch):
     archive = make_own_archive(own_project / "raw" / "tiny-imagenet-200.zip", counts={w: (7, 3) for w in OWN})
-    monkeypatch.setattr(download, "TINY_IMAGENET_MD5", download.md5sum(archive))
+    monkeypatch.setattr(download, "TINY_IMAGENET_MD5", file_digest(archive, "md5"))
     monkeypatch.setattr(data, "TINY_IMAGENET", ArchiveSizes(wnids=3, train_per_class=7, val_per_class=3,
                                                             image_size=SIZE))
     preprocess(own_project)

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from robustlora.data.dataset import Archive, DataError, expected_counts, load_classes, load_split, prepare_domain
-from robustlora.data.synthetic import SyntheticConfig, class_specs, imagenet_wnids, make_synthetic
+from robustlora.config import SyntheticConfig
+from robustlora.data.synthetic import class_specs, imagenet_wnids, make_synthetic
 
 WNIDS = ["n01443537", "n01629819", "n01641577"]
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from robustlora.data import download
-from robustlora.data.download import DownloadError, check_zip_members, fetch_archive, md5sum, safe_extract
+from robustlora.data.download import DownloadError, check_zip_members, fetch_archive, safe_extract
+from robustlora.io import file_digest
 
 FAST = dict(retries=3, timeout=2.0, backoff=0.01, progress=False)
 UNSAFE_NAMES = [
@@ -129,11 +130,11 @@ def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_md5sum_streams_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = random.Random(1).randbytes(10_000)
+def test_archive_md5_is_the_md5_of_its_bytes_read_in_blocks(tmp_path: Path) -> None:
+    data = random.Random(1).randbytes(3 * (1 << 20) + 17)  # several of file_digest's 1 MiB blocks, and a remainder
     (tmp_path / "f").write_bytes(data)
-    monkeypatch.setattr(download, "CHUNK_BYTES", 1000)  # force many chunks
-    assert md5sum(tmp_path / "f") == hashlib.md5(data).hexdigest()
+    assert file_digest(tmp_path / "f", "md5") == hashlib.md5(data).hexdigest()
+    assert file_digest(tmp_path / "f") == hashlib.sha256(data).hexdigest()  # the default: what checks model weights
 
 
 def test_constants() -> None:

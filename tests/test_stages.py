@@ -72,3 +72,25 @@ def test_unreachable_download_is_one_line_and_leaves_nothing(tmp_path):
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr and "offline" in result.stderr
     assert list((tmp_path / "raw").glob("*.zip*")) == []
+
+
+def test_curves_have_the_robust_column_only_for_adversarial_training(tmp_path):
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("_common", ROOT / "stages" / "_common.py")  # not on sys.path
+    _common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(_common)
+
+    history = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "holdout_accuracy": 0.7, "lr": 0.1,
+                "epoch_seconds": 2.0, "holdout_robust_accuracy": 0.3}]
+    _common.write_curves(tmp_path / "plain.csv", history)
+    _common.write_curves(tmp_path / "at" / "seed_0.csv", history, robust=True)
+    assert list(pd.read_csv(tmp_path / "plain.csv").columns) == ["epoch", "train_loss", "train_accuracy",
+                                                                 "holdout_accuracy", "lr"]
+    robust = pd.read_csv(tmp_path / "at" / "seed_0.csv")
+    assert list(robust.columns) == ["epoch", "train_loss", "train_accuracy", "holdout_accuracy",
+                                    "holdout_robust_accuracy", "lr"]
+    assert robust.iloc[0].to_dict() == {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "holdout_accuracy": 0.7,
+                                        "holdout_robust_accuracy": 0.3, "lr": 0.1}

@@ -1,4 +1,4 @@
-"""robustlora.tracking.runs against a real sqlite MLflow store in tmp dirs (one store per module: schema setup is slow)."""
+"""robustlora.tracking (the run API) against a real sqlite MLflow store in tmp dirs (one store per module)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustlora.tracking import runs as tracking
+from robustlora import tracking
 
 _ENV = ["MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID",
         "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE"]
@@ -148,6 +148,8 @@ def test_run_logs_params_metrics_tags_and_checkpoint(
         for step in range(3):
             tracking.log_metrics({"train.loss": 1.0 / (step + 1), "train.acc": torch.tensor(0.5 * step)}, step=step)
         tracking.log_artifact(ckpt, artifact_path="checkpoint")
+        for epoch in (1, 2):  # what training.loop.fit hands its on_epoch
+            tracking.log_epoch({"epoch": epoch, "train_loss": 1.0 / epoch, "lr": 0.1})
 
     assert run.tracking_uri == f"sqlite:///{store.resolve()}/mlflow.db"
     client = MlflowClient(run.tracking_uri)
@@ -157,6 +159,8 @@ def test_run_logs_params_metrics_tags_and_checkpoint(
     history = client.get_metric_history(run.run_id, "train.loss")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
     assert [m.value for m in client.get_metric_history(run.run_id, "train.acc")] == [0.0, 0.5, 1.0]
+    epochs = sorted(client.get_metric_history(run.run_id, "epoch/train_loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in epochs] == [(1, 1.0), (2, 0.5)] and "epoch/epoch" not in got.data.metrics
     tags = got.data.tags
     assert tags["git.commit"] == sha and tags["dvc.exp_name"] == "bushy-pine" and tags["variant"] == "lora"
     # a child of its DVC experiment's parent run, in an experiment the UI opens on its runs

@@ -68,6 +68,18 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     assert other.resumed_from_epoch == 0
 
 
+def test_resume_fingerprint_is_unchanged_and_reads_files_by_content(tmp_path):
+    from robustlora.training.study import resume_fingerprint
+
+    (tmp_path / "f.bin").write_bytes(b"weights")
+    cfg = {"lr": 0.1, "targets": ["fc"]}
+    # the values of the earlier implementation: checkpoints written before still resume
+    assert resume_fingerprint(cfg, "not a file", str(tmp_path / "f.bin")) == "6ae9a91cc7e08aa1"
+    assert resume_fingerprint(cfg, "not a file", "weights") == "59ac523433593347"
+    (tmp_path / "g.bin").write_bytes(b"weights")  # another path, the same bytes: the same run
+    assert resume_fingerprint(cfg, "not a file", tmp_path / "g.bin") == "6ae9a91cc7e08aa1"
+
+
 def test_early_stopping_keeps_the_best_epoch():
     train, holdout = toy_split(32, 0), toy_split(16, 1)
     cfg = CFG.model_copy(update=dict(max_epochs=30, patience=2, lr=0.2))

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from robustlora.data.dataset import ArchiveSizes
-from robustlora.data.validation import MANIFEST_COLUMNS, class_count_table, validate_archive_sizes, validate_manifest
+from robustlora.data.manifest import MANIFEST_COLUMNS, read_manifest
+from robustlora.data.validation import class_count_table, validate_archive_sizes, validate_manifest
 
 CLASSES = ["n01443537", "n01629819", "n01641577"]
 PER_CLASS = {"train": 4, "holdout": 1, "val": 2}
@@ -171,3 +172,16 @@ def test_archive_sizes_name_the_class_split_and_the_number_of_classes():
     assert "expect_column_pair_values_to_be_equal(archive_counts.actual, archive_counts.expected): 2 rows" in summary
     assert f"val/{CLASSES[1]}: 1 image, expected 2" in summary and "val/n09999999: 0 images, expected 2" in summary
     assert "expect_column_unique_value_count_to_be_between(archive_counts.wnid): observed 4, expected 3" in summary
+
+
+def test_read_manifest_keeps_names_as_strings_and_names_a_missing_file(tmp_path):
+    from robustlora.errors import DataError
+
+    manifest, _ = make_manifest()
+    manifest = manifest.assign(wnid="0042", pixel_hash="00000000000000000000000000000001")  # would parse as numbers
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    back = read_manifest(tmp_path / "manifest.csv")
+    assert list(back.columns) == list(MANIFEST_COLUMNS)
+    assert (back["wnid"] == "0042").all() and (back["pixel_hash"] == "00000000000000000000000000000001").all()
+    with pytest.raises(DataError, match="missing.csv: not found"):
+        read_manifest(tmp_path / "missing.csv")

@@ -21,20 +21,23 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
-from robustlora.config import Params
+from robustlora import layout
+from robustlora.data.manifest import MANIFEST_COLUMNS, SPLITS
 from robustlora.errors import DataError
 from robustlora.io import read_json, write_json
 
-SPLITS = ("train", "holdout", "val")
+if TYPE_CHECKING:
+    from robustlora.config import Params
+
 DECODE_CHUNK = 512  # images per worker task
 _worker_zip: zipfile.ZipFile | None = None  # a decoding process's open archive
-MANIFEST_COLUMNS = ["split", "index", "label", "wnid", "member", "height", "width", "channels", "mode", "pixel_hash"]
 
 
 @dataclass(frozen=True)
@@ -247,21 +250,21 @@ def prepare_domain(archive_path: str | os.PathLike, out_dir: str | os.PathLike, 
         rows, jobs = [], []
         for split in SPLITS:
             split_items = [it for it in items if it.split == split]
-            path = tmp / f"{split}_images.npy"
+            path, labels_path = layout.split_arrays(tmp, split)
             np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(split_items), image_size, image_size, 3)).flush()
-            np.save(tmp / f"{split}_labels.npy", np.array([it.label for it in split_items], dtype=np.int64))
+            np.save(labels_path, np.array([it.label for it in split_items], dtype=np.int64))
             for i, it in enumerate(split_items):
                 rows.append((split, i, it.label, it.wnid, it.member))
                 jobs.append((it.member, str(path), i))
         meta = _run_decode(archive.path, jobs, image_size, workers, tqdm(total=len(jobs), desc=f"decode {archive.path.name}", unit="img", disable=None if progress is None else not progress))
         manifest = pd.DataFrame(
             [r + m[:2] + (3,) + m[2:] for r, m in zip(rows, meta)],
-            columns=MANIFEST_COLUMNS,
+            columns=list(MANIFEST_COLUMNS),
         )
-        manifest.to_csv(tmp / "manifest.csv", index=False)
-        write_json(tmp / "classes.json", {"wnids": wnids, "words": [archive.words.get(w, "") for w in wnids]})
+        manifest.to_csv(tmp / layout.MANIFEST, index=False)
+        write_json(tmp / layout.CLASSES, {"wnids": wnids, "words": [archive.words.get(w, "") for w in wnids]})
         counts = manifest.groupby("split").size().reindex(list(SPLITS), fill_value=0)
-        write_json(tmp / "info.json", {
+        write_json(tmp / layout.DATA_INFO, {
             "archive": archive.path.name, "image_size": image_size, "classes": len(wnids),
             "counts": {k: int(v) for k, v in counts.items()},
             "grayscale_images": int((manifest["mode"] == "L").sum()),
@@ -313,7 +316,7 @@ class Split:
 def load_split(prepared_dir: str | os.PathLike, split: str) -> Split:
     """One split of a prepared domain as tensors (uint8 NHWC images, int64 labels)."""
     d = Path(prepared_dir)
-    img, lab = d / f"{split}_images.npy", d / f"{split}_labels.npy"
+    img, lab = layout.split_arrays(d, split)
     for p in (img, lab):
         if not p.exists():
             raise DataError(f"{p}: not found (run the preprocess stage first)")
@@ -325,7 +328,7 @@ def load_split(prepared_dir: str | os.PathLike, split: str) -> Split:
 
 
 def load_classes(prepared_dir: str | os.PathLike) -> list[str]:
-    return list(read_json(Path(prepared_dir) / "classes.json")["wnids"])
+    return list(read_json(Path(prepared_dir) / layout.CLASSES)["wnids"])
 
 
 @dataclass(frozen=True)
@@ -372,10 +375,10 @@ def data_domains(p: Params, raw_dir: Path) -> dict[str, Domain]:
     d, syn = p.data, p.data.synthetic
     target_size = syn.image_size if d.source == "synthetic" else TINY_IMAGENET.image_size
     # a synthetic archive is drawn at synthetic.image_size; a user's own zip may hold any size
-    target = Domain("target", raw_dir / "tiny-imagenet-200.zip", d.classes, d.train_per_class, d.val_per_class,
+    target = Domain("target", raw_dir / layout.TARGET_ARCHIVE, d.classes, d.train_per_class, d.val_per_class,
                     d.holdout, d.seed, target_size, syn.image_size if d.source == "synthetic" else None)
     out = {"target": target}
     if p.model.weights == "pretrain":
-        out["source"] = Domain("source", raw_dir / "source.zip", syn.source_classes, None, None, d.holdout, d.seed,
-                               syn.image_size, syn.image_size)
+        out["source"] = Domain("source", raw_dir / layout.SOURCE_ARCHIVE, syn.source_classes, None, None, d.holdout,
+                               d.seed, syn.image_size, syn.image_size)
     return out

@@ -8,7 +8,6 @@ renamed onto `dest` after the md5, zip and member checks pass, and is deleted on
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.client
 import os
 import re
@@ -28,7 +27,7 @@ from typing import BinaryIO, Callable
 from tqdm import tqdm
 
 from robustlora.errors import DownloadError
-from robustlora.io import atomic_path
+from robustlora.io import atomic_path, file_digest
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
@@ -38,23 +37,12 @@ LOCAL_HINT = "put a local path or file:// URL to the zip in data.url"
 OFFLINE_HINT = f"this machine may be offline; {LOCAL_HINT} instead"
 
 
-
-
 class _Transient(Exception):
     """A failure worth retrying: reset connection, truncated body, timeout, HTTP 5xx."""
 
 
 class _RangeRefused(_Transient):
     """HTTP 416: the partial file cannot be resumed, so the next try starts from byte 0."""
-
-
-def md5sum(path: str | os.PathLike) -> str:
-    """Hex md5 of a file, read in chunks so a large archive never sits in memory."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _log(message: str) -> None:
@@ -274,7 +262,7 @@ def _copy_local(src: Path, url: str, tmp: Path, progress: bool | None, desc: str
 def _verify(path: Path, url: str, md5: str | None, is_zip: bool = True) -> None:
     """Raise unless `path` has the expected md5 (when given), is a zip, and has only safe member names."""
     if md5 is not None:
-        actual = md5sum(path)
+        actual = file_digest(path, "md5")
         if actual != md5.lower():
             raise DownloadError(f"md5 mismatch for {url}: expected {md5}, got {actual}; "
                                 "the download is corrupt or data.md5 is wrong")
@@ -305,7 +293,7 @@ def fetch_archive(url: str, dest: Path, md5: str | None, *, retries: int = 3, ti
         raise ValueError(f"md5 {md5!r} is not 32 hex characters; fix data.md5 (or set it to null to skip the check)")
     dest = Path(dest)
     if dest.is_file() and md5 is not None:
-        if md5sum(dest) == md5.lower():
+        if file_digest(dest, "md5") == md5.lower():
             _log(f"{dest} already present with md5 {md5}; skipping download")
             return dest
         _log(f"{dest} exists but its md5 is not {md5}; fetching it again")

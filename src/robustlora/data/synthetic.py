@@ -24,12 +24,16 @@ import zipfile
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from robustlora.config import SyntheticConfig
+from robustlora import layout
 from robustlora.io import atomic_path
+
+if TYPE_CHECKING:
+    from robustlora.config import SyntheticConfig
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "star", "hexagon")
 TEXTURES = ("solid", "stripes", "checker", "dots")
@@ -288,12 +292,12 @@ def make_synthetic(cfg: SyntheticConfig, out_dir: Path, progress: bool | None = 
     target = sorted(rng.choice(len(specs), size=cfg.target_classes, replace=False).tolist())
     common = dict(image_size=cfg.image_size, test_images=cfg.test_images, progress=progress)
     source = write_domain_archive(
-        Path(out_dir) / "source.zip", specs, DomainStyle(),
+        Path(out_dir) / layout.SOURCE_ARCHIVE, specs, DomainStyle(),
         train_per_class=cfg.source_train_per_class, val_per_class=cfg.source_val_per_class,
         seed=cfg.seed * 2 + 0, root="synthetic-source", **common,
     )
     tiny = write_domain_archive(
-        Path(out_dir) / "tiny-imagenet-200.zip", [specs[i] for i in target], DomainStyle.target(cfg.shift),
+        Path(out_dir) / layout.TARGET_ARCHIVE, [specs[i] for i in target], DomainStyle.target(cfg.shift),
         train_per_class=cfg.target_train_per_class, val_per_class=cfg.target_val_per_class,
         seed=cfg.seed * 2 + 1, root="tiny-imagenet-200", **common,
     )

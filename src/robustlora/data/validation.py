@@ -6,76 +6,31 @@ do labels agree with the class list, are all images the expected size, and is ev
 (pixel hash) and archive member unique across all splits (a duplicate across train/val is
 leakage). Only the official Tiny ImageNet zip (by md5) must also have the official sizes:
 200 classes of 500 train and 50 val images, 64 x 64 px. All expectations run; failures are
-reported together with a few offending rows.
-
-Great Expectations runs in an in-memory (ephemeral) context: nothing is written to disk,
-no data docs, no analytics, no progress bars. It is imported lazily (~7 s) on first use.
+reported together with a few offending rows. How GX is run quietly is :mod:`robustlora.data.expectations`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+from robustlora import layout
+from robustlora.data.expectations import (MAX_EXAMPLES, ExpectationOutcome, import_gx, plural, quiet_context,
+                                          run_suite)
+from robustlora.data.manifest import MANIFEST_COLUMNS, SPLITS, read_manifest
+from robustlora.io import file_digest
 
 if TYPE_CHECKING:
     from robustlora.data.dataset import ArchiveSizes, Domain
 
-SPLITS = ("train", "holdout", "val")
-MANIFEST_COLUMNS = (
-    "split", "index", "label", "wnid", "member", "height", "width", "channels", "mode", "pixel_hash",
-)
 INT_COLUMNS = ("index", "label", "height", "width", "channels")
 INT_DTYPES = [f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)]
 ROW_KEY = ["split", "index", "member"]  # how an offending manifest row is named in reports
 COUNT_KEY = ["split", "wnid"]  # how an offending count-table row is named
-MAX_EXAMPLES = 5  # offending rows kept per expectation
-SUMMARY_EXAMPLES = 3  # of those, shown in summary()
-
-
-@dataclass(frozen=True)
-class ExpectationOutcome:
-    """The result of one expectation, reduced to plain JSON-able values."""
-
-    type: str  # e.g. "expect_column_values_to_be_unique"
-    table: str  # "manifest", "class_counts" (manifest vs expected images per split and class) or "archive_counts"
-    columns: tuple[str, ...]  # empty for table-level expectations
-    success: bool
-    unexpected_count: int | None = None  # offending rows; None for table-level expectations
-    examples: tuple[str, ...] = ()  # a few offending rows, readable
-    observed: Any = None  # table-level expectations: what was seen
-    expected: Any = None  # table-level expectations: what was wanted
-    detail: str | None = None  # extra context, e.g. which splits share duplicate images
-    error: str | None = None  # the expectation could not be evaluated
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of every field."""
-        return {
-            "type": self.type, "table": self.table, "columns": list(self.columns),
-            "success": self.success, "unexpected_count": self.unexpected_count,
-            "examples": list(self.examples), "observed": self.observed, "expected": self.expected,
-            "detail": self.detail, "error": self.error,
-        }
-
-    def describe(self) -> str:
-        """One line: which expectation on which columns, and what went wrong."""
-        prefix = "" if self.table == "manifest" else f"{self.table}."
-        where = ", ".join(prefix + c for c in self.columns)
-        head = f"{self.type}({where})" if where else f"{self.type}({self.table})"
-        if self.error is not None:
-            return f"{head}: could not be evaluated: {self.error}"
-        if self.unexpected_count is None:
-            return f"{head}: observed {self.observed}, expected {self.expected}"
-        text = f"{head}: {_plural(self.unexpected_count, 'row')}"
-        if self.detail:
-            text += f" ({self.detail})"
-        if self.examples:
-            text += ", e.g. " + "; ".join(self.examples[:SUMMARY_EXAMPLES])
-        return text
 
 
 @dataclass(frozen=True)
@@ -132,13 +87,12 @@ def validate_domain(domain: Domain, prepared_dir: str | os.PathLike) -> Validati
     Tiny ImageNet md5 must it also have the official sizes (:func:`validate_archive_sizes`, 64 x 64 px images).
     """
     from robustlora.data.dataset import Archive, expected_counts, official_sizes
-    from robustlora.data.download import md5sum
 
     archive = Archive(domain.archive)
     classes = archive.select_classes(domain.classes)
     expected = expected_counts(archive, classes, domain.train_per_class, domain.val_per_class, domain.holdout)
-    manifest = read_manifest(Path(prepared_dir) / "manifest.csv")
-    md5 = md5sum(archive.path)  # once per archive: it decides whether the official sizes apply
+    manifest = read_manifest(Path(prepared_dir) / layout.MANIFEST)
+    md5 = file_digest(archive.path, "md5")  # once per archive: it decides whether the official sizes apply
     official = official_sizes(md5)
     size = official.image_size if official else domain.archive_image_size
     report = validate_manifest(manifest, classes, expected, None if size is None else (size, size), name=domain.name)
@@ -147,17 +101,6 @@ def validate_domain(domain: Domain, prepared_dir: str | os.PathLike) -> Validati
         outcomes += validate_archive_sizes(archive.available(), official, name=domain.name).outcomes
     info = {"file": archive.path.name, "md5": md5, "official": official is not None}
     return ValidationReport(name=domain.name, outcomes=outcomes, archive=info)
-
-
-def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """A prepared domain's manifest.csv; names stay strings even when they look like numbers (a class '0042')."""
-    path = Path(path)
-    if not path.is_file():
-        from robustlora.errors import DataError
-
-        raise DataError(f"{path}: not found (run the preprocess stage first)")
-    text_columns = ("split", "wnid", "member", "mode", "pixel_hash")
-    return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, na_values=[""])
 
 
 def validate_archive_sizes(available: dict[str, dict[str, int]], sizes: ArchiveSizes,
@@ -171,13 +114,13 @@ def validate_archive_sizes(available: dict[str, dict[str, int]], sizes: ArchiveS
     held = pd.DataFrame([(split, w, n) for split, per in available.items() for w, n in per.items()],
                         columns=["split", "wnid", "actual"])
     table = _count_table(held, official)
-    gx = _import_gx()
+    gx = import_gx()
     E = gx.expectations
     checks = [
         E.ExpectColumnPairValuesToBeEqual(column_A="actual", column_B="expected"),
         E.ExpectColumnUniqueValueCountToBeBetween(column="wnid", min_value=sizes.wnids, max_value=sizes.wnids),
     ]
-    outcomes = _run_suite(gx, _quiet_context(gx), "archive_counts", table, checks, COUNT_KEY, _count_example)
+    outcomes = run_suite(gx, quiet_context(gx), "archive_counts", table, checks, COUNT_KEY, _count_example)
     return ValidationReport(name=name, outcomes=tuple(outcomes))
 
 
@@ -196,8 +139,8 @@ def validate_manifest(
     """
     _check_inputs(manifest, classes, expected_counts, image_size)
     n_expected = sum(sum(per_class.values()) for per_class in expected_counts.values())
-    gx = _import_gx()
-    context = _quiet_context(gx)
+    gx = import_gx()
+    context = quiet_context(gx)
     E = gx.expectations  # short alias keeps the suite readable
 
     # a missing class must show as 0 and an unexpected one must show at all, hence the outer join
@@ -230,9 +173,9 @@ def validate_manifest(
         *[E.ExpectColumnValuesToBeInTypeList(column=c, type_list=INT_DTYPES) for c in INT_COLUMNS],
     ]
 
-    outcomes = _run_suite(gx, context, "class_counts", counts, count_checks, COUNT_KEY, _count_example)
-    outcomes += _run_suite(gx, context, "manifest", labelled, label_checks, ROW_KEY, _row_example)
-    outcomes += _run_suite(gx, context, "manifest", manifest, manifest_checks, ROW_KEY, _row_example)
+    outcomes = run_suite(gx, context, "class_counts", counts, count_checks, COUNT_KEY, _count_example)
+    outcomes += run_suite(gx, context, "manifest", labelled, label_checks, ROW_KEY, _row_example)
+    outcomes += run_suite(gx, context, "manifest", manifest, manifest_checks, ROW_KEY, _row_example)
     outcomes = [_explain_duplicates(o, manifest) for o in outcomes]
     return ValidationReport(name=name, outcomes=tuple(outcomes))
 
@@ -280,99 +223,6 @@ def _check_inputs(
         raise ValueError(f"image_size must be (height, width) in pixels, got {image_size!r}")
 
 
-def _import_gx() -> Any:
-    """Import Great Expectations with usage statistics off (the env var must be set before import)."""
-    os.environ["GX_ANALYTICS_ENABLED"] = "false"
-    import great_expectations as gx
-
-    return gx
-
-
-def _quiet_context(gx: Any) -> Any:
-    """An in-memory context with progress bars off, so nothing lands on disk or stderr."""
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    return context
-
-
-Example = Callable[[dict[str, Any], tuple[str, ...]], str]  # offending row -> readable text
-
-
-def _run_suite(
-    gx: Any,
-    context: Any,
-    table: str,
-    frame: pd.DataFrame,
-    expectations: list[Any],
-    key: list[str],
-    example: Example,
-) -> list[ExpectationOutcome]:
-    """Validate one dataframe against expectations; outcomes come back in the order given."""
-    suffix = len(context.suites.all())  # names must be unique within the context
-    batch = (
-        context.data_sources.add_pandas(f"{table}_{suffix}")
-        .add_dataframe_asset(table)
-        .add_batch_definition_whole_dataframe("all_rows")
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name=f"{table}_{suffix}"))
-    for expectation in expectations:
-        suite.add_expectation(expectation)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{table}_{suffix}", data=batch, suite=suite)
-    )
-    # SUMMARY keeps only a few offending rows, named by `key` rather than by dataframe position
-    result_format = {
-        "result_format": "SUMMARY",
-        "unexpected_index_column_names": key,
-        "partial_unexpected_count": MAX_EXAMPLES,
-    }
-    result = definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
-    by_id = {r.expectation_config.id: r for r in result.results}  # GX does not keep suite order
-    return [_outcome(table, by_id[e.id], example) for e in expectations]
-
-
-def _outcome(table: str, result: Any, example: Example) -> ExpectationOutcome:
-    """Reduce one GX result to the fields a reader needs."""
-    config = result.expectation_config
-    kwargs = config.kwargs
-    columns = tuple(kwargs[k] for k in ("column", "column_A", "column_B") if k in kwargs)
-    columns += tuple(kwargs.get("column_list", ()))
-    info = result.result or {}
-    error = _exception_message(result.exception_info)
-    if "unexpected_count" not in info:
-        expected = kwargs.get("value", kwargs.get("column_set", kwargs.get("type_list")))
-        if expected is None and kwargs.get("min_value") is not None:  # a range; "200" when it is one value
-            low, high = kwargs["min_value"], kwargs.get("max_value")
-            expected = low if low == high else [low, high]
-        detail = None
-        if "details" in info and "mismatched" in info["details"]:
-            detail = str(_plain(info["details"]["mismatched"]))
-        return ExpectationOutcome(
-            type=config.type, table=table, columns=columns, success=bool(result.success),
-            observed=_plain(info.get("observed_value")), expected=_plain(expected), detail=detail,
-            error=error,
-        )
-    rows = info.get("partial_unexpected_index_list") or []
-    return ExpectationOutcome(
-        type=config.type, table=table, columns=columns, success=bool(result.success),
-        unexpected_count=int(info["unexpected_count"]),
-        examples=tuple(example(_plain(row), columns) for row in rows[:MAX_EXAMPLES]),
-        error=error,
-    )
-
-
-def _exception_message(info: Any) -> str | None:
-    """GX nests exceptions either flat or per metric; return the first message."""
-    if not info:
-        return None
-    if "raised_exception" in info:
-        return info["exception_message"] if info["raised_exception"] else None
-    raised = [v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
-    return raised[0].get("exception_message") if raised else None
-
-
 def _row_example(row: dict[str, Any], columns: tuple[str, ...]) -> str:
     """'train/12 height=32': split/index, then the offending values."""
     values = " ".join(f"{c}={row.get(c)}" for c in columns if c in row and c not in ("split", "index"))
@@ -382,7 +232,7 @@ def _row_example(row: dict[str, Any], columns: tuple[str, ...]) -> str:
 
 def _count_example(row: dict[str, Any], columns: tuple[str, ...]) -> str:
     """'val/n01443537: 0 images, expected 50'."""
-    actual = _plural(row.get("actual"), "image")
+    actual = plural(row.get("actual"), "image")
     return f"{row.get('split')}/{row.get('wnid')}: {actual}, expected {row.get('expected')}"
 
 
@@ -397,7 +247,7 @@ def _explain_duplicates(outcome: ExpectationOutcome, manifest: pd.DataFrame) -> 
     # how often each combination of splits shares a value: "train/val" is leakage, "train" a duplicate
     pairs = pd.Series(["/".join(sorted(set(g["split"].astype(str)))) for g in groups]).value_counts()
     sharing = ", ".join(f"{splits} x{n}" for splits, n in pairs.items())
-    detail = f"{_plural(len(groups), 'shared value')}; splits sharing: {sharing}"
+    detail = f"{plural(len(groups), 'shared value')}; splits sharing: {sharing}"
     examples = []
     for g in groups[:MAX_EXAMPLES]:
         refs = " == ".join(f"{s}/{i}" for s, i in zip(g["split"], g["index"]))
@@ -405,22 +255,3 @@ def _explain_duplicates(outcome: ExpectationOutcome, manifest: pd.DataFrame) -> 
         examples.append(refs + members)
     return replace(outcome, examples=tuple(examples), detail=detail)
 
-
-def _plural(n: int, noun: str) -> str:
-    """'1 row', '3 rows'."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars, tuples and NaN -> JSON-able Python values (NaN becomes None)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is pd.NA or value is pd.NaT:
-        return None
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value

@@ -1,127 +1,54 @@
-"""What each kind of adaptation means, in one place: its params settings, what it trains, how it is rebuilt.
+"""What each kind of adaptation does to a model, in one place: what it trains, how a checkpoint of it is rebuilt,
+how it is described.
 
-A kind is one settings schema (the params section of the same name; a variant may override any of its keys) and one
-entry in :data:`KINDS`. Training, checkpoint loading and the report ask this module instead of branching on
-``full`` / ``lora`` / ``none``, so a new kind of arm (adversarial, squeezed, switched) is one class and one entry.
+A kind is one class here and one entry in :data:`KINDS`; its params side (the settings section of the same name,
+whether a variant names targets, whether it trains) is its :class:`~robustlora.config.adaptation.KindSchema` in
+:data:`robustlora.config.adaptation.KIND_SCHEMAS`. Training, checkpoint loading and the report ask this module
+instead of branching on ``full`` / ``lora`` / ``none``, so a new kind of arm (adversarial, squeezed, switched) is
+one settings schema and one entry there, one class and one entry here.
 
 Torch-free at import: torch and :mod:`robustlora.models.lora` are imported where a model is touched.
 """
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
-
+from robustlora.config.adaptation import KIND_SCHEMAS, KindSchema
+from robustlora.config.schema import Schema
 from robustlora.errors import ModelError
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
-    from robustlora.config import VariantSpec
-
-# ----------------------------------------------------------------------------- schema primitives
-# The base of every params section. It lives here, not in config.py, because the kinds' settings below need it and
-# config.py imports this module.
-
-
-class Schema(BaseModel):
-    """A params section: strict types (5, not '5'), frozen, unknown keys refused; an empty YAML section is {}."""
-
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid", allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_section(cls, raw: Any) -> Any:
-        return {} if raw is None else raw
-
-
-class Invalid(ValueError):
-    """A broken rule inside a section; ``key`` is below the section being validated ('' = the section itself)."""
-
-    NO_VALUE: ClassVar[object] = object()  # the message names no bad value
-
-    def __init__(self, key: str, message: str, value: Any = NO_VALUE) -> None:
-        super().__init__(message)
-        self.key, self.value = key, value
-
-
-def fraction(value: Any) -> Any:
-    """'8/255' -> 8/255 and '1e-4' -> 1e-4 (YAML 1.1 reads an exponent without a dot as a string); else as is."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(?:/\s*([0-9.eE+-]+))?\s*", value)
-        if m:
-            try:
-                return float(m[1]) / float(m[2]) if m[2] else float(m[1])
-            except (ValueError, ZeroDivisionError):
-                pass
-    return value
-
-
-Number = Annotated[float, BeforeValidator(fraction)]
-
-# ----------------------------------------------------------------------------- settings of each kind
-
-
-class FullSettings(Schema):
-    """params ``full``: fine-tuning of every weight."""
-
-    lr: Number = Field(0.01, gt=0)
-    weight_decay: Number = Field(5e-4, ge=0)
-    train_batchnorm: bool = True  # regular fine-tuning also re-estimates the BatchNorm statistics
-
-
-# ResNet18's LoRA target sets; every set adapts the head (fc) too, so the sets differ only in the layers they add
-TARGET_SETS: dict[str, tuple[str, ...]] = {
-    "fc": ("fc",),
-    "fc+conv1": ("fc", "conv1"),
-    "layer4": ("fc", "layer4.*.conv*", "layer4.*.downsample.0"),
-    "all_convs": ("fc", "conv1", "layer*.*.conv*", "layer*.*.downsample.0"),
-}
-
-
-class LoraSettings(Schema):
-    """params ``lora``: LoRA factors on the variant's targets, everything else frozen (BatchNorm included)."""
-
-    lr: Number = Field(0.05, gt=0)
-    weight_decay: Number = Field(0.0, ge=0)
-    rank: int = Field(4, ge=1)
-    alpha: Number = Field(1.0, gt=0)  # ΔW = α·(A·B), no division by r (PEFT: lora_alpha = α·r)
-    # named target sets: a variant's ``targets`` may name one (sweeps: -S 'variants.lora_fc.targets=fc,layer4')
-    target_sets: dict[str, tuple[str, ...]] = Field(default_factory=lambda: dict(TARGET_SETS))
-
-    @field_validator("target_sets", mode="before")
-    @classmethod
-    def _sets_are_lists(cls, sets: Any) -> Any:
-        if isinstance(sets, dict):
-            for name, patterns in sets.items():
-                if isinstance(patterns, str):
-                    patterns = [patterns]
-                if not isinstance(patterns, (list, tuple)) or not patterns:
-                    raise ValueError(f"set '{name}' must be a non-empty list of layer names or globs")
-            return {k: tuple([v] if isinstance(v, str) else v) for k, v in sets.items()}
-        return sets
-
-
-class NoneSettings(Schema):
-    """params ``none``: the pretrained model as is; no settings."""
-
+    from robustlora.config.params import VariantSpec
 
 # ----------------------------------------------------------------------------- the kinds
 
 
 class Kind:
-    """One kind of adaptation. A subclass sets ``settings`` and overrides what differs from 'train nothing'."""
+    """One kind of adaptation. A subclass sets its ``schema`` (params' side) and overrides what differs from
+    'train nothing'."""
 
-    name: ClassVar[str]
-    settings: ClassVar[type[Schema]]
-    takes_targets: ClassVar[bool] = False  # whether a variant names the layers it adapts
+    schema: ClassVar[KindSchema]
+
+    @property
+    def name(self) -> str:
+        return self.schema.name
+
+    @property
+    def settings(self) -> type[Schema]:
+        return self.schema.settings
+
+    @property
+    def takes_targets(self) -> bool:
+        """Whether a variant names the layers it adapts."""
+        return self.schema.takes_targets
 
     @property
     def trains(self) -> bool:
         """Whether there is anything to fit (the settings carry the optimiser's lr and weight_decay)."""
-        return "lr" in self.settings.model_fields
+        return self.schema.trains
 
     def prepare(self, model: nn.Module, spec: VariantSpec) -> None:
         """Make trainable (or wrap) what ``spec`` trains, in place, before training."""
@@ -147,7 +74,7 @@ class Kind:
 
 
 class Full(Kind):
-    name, settings = "full", FullSettings
+    schema = KIND_SCHEMAS["full"]
 
     def prepare(self, model: nn.Module, spec: VariantSpec) -> None:
         model.requires_grad_(True)
@@ -162,7 +89,7 @@ class Full(Kind):
 
 
 class Lora(Kind):
-    name, settings, takes_targets = "lora", LoraSettings, True
+    schema = KIND_SCHEMAS["lora"]
 
     def prepare(self, model: nn.Module, spec: VariantSpec) -> None:
         from robustlora.models.lora import apply_lora
@@ -184,13 +111,14 @@ class Lora(Kind):
 
 
 class NoAdaptation(Kind):
-    name, settings = "none", NoneSettings
+    schema = KIND_SCHEMAS["none"]
 
     def describe(self, spec: VariantSpec) -> str:
         return "no adaptation (pretrained weights)"
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (Full(), Lora(), NoAdaptation())}
+assert KINDS.keys() == KIND_SCHEMAS.keys(), "every kind of adaptation in params needs its class here, and only those"
 
 # ----------------------------------------------------------------------------- what callers use
 

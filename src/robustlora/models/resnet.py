@@ -10,7 +10,6 @@ Attacks therefore work in [0,1] pixel space on the very model that was trained.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlora.errors import ModelError
+from robustlora.io import atomic_path, file_digest
 
 if TYPE_CHECKING:
     from robustlora.data.dataset import Split
@@ -28,8 +28,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
 IMAGENET_WEIGHTS_URL = f"https://download.pytorch.org/models/{IMAGENET_WEIGHTS_FILE}"
-
-
 
 
 class Conv2d(nn.Conv2d):
@@ -218,7 +216,7 @@ def load_imagenet_backbone(path: Path | None = None) -> tuple[dict[str, torch.Te
 
 def _check_imagenet_sha(path: Path) -> None:
     prefix = IMAGENET_WEIGHTS_FILE.split("-")[1].split(".")[0]
-    digest = sha256_file(path)
+    digest = file_digest(path)
     if not digest.startswith(prefix):
         raise ModelError(f"{path}: sha256 {digest[:16]}... does not start with {prefix}; the file is corrupt or not {IMAGENET_WEIGHTS_FILE}")
 
@@ -234,18 +232,8 @@ def fetch_imagenet_weights(url: str = IMAGENET_WEIGHTS_URL) -> Path:
     return fetch_archive(url, path, None, is_zip=False, check=_check_imagenet_sha)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], wnids: list[str], **meta: Any) -> None:
     """A model file: weights (on CPU) + the head's wnids + whatever describes how it was made; atomic."""
-    from robustlora.io import atomic_path
-
     payload = {"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "wnids": list(wnids), **meta}
     with atomic_path(path, suffix=".pt") as tmp:
         with open(tmp, "wb") as f:  # a file object: torch names the zip's records 'archive/…', not after the

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustlora.attacks.gradient import _check_eps, _check_images, pgd
+from robustlora.attacks.gradient import check_eps, check_pixels, pgd
 from robustlora.models.resnet import eval_mode
 
 __all__ = ["AdversarialConfig", "pgd_examples", "trades_examples", "adversarial_loss"]
@@ -47,11 +47,11 @@ class AdversarialConfig:
     def __post_init__(self) -> None:
         if self.method not in ("pgd", "trades"):
             raise ValueError(f"adversarial method must be 'pgd' or 'trades', got {self.method!r}")
-        _check_eps(self.eps, "adversarial eps")
+        check_eps(self.eps, "adversarial eps")
         if int(self.steps) != self.steps or self.steps < 1:
             raise ValueError(f"adversarial steps must be an integer >= 1, got {self.steps}")
         if self.step_size is not None:
-            _check_eps(self.step_size, "adversarial step_size")
+            check_eps(self.step_size, "adversarial step_size")
         if not math.isfinite(self.beta) or self.beta < 0:
             raise ValueError(f"TRADES beta must be a finite number >= 0, got {self.beta}")
 
@@ -70,7 +70,7 @@ def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Advers
 def trades_examples(model: nn.Module, x: torch.Tensor, cfg: AdversarialConfig,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """TRADES' inner maximisation: signed-gradient ascent on KL(p(x) ‖ p(x')) within the ε-ball, in eval mode."""
-    _check_images(x, torch.zeros(x.shape[0], dtype=torch.int64, device=x.device))
+    check_pixels(x, torch.zeros(x.shape[0], dtype=torch.int64, device=x.device))
     x = x.detach()
     if cfg.eps == 0:
         return x.clone()

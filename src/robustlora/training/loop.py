@@ -20,17 +20,19 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlora.config import TrainConfig
 from robustlora.data.dataset import Split
-from robustlora.training.adversarial import AdversarialConfig, adversarial_loss, pgd_examples
 from robustlora.io import atomic_path
 from robustlora.models.resnet import accuracy, eval_mode, prepare_input
+from robustlora.training.adversarial import AdversarialConfig, adversarial_loss, pgd_examples
+
+if TYPE_CHECKING:
+    from robustlora.config import TrainConfig
 
 
 @dataclass

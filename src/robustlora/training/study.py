@@ -14,26 +14,28 @@ from typing import Any, Callable
 
 import torch
 
-from robustlora.models import adaptation
+from robustlora import layout
 from robustlora.config import ModelConfig, TrainConfig, VariantSpec, to_dict
 from robustlora.data.dataset import load_classes, load_split
 from robustlora.errors import ModelError
+from robustlora.io import file_digest
+from robustlora.models import adaptation
 from robustlora.models.lora import count_parameters
 from robustlora.models.resnet import (
-    accuracy, build_model, load_backbone, load_checkpoint, load_imagenet_backbone, load_variant, pick_device,
-    save_checkpoint, sha256_file,
+    accuracy, build_model, load_backbone, load_checkpoint, load_imagenet_backbone, pick_device, save_checkpoint,
 )
 from robustlora.training.loop import fit
 
 EpochCallback = Callable[[dict[str, float]], None]
 
 
-def fingerprint(*parts: Any) -> str:
-    """A hash of everything that defines a run (configs, data info, input files' stats), for safe resumption."""
+def resume_fingerprint(*parts: Any) -> str:
+    """The resume key of a training run: a hash of everything that defines it (configs, and the content of the input
+    files named by path), so a checkpoint is resumed only by the run that wrote it (robustlora.training.loop.fit)."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, (str, os.PathLike)) and Path(part).is_file():
-            part = sha256_file(part)  # content, not mtime: a `dvc checkout` of the same file still matches
+            part = file_digest(part)  # content, not mtime: a `dvc checkout` of the same file still matches
         h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -65,7 +67,7 @@ def pretrain_backbone(model_cfg: ModelConfig, cfg: TrainConfig, source_dir: Path
     torch.manual_seed(cfg.seed)
     model = build_model(len(wnids), model_cfg.input_size)
     result = fit(model, train, holdout, cfg, device=device, checkpoint_path=checkpoint_path,
-                 fingerprint=fingerprint(to_dict(model_cfg), to_dict(cfg), str(source_dir / "manifest.csv")),
+                 fingerprint=resume_fingerprint(to_dict(model_cfg), to_dict(cfg), str(source_dir / layout.MANIFEST)),
                  progress=progress, on_epoch=on_epoch, desc="pretrain")
     model.load_state_dict(result.best_state)
     metrics = {"source": "pretrain", "classes": len(wnids),
@@ -102,8 +104,8 @@ def train_variant(spec: VariantSpec, cfg: TrainConfig | None, *, backbone_path: 
     if trainable and cfg is not None:
         result = fit(model, train, holdout, cfg, device=dev, checkpoint_path=checkpoint_path,
                      train_batchnorm=adaptation.trains_batchnorm(spec),
-                     fingerprint=fingerprint(to_dict(spec), to_dict(model_cfg), to_dict(cfg), str(backbone_path),
-                                             str(prepared_dir / "manifest.csv")),
+                     fingerprint=resume_fingerprint(to_dict(spec), to_dict(model_cfg), to_dict(cfg),
+                                                    str(backbone_path), str(prepared_dir / layout.MANIFEST)),
                      progress=progress, on_epoch=on_epoch, desc=f"train {spec.name} seed {seed}")
         model.load_state_dict(result.best_state)
         history = result.history
