@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import _attacks
 import _common
 import typer
 
@@ -26,30 +27,21 @@ def main(
     """
     import pandas as pd
 
-    from robustlora import tracking
+    from robustlora import layout, tracking
     from robustlora.config import load_params
-    from robustlora.errors import ModelError
     from robustlora.evaluation.suite import attack_variant, flat_metrics, mean_metrics, metrics_json, success_curves
     from robustlora.io import atomic_path, write_json
     from robustlora.models.adaptation import training_seeds
 
     p = load_params(params)
-    spec = p.variant(variant)
     frames = []
-    seeds = training_seeds(spec, p.train.seeds)
+    seeds = training_seeds(p.variant(variant), p.train.seeds)
     for seed in seeds:
         cfg = p.attack
         if seed != seeds[0] and not cfg.convergence.all_seeds:  # the convergence check on the first seed only
             cfg = cfg.model_copy(update={"convergence": cfg.convergence.model_copy(update={"n_images": 0})})
-        model_file = models / f"seed_{seed}.pt"
-        if not model_file.is_file():
-            raise ModelError(f"{_common.rel(model_file)} is missing: run `dvc repro train@{variant}` (train.seeds "
-                             f"has seed {seed})")
-        rows = attack_variant(model_file, prepared, cfg)
-        rows.insert(0, "seed", pd.Series(seed, index=rows.index, dtype="int16"))
-        rows.insert(0, "variant", variant)
-        tracking.log_into_run(models / f"seed_{seed}.run.json", flat_metrics(rows))
-        frames.append(rows)
+        rows = attack_variant(_attacks.model_file(models, variant, seed), prepared, cfg)
+        frames.append(_attacks.tag_rows(rows, variant, seed))
         clean = rows.loc[rows["attack"] == "fgsm"].drop_duplicates("image")["clean_correct"].mean()
         print(f"attack@{variant} seed {seed}: clean accuracy {clean:.3f} on {rows['image'].nunique()} images")
     table = pd.concat(frames, ignore_index=True)
@@ -59,11 +51,12 @@ def main(
     write_json(metrics, summary)
     with atomic_path(plots, suffix=".csv") as tmp:
         success_curves(table).to_csv(tmp, index=False)
-    tracking.log_into_run(models / "run.json", {f"mean/{k}": v for k, v in mean_metrics(summary).items()})
+    for seed, rows in zip(seeds, frames):
+        tracking.log_into_run(layout.seed_run(models, seed), flat_metrics(rows))
+    tracking.log_into_run(layout.variant_run(models), {f"mean/{k}": v for k, v in mean_metrics(summary).items()})
     for attack in ("fgsm", "pgd"):
         asr = ", ".join(f"{k}: {_fmt(v['asr']['mean'])}" for k, v in summary.get(attack, {}).items())
         print(f"attack@{variant}: {attack} success (mean over seeds) {asr}")
-
 
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"  # None: no image was correct before the attack

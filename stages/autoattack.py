@@ -16,7 +16,8 @@ def main(
     prepared: Path = typer.Option(..., help="the prepared target domain, e.g. data/prepared/target"),
     models: Path = typer.Option(..., help="the folder of every variant's seed_<s>.pt (+ .run.json), e.g. models"),
     results: Path = typer.Option(..., help="per-image results (parquet), e.g. results/autoattack.parquet"),
-    metrics: Path = typer.Option(..., help="metrics JSON per variant (per seed, mean, std), e.g. metrics/autoattack.json"),
+    metrics: Path = typer.Option(..., help="metrics JSON per variant (per seed, mean, std), "
+                                 "e.g. metrics/autoattack.json"),
     params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: autoattack, attack, variants)"),
 ) -> None:
     """Run AutoAttack (autoattack.version, autoattack.eps) on the first autoattack.n_images of the PGD images."""
@@ -24,26 +25,22 @@ def main(
 
     from robustlora.attacks.autoattack import autoattack_suite
     from robustlora.config import load_params
-    from robustlora.evaluation.suite import RowCache, attacked_images, fingerprint
-    from robustlora.models.resnet import load_variant
+    from robustlora.evaluation.rowcache import RowCache
+    from robustlora.evaluation.suite import attacked_images
 
     p = load_params(params)
     cfg = p.autoattack
     images, labels, ids = attacked_images(prepared, p.attack, cfg.n_images)
-    cache, settings = RowCache(results), cfg.model_dump(mode="json")
+    cache = RowCache(results)
     frames = []
-    for variant, seed, model_file, _ in _attacks.each_model(p, models):
-        fp = fingerprint([model_file], settings, ids)
-        rows = cache.get(f"{variant} seed {seed}", fp)
-        if rows is None:
-            model, _ = load_variant(model_file)
-            rows = _attacks.tag_rows(autoattack_suite(model, images, labels, cfg, image_ids=ids), variant, seed)
-            RowCache.tag(rows, fp)
+    for variant, seed, _, rows in _attacks.each_model_rows(
+            p, models, cache, cfg.model_dump(mode="json"), ids,
+            lambda model: autoattack_suite(model, images, labels, cfg, image_ids=ids)):
         frames.append(rows)
         robust = (rows["clean_correct"] & rows["adv_correct"]).groupby(rows["eps_label"], sort=False).mean()
         print(f"autoattack {variant} seed {seed}: robust accuracy "
               + ", ".join(f"{k} {v:.3f}" for k, v in robust.items()))
-    _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache=cache)
+    _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache)
 
 
 if __name__ == "__main__":

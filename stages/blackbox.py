@@ -30,11 +30,12 @@ def main(
     """
     import pandas as pd
 
+    from robustlora import layout
     from robustlora.attacks.blackbox import blackbox_attack
     from robustlora.config import BLACKBOX_ATTACKS, load_params
     from robustlora.errors import ParamError
-    from robustlora.evaluation.suite import RowCache, attacked_images, fingerprint
-    from robustlora.models.resnet import load_variant
+    from robustlora.evaluation.rowcache import RowCache
+    from robustlora.evaluation.suite import attacked_images
 
     unknown = sorted(set(only or ()) - set(BLACKBOX_ATTACKS))
     if unknown:
@@ -45,25 +46,20 @@ def main(
     for attack in [a for a in BLACKBOX_ATTACKS if not only or a in only]:
         settings_ = getattr(cfg, attack)
         images, labels, ids = attacked_images(prepared, p.attack, settings_.n_images)
-        results = results_dir / f"{attack}.parquet"
+        results = layout.per_name(results_dir, attack, ".parquet")
         cache = RowCache(results)
         key = {**cfg.model_dump(mode="json", include={"batch_size", "seed", "device", attack}), "eps": eps}
         frames = []
-        for variant, seed, model_file, _ in _attacks.each_model(p, models,
-                                                               first_seed_only=not getattr(settings_, "all_seeds", True)):
-            fp = fingerprint([model_file], key, ids)
-            rows = cache.get(f"{variant} seed {seed}", fp)
-            if rows is None:
-                model, _ = load_variant(model_file)
-                rows = _attacks.tag_rows(blackbox_attack(attack, model, images, labels, cfg, eps=eps, image_ids=ids),
-                                         variant, seed)
-                RowCache.tag(rows, fp)
+        for variant, seed, _, rows in _attacks.each_model_rows(
+                p, models, cache, key, ids,
+                lambda model: blackbox_attack(attack, model, images, labels, cfg, eps=eps, image_ids=ids),
+                first_seed_only=not getattr(settings_, "all_seeds", True)):
             frames.append(rows)
             fooled = (rows["clean_correct"] & ~rows["adv_correct"]).groupby(rows["eps_label"], sort=False).sum()
             print(f"{attack} {variant} seed {seed}: fooled " + ", ".join(f"{k} {v}" for k, v in fooled.items())
                   + f" of {int(rows.drop_duplicates('image')['clean_correct'].sum())} correct images")
-        _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics_dir / f"{attack}.json",
-                                      models, cache=cache, name=attack)
+        metrics = layout.per_name(metrics_dir, attack, ".json")
+        _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache, name=attack)
 
 
 if __name__ == "__main__":

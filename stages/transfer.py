@@ -20,47 +20,47 @@ def main(
     params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: transfer, attack, variants)"),
 ) -> None:
     """Craft PGD (attack.pgd settings) on each surrogate's first seed at transfer.eps; evaluate on every model."""
+    import functools
+
     import pandas as pd
 
-    from robustlora.models.adaptation import training_seeds
-    from robustlora.config import load_params
-    from robustlora.evaluation.suite import RowCache, attacked_images, fingerprint
-    from robustlora.models.resnet import load_variant
+    from robustlora import layout
     from robustlora.attacks.transfer import craft_pgd, transfer_rows
+    from robustlora.config import load_params
+    from robustlora.evaluation.rowcache import RowCache
+    from robustlora.evaluation.suite import attacked_images
+    from robustlora.models.adaptation import training_seeds
+    from robustlora.models.resnet import load_variant
 
     p = load_params(params)
     cfg = p.transfer
     images, labels, ids = attacked_images(prepared, p.attack, cfg.n_images)
-    sources = {name: models / name / f"seed_{training_seeds(p.variant(name), p.train.seeds)[0]}.pt"
+    sources = {name: layout.seed_model(models / name, training_seeds(p.variant(name), p.train.seeds)[0])
                for name in (cfg.surrogates or p.variants)}
-    crafted: dict = {}
 
+    @functools.lru_cache(maxsize=None)
     def adversarials(name: str) -> dict:
         """PGD examples of one surrogate, crafted the first time a target needs them."""
-        if name not in crafted:
-            surrogate, _ = load_variant(sources[name])
-            crafted[name] = craft_pgd(surrogate, images, labels, cfg.eps, p.attack.pgd, seed=p.attack.seed,
-                                      device=p.attack.device, batch_size=p.attack.batch_size)
-            print(f"transfer: crafted PGD on {_common.rel(sources[name])} at {len(cfg.eps)} ε")
-        return crafted[name]
+        surrogate, _ = load_variant(sources[name])
+        crafted = craft_pgd(surrogate, images, labels, cfg.eps, p.attack.pgd, seed=p.attack.seed,
+                            device=p.attack.device, batch_size=p.attack.batch_size)
+        print(f"transfer: crafted PGD on {_common.rel(sources[name])} at {len(cfg.eps)} ε")
+        return crafted
+
+    @functools.lru_cache(maxsize=1)  # one target in memory, loaded once the cache lacks one of its rows
+    def target(model_file: Path):
+        return load_variant(model_file)[0]
 
     cache = RowCache(results)
-    settings = {"transfer": cfg.model_dump(mode="json"), "pgd": p.attack.pgd.model_dump(mode="json"),
-                "seed": p.attack.seed, "batch_size": p.attack.batch_size, "device": p.attack.device}
+    settings = {"transfer": cfg.model_dump(mode="json"), **_attacks.pgd_settings(p.attack)}
     frames = []
     for variant, seed, model_file, _ in _attacks.each_model(p, models):
-        target = None
         for name, source in sources.items():
-            fp = fingerprint([source, model_file], settings, ids)
-            rows = cache.get(f"{name} -> {variant} seed {seed}", fp)
-            if rows is None:
-                if target is None:
-                    target, _ = load_variant(model_file)
-                rows = transfer_rows(target, images, labels, adversarials(name), surrogate=name, image_ids=ids,
-                                     device=p.attack.device)
-                rows = RowCache.tag(_attacks.tag_rows(rows, variant, seed), fp)
-            frames.append(rows)
-    _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache=cache)
+            frames.append(cache.rows(f"{name} -> {variant} seed {seed}", [source, model_file], settings, ids,
+                                     lambda: _attacks.tag_rows(transfer_rows(
+                                         target(model_file), images, labels, adversarials(name), surrogate=name,
+                                         image_ids=ids, device=p.attack.device), variant, seed)))
+    _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the checkout's code, also when the package is not installed
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -15,3 +17,35 @@ def pytest_collection_modifyitems(items):
     sweep on its own copy of the study. A stable sort: the order within files is kept."""
     order = {"test_pipeline.py": 0, "test_pipeline_sweep.py": 2}
     items.sort(key=lambda item: order.get(item.path.name, 1))
+
+
+# --- shared fixtures of the attack and defence tests (tests/tiny.py) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module (mark it `pytest.mark.usefixtures("single_thread")`): tiny tensors gain
+    nothing from threads, and on a busy 2-core machine every op would wait for them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """tiny.TinyNet trained to classify tiny.make_data's images mostly right (tiny.trained_net), in eval mode."""
+    from tiny import trained_net
+
+    return trained_net()
+
+
+@pytest.fixture(scope="module")
+def suite_data():
+    """48 tiny images (seed 3) stored like the data stages do, uint8 NHWC, and their int64 labels, as numpy."""
+    from tiny import make_data, stored
+
+    x, y = make_data(48, seed=3)
+    return stored(x).numpy(), y.numpy()

@@ -1,4 +1,5 @@
-"""Tests for robustlora.attacks.gradient (FGSM, PGD) and robustlora.evaluation.suite (the attack suite) on tiny CPU models."""
+"""Tests for robustlora.attacks.gradient (FGSM, PGD) and robustlora.evaluation.suite (the attack suite) on tiny CPU
+models (tests/tiny.py; the fixtures `trained` and `suite_data` are in conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,66 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlora.attacks import gradient as attacks
-from robustlora.attacks.gradient import fgsm, fgsm_sweep, input_gradient, pgd
-from robustlora.config import AttackConfig, ConvergenceConfig, PgdConfig
-from robustlora.evaluation.suite import DIAGNOSTIC_COLUMNS, IMAGE_COLUMNS, attack_suite, summarize_images
+from robustlora.attacks.gradient import fgsm, fgsm_sweep, input_gradient, linf_start, pgd
+from robustlora.attacks.inputs import check_eps_grid, check_image_ids, to_batch
+from robustlora.attacks.outcomes import IMAGE_COLUMNS
+from robustlora.evaluation.suite import DIAGNOSTIC_COLUMNS, attack_suite, summarize_images
 from robustlora.models.resnet import eval_mode
+from tiny import Quantised, TinyNet, attack_cfg, make_data
 
-N_CLASSES = 4
-SIZE = 16
-
-
-class TinyNet(nn.Module):
-    """Conv-BN-ReLU-pool-FC with normalisation inside, like the study's models (inputs in [0, 1])."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1))
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.pool = nn.AdaptiveAvgPool2d(2)
-        self.fc = nn.Linear(8 * 2 * 2, N_CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        return self.fc(torch.flatten(self.pool(F.relu(self.bn(self.conv(x)))), 1))
-
-
-def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise images with a slightly brighter quadrant that encodes the class: learnable in a few steps, and weak
-    enough that ε = 4/255 fools some images and 8/255 most."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, N_CLASSES, (n,), generator=g)
-    x = 0.35 + 0.2 * torch.rand(n, 3, SIZE, SIZE, generator=g)
-    h = SIZE // 2
-    for i, c in enumerate(y.tolist()):
-        r, col = divmod(c, 2)
-        x[i, :, r * h:(r + 1) * h, col * h:(col + 1) * h] += 0.04
-    return x.clamp(0, 1), y
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine every op would wait for them
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def trained() -> TinyNet:
-    torch.manual_seed(0)
-    model = TinyNet()
-    x, y = make_data(256, seed=1)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(40):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +204,8 @@ class Threshold(nn.Module):
         return torch.stack([-s, s], dim=1)
 
 
-@pytest.mark.parametrize("restart_batch", [512, 128, 64])  # 3 restarts of 64 images per pass, then 2 + 1, then 1 + 1 + 1
+# 3 restarts of 64 images per pass, then 2 + 1, then 1 + 1 + 1
+@pytest.mark.parametrize("restart_batch", [512, 128, 64])
 def test_restarts_keep_successful_restart_per_example(monkeypatch, restart_batch):
     monkeypatch.setattr(attacks, "RESTART_BATCH", restart_batch)
     model = Threshold()
@@ -373,21 +323,18 @@ def test_best_iterate_costs_one_forward_per_run(batch, keep, forwards):
     assert (model.forwards, model.backwards) == (forwards, 5)
 
 
+def test_linf_start_is_pgds_start(trained, batch):
+    x, y = batch
+    eps = 8 / 255
+    start, lo, hi = linf_start(x, eps, True, torch.Generator().manual_seed(0))
+    assert_invariants(x, start, eps)
+    assert torch.equal(lo, (x - eps).clamp(min=0)) and torch.equal(hi, (x + eps).clamp(max=1))
+    # a PGD step of size 0 stays where it started
+    assert torch.equal(start, pgd(trained, x, y, eps, 0.0, 1, generator=torch.Generator().manual_seed(0), keep="last"))
+    assert torch.equal(linf_start(x, eps, False, None)[0], x)
+
+
 # --- the attack suite -------------------------------------------------------------------------------------------
-
-
-def attack_cfg(eps=(2 / 255, 4 / 255), sanity_eps: float | None = 0.5, seed: int = 0, batch_size: int = 20,
-               steps: int = 10, rel_step_size: float = 0.25, convergence: dict | None = None) -> AttackConfig:
-    pgd_cfg = PgdConfig(steps=steps, rel_step_size=rel_step_size, sanity_eps=sanity_eps)
-    return AttackConfig(n_images=48, batch_size=batch_size, seed=seed, device="cpu", eps=list(eps), pgd=pgd_cfg,
-                        convergence=ConvergenceConfig(**(convergence or {"n_images": 0})))
-
-
-@pytest.fixture(scope="module")
-def suite_data() -> tuple[np.ndarray, np.ndarray]:
-    x, y = make_data(48, seed=3)
-    # stored like the data stages do: uint8 NHWC
-    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), y.numpy()
 
 
 IDS = np.arange(100, 148)  # the images' indices in their split
@@ -507,17 +454,6 @@ def test_diagnostics_columns(trained, suite_df, suite_data):
     assert set(suite_df["clean_output"]) == {"logits"}
 
 
-class Quantised(nn.Module):
-    """A gradient-masked model: inputs rounded to 4 grey levels, so the input gradient is exactly zero."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(torch.round(x * 3) / 3)
-
-
 def test_diagnostics_see_masked_gradients_and_softmax_outputs(trained, suite_data):
     images, labels = suite_data
     cfg = attack_cfg(eps=(4 / 255,), sanity_eps=None, steps=2)
@@ -543,3 +479,21 @@ def test_convergence_rows_never_weaker_than_pgd_and_leave_other_rows_alone(train
     strong_fooled = (strong["clean_correct"] & ~strong["adv_correct"]).to_numpy()
     assert (strong_fooled >= pgd_fooled).all()  # an image PGD fooled stays fooled
     assert strong_fooled.sum() > pgd_fooled.sum()  # 2-step PGD is weak here: 6 steps x 2 restarts find more
+
+
+# --- the inputs every attack runner takes (robustlora.attacks.inputs) ----------------------------------------------
+
+
+def test_inputs_checked_and_converted_once(suite_data):
+    images, labels = suite_data
+    x = to_batch(images, 4, 8, torch.device("cpu"))
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32
+    assert torch.equal(x, torch.from_numpy(images[4:8]).permute(0, 3, 1, 2).float() / 255)
+    assert torch.equal(to_batch(x, 1, 3, torch.device("cpu")), x[1:3])  # float NCHW as is
+    assert check_image_ids(None, 3).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"image_ids must have shape \(3,\)"):
+        check_image_ids([1, 2], 3)
+    assert check_eps_grid([8 / 255, 1], "square") == [8 / 255, 1.0]
+    for bad in ([], [8], [float("nan")]):
+        with pytest.raises(ValueError, match=r"square eps must be a non-empty list of numbers in \[0, 1\]"):
+            check_eps_grid(bad, "square")

@@ -1,4 +1,5 @@
-"""Tests for robustlora.attacks.autoattack (the official AutoAttack as per-image rows) on tiny CPU models."""
+"""Tests for robustlora.attacks.autoattack (the official AutoAttack as per-image rows) on tiny CPU models
+(tests/tiny.py)."""
 
 from __future__ import annotations
 
@@ -10,72 +11,38 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from robustlora.attacks.gradient import pgd
 from robustlora.attacks.autoattack import autoattack_suite, build_autoattack, run_components
+from robustlora.attacks.gradient import pgd
+from robustlora.attacks.outcomes import EXTRA_COLUMNS, IMAGE_COLUMNS
 from robustlora.config import AutoAttackConfig
-from robustlora.evaluation.suite import EXTRA_COLUMNS, IMAGE_COLUMNS
+from tiny import TinyNet, make_data, stored, train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SIZE = 8
 CPU = torch.device("cpu")
 EPS = 6 / 255  # fools some of the tiny models' images, not all
 
 
-class TinyNet(nn.Module):
-    """Conv-BN-ReLU-pool-FC with normalisation inside, like the study's models (inputs in [0, 1])."""
-
-    def __init__(self, n_classes: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5))
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.pool = nn.AdaptiveAvgPool2d(4)
-        self.fc = nn.Linear(8 * 4 * 4, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(F.relu(self.bn(self.conv((x - self.mean) / 0.25)))), 1))
-
-
-def make_data(n: int, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def data(n: int, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise images with a slightly brighter 2x2 cell (of a 4x4 grid) that encodes the class."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, n_classes, (n,), generator=g)
-    x = 0.3 + 0.3 * torch.rand(n, 3, SIZE, SIZE, generator=g)
-    for i, c in enumerate(y.tolist()):
-        r, col = divmod(c, 4)
-        x[i, :, 2 * r:2 * r + 2, 2 * col:2 * col + 2] += 0.1
-    return x.clamp(0, 1), y
+    return make_data(n, seed, n_classes=n_classes, size=SIZE, base=0.3, spread=0.3, bump=0.1, grid=4)
 
 
-def trained(n_classes: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def tiny_model(n_classes: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A TinyNet trained for a few steps (in eval mode) and 48 test images it mostly classifies correctly."""
     torch.manual_seed(0)
-    model = TinyNet(n_classes)
-    x, y = make_data(400, n_classes, seed=1)
-    opt = torch.optim.Adam(model.parameters(), lr=0.03)
-    for step in range(60):
-        batch = slice(step % 4 * 100, step % 4 * 100 + 100)
-        opt.zero_grad()
-        F.cross_entropy(model(x[batch]), y[batch]).backward()
-        opt.step()
-    model.eval()
-    x_test, y_test = make_data(48, n_classes, seed=2)
+    model = TinyNet(n_classes, pool=4)
+    train(model, *data(400, n_classes, seed=1), lr=0.03, steps=60, batch_size=100)
+    x_test, y_test = data(48, n_classes, seed=2)
     return model, x_test, y_test
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def ten():
-    return trained(10)
+    return tiny_model(10)
 
 
 def custom(**kw) -> AutoAttackConfig:
@@ -164,7 +131,7 @@ def test_deterministic_and_leaves_the_model_and_rng_alone(ten):
 
 
 def test_custom_and_standard_configure_the_components():
-    model = TinyNet(10).eval()
+    model = TinyNet(10, pool=4).eval()
     aa = build_autoattack(model, 4 / 255, custom(attacks=("apgd-ce", "apgd-t", "fab-t", "square"), n_iter=10,
                                                  n_target_classes=3, square_queries=77), n_classes=10, device=CPU)
     assert aa.attacks_to_run == ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -186,7 +153,7 @@ def test_custom_and_standard_configure_the_components():
 
 
 def test_targets_capped_without_warnings_from_the_checks():
-    model, x, y = trained(5)
+    model, x, y = tiny_model(5)
     cfg = custom(attacks=("apgd-ce", "apgd-t", "fab-t"), n_target_classes=9, n_iter=3, eps=(16 / 255,))
     aa = build_autoattack(model, EPS, cfg, n_classes=5, device=CPU)
     assert aa.apgd_targeted.n_target_classes == aa.fab.n_target_classes == 4
@@ -197,7 +164,7 @@ def test_targets_capped_without_warnings_from_the_checks():
 
 
 def test_three_classes_leaves_out_apgd_t_and_caps_fab_t():
-    model, x, y = trained(3)
+    model, x, y = tiny_model(3)
     cfg = custom(attacks=("apgd-ce", "apgd-t", "fab-t"), n_target_classes=9, n_iter=3, eps=(16 / 255,))
     aa = build_autoattack(model, EPS, cfg, n_classes=3, device=CPU)
     assert aa.attacks_to_run == ["apgd-ce", "fab-t"] and aa.fab.n_target_classes == 2
@@ -230,7 +197,7 @@ def test_nothing_to_attack_and_uint8_images(ten):
     rows = autoattack_suite(model, x, wrong, custom(), progress=False)  # no image is correct: none is attacked
     assert not rows["clean_correct"].any() and (rows["linf"] == 0).all() and rows["detail"].eq("").all()
 
-    images = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # as stored: uint8 NHWC
+    images = stored(x)  # as stored: uint8 NHWC
     from_uint8 = autoattack_suite(model, images, y, custom(), progress=False)
     pd.testing.assert_frame_equal(from_uint8, autoattack_suite(model, images.permute(0, 3, 1, 2).float() / 255, y,
                                                                custom(), progress=False))

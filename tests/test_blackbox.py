@@ -10,10 +10,13 @@ import torch
 from torch import nn
 
 from robustlora.attacks import blackbox as bb
-from robustlora.attacks.blackbox import LINF_TOL, BlackboxRun, QueryCounter, art_classifier, blackbox_attack, run_blackbox
+from robustlora.attacks.blackbox import BlackboxRun, blackbox_attack, run_blackbox
+from robustlora.attacks.outcomes import EXTRA_COLUMNS, IMAGE_COLUMNS, LINF_TOL
+from robustlora.attacks.queries import QueryCounter, art_classifier
 from robustlora.config import BLACKBOX_ATTACKS, BlackboxConfig
 from robustlora.errors import ParamError
-from robustlora.evaluation.suite import EXTRA_COLUMNS, IMAGE_COLUMNS
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 N_CLASSES, SIZE, N_IMAGES = 3, 8, 10
 WRONG = (0, 1)  # images made misclassified before any attack
@@ -55,15 +58,6 @@ def make_data() -> tuple[torch.Tensor, torch.Tensor]:
     for i, boost in enumerate(boosts):
         x[i, (int(y[i]) + (1 if i in WRONG else 0)) % N_CLASSES] += boost
     return x, y
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine every op would wait for them
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

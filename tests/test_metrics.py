@@ -1,4 +1,5 @@
-"""Tests for robustlora.evaluation.metrics and the summaries of robustlora.evaluation.suite on hand-made per-image rows."""
+"""Tests for robustlora.evaluation.metrics, the summaries of robustlora.evaluation.suite and robustlora.attacks.outcomes
+on hand-made per-image rows; and for the row cache (robustlora.evaluation.rowcache)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
+from robustlora.attacks.outcomes import EXTRA_COLUMNS, IMAGE_COLUMNS, attack_rows, concat_outcomes, image_outcomes
+from robustlora.evaluation.metrics import METRICS, outcome_metrics
+from robustlora.evaluation import rowcache
+from robustlora.evaluation.rowcache import RowCache, rows_fingerprint
 from robustlora.evaluation.suite import SHORT_NAMES, SUMMARY_COLUMNS, flat_metrics, metrics_json, success_curves, \
     summarize_images
-from robustlora.evaluation.metrics import METRICS, eps_label, image_outcomes, outcome_metrics
+from robustlora.formatting import eps_label
 from robustlora.stats import wilson_interval
 
 # 5 images, 3 classes; labels 0, 1, 2, 0, 1 (as probabilities; image_outcomes takes their logs)
@@ -226,3 +231,54 @@ def test_eps_label(eps, label):
 def test_eps_label_refuses_negative():
     with pytest.raises(ValueError, match="eps"):
         eps_label(-1 / 255)
+
+
+# --- rows of the other attacks (robustlora.attacks.outcomes) -----------------------------------------------------
+
+
+def test_attack_rows_pair_the_outcomes_of_batches():
+    parts = [image_outcomes(CLEAN[:2].log(), LABELS[:2]), image_outcomes(CLEAN[2:].log(), LABELS[2:])]
+    clean, adv = concat_outcomes(parts), image_outcomes(ADV.log(), LABELS)
+    assert {k: v.tolist() for k, v in clean.items()} == {k: v.tolist() for k, v in image_outcomes(CLEAN.log(),
+                                                                                                  LABELS).items()}
+    out = attack_rows("square", 8 / 255, np.arange(10, 15), LABELS, clean, adv, linf=np.full(5, 0.03),
+                      queries=[1, np.nan, 3, 4, np.nan])
+    assert list(out.columns) == IMAGE_COLUMNS + EXTRA_COLUMNS and out["eps_label"].eq("eps_8").all()
+    assert out["image"].tolist() == list(range(10, 15)) and out["detail"].eq("").all()
+    dtypes = out.dtypes.astype(str).to_dict()
+    assert [dtypes[c] for c in ("eps", "image", "label", "clean_pred", "queries", "linf")] == [
+        "float64", "int32", "int16", "int16", "float64", "float32"]
+    for when, out_ in (("clean", clean), ("adv", adv)):
+        for key in ("correct", "true_prob", "max_prob", "margin"):
+            np.testing.assert_array_equal(out[f"{when}_{key}"], out_[key])
+    assert out["queries"].isna().tolist() == [False, True, False, False, True]
+
+
+# --- the row cache (robustlora.evaluation.rowcache) ---------------------------------------------------------------
+
+
+def test_row_cache_makes_rows_once_and_hands_them_back_by_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.setattr(rowcache, "code_digest", lambda: "code")  # the library's code, held fixed for the test
+    model = tmp_path / "seed_0.pt"
+    model.write_bytes(b"weights")
+    ids, settings = np.arange(5), {"queries": 10}
+    made = []
+
+    def make():
+        made.append(1)
+        return rows()
+
+    first = RowCache(tmp_path / "rows.parquet")  # no earlier file: every model's rows are made
+    table = first.rows("a seed 0", [model], settings, ids, make)
+    assert len(made) == 1 and table["fingerprint"].eq(rows_fingerprint([model], settings, ids)).all()
+    assert first.is_new(table) and first.reused == []
+    table.to_parquet(tmp_path / "rows.parquet", index=False)
+
+    again = RowCache(tmp_path / "rows.parquet")
+    reused = again.rows("a seed 0", [model], settings, ids, make)
+    assert len(made) == 1 and again.reused == ["a seed 0"] and not again.is_new(reused)
+    pd.testing.assert_frame_equal(reused, table)
+    changed = again.rows("a seed 0", [model], {"queries": 11}, ids, make)  # other settings: made anew
+    assert len(made) == 2 and again.is_new(changed)
+    monkeypatch.setattr(rowcache, "code_digest", lambda: "other code")
+    assert again.is_new(again.rows("a seed 0", [model], settings, ids, make))  # rows of other code are not reused

@@ -1,4 +1,5 @@
-"""Tests for robustlora.defences.squeeze: feature-squeezing detector (Xu et al. 2018) and the adaptive BPDA attack on it."""
+"""Tests for robustlora.defences.squeeze: feature-squeezing detector (Xu et al. 2018) and the adaptive BPDA attack on it
+(the tiny model: the `trained` fixture of conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import torch
 from torch import nn
 
 from robustlora.attacks.gradient import pgd
-from test_attacks import TinyNet, make_data, single_thread, trained  # noqa: F401 (fixtures, shared)
+from robustlora.defences.squeeze import (Squeezer, adaptive_pgd, bit_depth, bpda, detect, detector_scores,
+                                         evaluate_detector, fit_threshold, median_smooth)
 from robustlora.errors import DataError, ModelError
-from robustlora.defences.squeeze import (Squeezer, adaptive_pgd, bit_depth, bpda, detect, detector_scores, evaluate_detector,
-                                fit_threshold, median_smooth)
+from tiny import TinyNet, make_data
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SQUEEZERS = (Squeezer("bit_depth", 4), Squeezer("median", 2))
 EPS, STEP, STEPS = 8 / 255, 1 / 255, 20

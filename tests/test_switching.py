@@ -1,4 +1,5 @@
-"""Tests for robustlora.defences.switching: per-input routing equals separate models, in-place switching, shared backbone."""
+"""Tests for robustlora.defences.switching: per-input routing equals separate models, in-place switching, shared
+backbone."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from torch import nn
 from robustlora.errors import ModelError
 from robustlora.models.lora import apply_lora
 from robustlora.models.resnet import build_model
-from robustlora.defences.switching import AdapterBank, SwitchingClassifier, adapter_from_state_dict, lora_keys, switch_cost
+from robustlora.defences.switching import (AdapterBank, SwitchingClassifier, adapter_from_state_dict, lora_keys,
+                                           switch_cost)
 
 NUM_CLASSES, SIZE = 5, 16
 TARGETS = ["fc", "conv1"]

@@ -1,4 +1,5 @@
-"""Tests for robustlora.attacks.transfer (PGD crafted on a surrogate, evaluated on a target) on tiny CPU models."""
+"""Tests for robustlora.attacks.transfer (PGD crafted on a surrogate, evaluated on a target) on tiny CPU models
+(tests/tiny.py)."""
 
 from __future__ import annotations
 
@@ -8,69 +9,36 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustlora.attacks.gradient import pgd
-from robustlora.config import AttackConfig, ConvergenceConfig, PgdConfig
-from robustlora.evaluation.suite import EXTRA_COLUMNS, IMAGE_COLUMNS, attack_suite
+from robustlora.attacks.outcomes import EXTRA_COLUMNS, IMAGE_COLUMNS
 from robustlora.attacks.transfer import craft_pgd, transfer_rows
+from robustlora.config import AttackConfig, ConvergenceConfig, PgdConfig
+from robustlora.evaluation.suite import attack_suite
+from tiny import TinyNet, make_data, stored, train
 
-N_CLASSES, SIZE = 4, 8
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 EPS = (2 / 255, 6 / 255, 16 / 255)
 PGD = PgdConfig(steps=5, rel_step_size=0.25, restarts=2)
 
 
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8 * 4 * 4, N_CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.bn(self.conv((x - 0.5) / 0.25)))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 4), 1))
-
-
-def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise images with a slightly brighter quadrant that encodes the class."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, N_CLASSES, (n,), generator=g)
-    x = 0.3 + 0.3 * torch.rand(n, 3, SIZE, SIZE, generator=g)
-    for i, c in enumerate(y.tolist()):
-        r, col = divmod(c, 2)
-        x[i, :, 4 * r:4 * r + 4, 4 * col:4 * col + 4] += 0.06
-    return x.clamp(0, 1), y
+    return make_data(n, seed, size=8, base=0.3, spread=0.3, bump=0.06)
 
 
-def trained(seed: int) -> nn.Module:
+def tiny_model(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    model = TinyNet()
-    x, y = make_data(300, seed=10 + seed)
-    opt = torch.optim.Adam(model.parameters(), lr=0.03)
-    for step in range(45):
-        batch = slice(step % 3 * 100, step % 3 * 100 + 100)
-        opt.zero_grad()
-        F.cross_entropy(model(x[batch]), y[batch]).backward()
-        opt.step()
-    return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return train(TinyNet(pool=4), *data(300, seed=10 + seed), lr=0.03, steps=45, batch_size=100)
 
 
 @pytest.fixture(scope="module")
 def setup():
     """Two independently trained models (surrogate A, target B) and 40 test images, stored as uint8 NHWC."""
-    x, y = make_data(40, seed=99)
-    images = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-    return trained(0), trained(1), images, y
+    x, y = data(40, seed=99)
+    return tiny_model(0), tiny_model(1), stored(x), y
 
 
 def crafted(model: nn.Module, images: torch.Tensor, y: torch.Tensor, seed: int = 0) -> dict[float, torch.Tensor]:

@@ -1,1 +1,2 @@
-"""The attacks, each as per-image rows: FGSM / PGD (ours), AutoAttack, black-box (ART), transfer."""
+"""The attacks, each giving per-image rows: FGSM / PGD (gradient), AutoAttack, black-box through ART (blackbox, its
+queries counted by queries), transfer; what they all take is checked in inputs, their rows are made in outcomes."""

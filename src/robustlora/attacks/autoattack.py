@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
 import warnings
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -29,9 +28,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from robustlora.evaluation.suite import _check_images, _to_batch, attack_rows
-from robustlora.evaluation.metrics import eps_label, image_outcomes
-from robustlora.models.resnet import autocast_off, eval_mode, pick_device
+from robustlora.attacks.inputs import (check_eps_grid, check_image_ids, check_images, progress_bar, resolve_device,
+                                       to_batch)
+from robustlora.attacks.outcomes import LINF_TOL, attack_rows, batched_logits, image_outcomes, linf_distances
+from robustlora.formatting import eps_label
+from robustlora.models.resnet import autocast_off, eval_mode
 
 if TYPE_CHECKING:
     from pyautoattack import AutoAttack
@@ -44,7 +45,6 @@ __all__ = ["autoattack_suite", "build_autoattack", "run_components", "runnable_c
 STANDARD_COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")  # what version='standard' runs, in this order
 # the DLR losses read the 3rd (untargeted) and 4th (targeted) largest logit: fewer classes is an IndexError
 _MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
-_LINF_TOL = 1e-6
 
 
 def autoattack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
@@ -60,25 +60,24 @@ def autoattack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels
     image, '' for the rest); rows ordered by ε as given, then image.
     """
     eps_list = _eps_list(cfg, eps)
-    y = _check_images(images, labels)
-    ids = _image_ids(image_ids, len(y))
-    device = _device(cfg.device if device is None else device, "autoattack.device")
+    y = check_images(images, labels)
+    ids = check_image_ids(image_ids, len(y))
+    device = resolve_device(cfg.device if device is None else device, "autoattack.device")
     model.to(device)
-    x, y = _to_batch(images, 0, len(y), device), y.to(device)
-    clean_logits = _logits(model, x, cfg.batch_size)
+    x, y = to_batch(images, 0, len(y), device), y.to(device)
+    clean_logits = batched_logits(model, x, cfg.batch_size)
     n_classes = clean_logits.shape[1]
     components = runnable_components(_requested(cfg), n_classes)
     clean = image_outcomes(clean_logits, y)
 
     frames = []
-    bar = tqdm(total=len(eps_list) * len(components), desc="autoattack", unit="run",
-               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    bar = progress_bar(len(eps_list) * len(components), "autoattack", "run", progress)
     with bar:
         for e in eps_list:
             aa = build_autoattack(model, e, cfg, n_classes=n_classes, device=device, verbose=verbose)
             x_adv, component = run_components(aa, x, y, batch_size=cfg.batch_size, bar=bar)
             linf = _linf(x_adv, x, e)
-            adv = image_outcomes(_logits(model, x_adv, cfg.batch_size), y)
+            adv = image_outcomes(batched_logits(model, x_adv, cfg.batch_size), y)
             detail = np.where(clean["correct"] & ~adv["correct"], component, "")
             frames.append(attack_rows("autoattack", e, ids, y, clean, adv, linf=linf, detail=detail))
     return pd.concat(frames, ignore_index=True)
@@ -127,7 +126,7 @@ def run_components(aa: AutoAttack, x: torch.Tensor, y: torch.Tensor, *, batch_si
     x = x.contiguous()  # the zero-gradient check .view()s the gradient: channels-last input (NHWC) would crash it
     x_adv, component = x.detach().clone(), np.full(len(y), "", dtype=object)
     with _attack_context(aa):
-        robust = _logits(aa.model, x, batch_size).argmax(1).to(y.device) == y
+        robust = batched_logits(aa.model, x, batch_size).argmax(1).to(y.device) == y
         robust_accuracy = {"clean": robust.float().mean().item()}
         for name in names:
             if bar is not None:
@@ -234,17 +233,10 @@ def _square_check(robust_accuracy: dict[str, float], logger: logging.Logger) -> 
     checks.check_square_sr(robust_accuracy, logger=logger)
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Float32 logits of x in batches, in eval mode with autocast off."""
-    with eval_mode(model), autocast_off(x.device):
-        return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
-
-
 def _linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> np.ndarray:
     """‖x_adv − x‖∞ per image; refuses points outside the ε-ball or [0, 1] (an attack bug, never a result)."""
-    linf = (x_adv - x).abs().flatten(1).amax(1).cpu().numpy() if len(x) else np.zeros(0, np.float32)
-    if (linf > eps + _LINF_TOL).any() or (len(x) and (x_adv.min() < 0 or x_adv.max() > 1)):
+    linf = linf_distances(x_adv, x)
+    if (linf > eps + LINF_TOL).any() or (len(x) and (x_adv.min() < 0 or x_adv.max() > 1)):
         raise RuntimeError(f"autoattack returned points outside the ε-ball ∩ [0, 1] at ε = {eps:.6g}: "
                            f"max ‖δ‖∞ {linf.max():.6g}, range [{x_adv.min():.4g}, {x_adv.max():.4g}]")
     return linf
@@ -255,20 +247,4 @@ def _eps_list(cfg: AutoAttackConfig, eps: Sequence[float] | None) -> list[float]
     if eps is None:
         grid = [float(e) for e in cfg.eps]
         return grid + ([float(cfg.sanity_eps)] if cfg.sanity_eps is not None and cfg.sanity_eps not in grid else [])
-    grid = [float(e) for e in eps]
-    bad = [e for e in grid if not (math.isfinite(e) and 0.0 <= e <= 1.0)]
-    if bad or not grid:
-        raise ValueError(f"autoattack eps must be a non-empty list of numbers in [0, 1] pixel units (e.g. 8/255), "
-                         f"got {list(eps)}")
-    return grid
-
-
-def _image_ids(image_ids: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
-    ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
-    if ids.shape != (n,):
-        raise ValueError(f"image_ids must have shape ({n},), got {ids.shape}")
-    return ids
-
-
-def _device(device: str | torch.device, key: str) -> torch.device:
-    return pick_device(device, key) if isinstance(device, str) else torch.device(device)
+    return check_eps_grid(eps, "autoattack")

@@ -7,13 +7,11 @@ Conventions (the same everywhere in robustlora): images are float NCHW in [0, 1]
 converted); normalisation is inside the model, which returns logits; ε is in [0, 1] pixel units, L∞; the model
 runs in float32 and eval mode, every module's mode restored afterwards.
 
-Queries. The model is wrapped once, in a :class:`QueryCounter` inside ART's PyTorchClassifier. A query is one input
-row the model evaluates; each is charged to the image being attacked and numbered per image from 1 (every row
-counts, ART's re-evaluations of known points too). For every ε of the grid the counter keeps each image's first
-query that the model misclassifies and that is an image within the ε-ball (q in [0, 1], ‖q − x‖∞ <= ε + 1e-6):
-its number, the point and the logits. That point is the row's adversarial input; without one, the attack's output
-projected onto the ε-ball ∩ [0, 1], a success there costing one query more. Images misclassified before the attack
-are not attacked (their row's point is the clean image, queries NaN).
+Queries. The model is wrapped once, in a :class:`robustlora.attacks.queries.QueryCounter` inside ART's
+PyTorchClassifier, which numbers each image's queries and keeps, per ε, the first that fooled the model within the
+ε-ball. That point is the row's adversarial input; without one, the attack's output projected onto the ε-ball ∩
+[0, 1], a success there costing one query more. Images misclassified before the attack are not attacked (their
+row's point is the clean image, queries NaN).
 
 Determinism. ART draws from numpy's global generator; it is seeded from ``cfg.seed`` (and the image id for the
 per-image attacks) and the caller's state restored afterwards. HopSkipJump and Boundary draw their random starting
@@ -25,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -35,20 +32,23 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from robustlora.attacks.gradient import check_pixels
+from robustlora.attacks.inputs import (check_eps_grid, check_image_ids, check_images, progress_bar, resolve_device,
+                                       to_batch)
+from robustlora.attacks.outcomes import LINF_TOL, attack_rows, batched_logits, image_outcomes, linf_distances
+from robustlora.attacks.queries import QueryCounter, art_classifier
 from robustlora.config import BLACKBOX_ATTACKS
 from robustlora.errors import ParamError
-from robustlora.evaluation.suite import _check_images, _to_batch, attack_rows
-from robustlora.evaluation.metrics import eps_label, image_outcomes
-from robustlora.models.resnet import autocast_off, eval_mode, pick_device
+from robustlora.formatting import eps_label
+from robustlora.models.resnet import autocast_off, eval_mode
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
 
     from robustlora.config import BlackboxConfig
 
-__all__ = ["blackbox_attack", "run_blackbox", "BlackboxRun", "QueryCounter", "art_classifier", "LINF_TOL"]
+__all__ = ["blackbox_attack", "run_blackbox", "BlackboxRun"]
 
-LINF_TOL = 1e-6  # float32 rounding of x ± ε; a query this far past the ε-ball still counts as inside it
 _ZOO_RESIZE = 32  # ZOO's use_resize optimises a 32x32 perturbation (ART's ZooAttack._init_size)
 
 
@@ -94,7 +94,7 @@ class BlackboxRun:
 
     def _rows_at(self, eps: float, clean: dict[str, np.ndarray]) -> pd.DataFrame:
         adv = image_outcomes(self.logits[eps], self.labels)
-        linf = (self.points[eps] - self.images).abs().flatten(1).amax(1).numpy()
+        linf = linf_distances(self.points[eps], self.images)
         if (linf > eps + LINF_TOL).any():  # a bug, never the attack's choice: every point was projected or checked
             raise RuntimeError(f"{self.attack}: an adversarial input lies {linf.max():.6g} from its image, beyond "
                                f"ε = {eps:.6g}")
@@ -110,24 +110,18 @@ def run_blackbox(name: str, model: nn.Module, images: torch.Tensor | np.ndarray,
     if name not in BLACKBOX_ATTACKS:
         raise ParamError(f"unknown black-box attack {name!r}; choose one of {', '.join(BLACKBOX_ATTACKS)}")
     grid = _grid(name, cfg, eps)
-    y = _check_images(images, labels)
-    ids = np.arange(len(y)) if image_ids is None else np.asarray(image_ids)
-    if ids.shape != (len(y),):
-        raise ValueError(f"image_ids must have shape ({len(y)},), got {ids.shape}")
-    device = pick_device(cfg.device, "blackbox.device") if device is None else torch.device(device)
+    y = check_images(images, labels)
+    ids = check_image_ids(image_ids, len(y))
+    device = resolve_device(cfg.device if device is None else device, "blackbox.device")
     model.to(device)
-    x = _to_batch(images, 0, len(y), device)  # black-box subsets are small: every image at once
-    lo, hi = torch.stack(torch.aminmax(x)).tolist()
-    if lo < 0.0 or hi > 1.0:  # ART clips every query to [0, 1]
-        raise ValueError(f"images must lie in [0, 1] (pixel scale), got range [{lo:.4g}, {hi:.4g}]; pass "
-                         "un-normalised images and put normalisation inside the model")
+    x = to_batch(images, 0, len(y), device)  # black-box subsets are small: every image at once
+    check_pixels(x, y)  # ART clips every query to [0, 1]
     _check_settings(name, cfg, tuple(x.shape))
     with eval_mode(model), autocast_off(device):
-        clean = _logits(model, x, cfg.batch_size)
+        clean = batched_logits(model, x, cfg.batch_size)
         attacked = np.flatnonzero((clean.argmax(1).cpu() == y).numpy())  # the misclassified are not attacked
         square = name == "square"
-        with tqdm(total=len(grid) if square else len(attacked), desc=name, unit="run" if square else "image",
-                  disable=(not sys.stderr.isatty()) if progress is None else not progress) as bar:
+        with progress_bar(len(grid) if square else len(attacked), name, "run" if square else "image", progress) as bar:
             if square:
                 at = {e: _square_run(model, x, y.to(device), clean, attacked, e, cfg, bar) for e in grid}
             else:
@@ -135,119 +129,6 @@ def run_blackbox(name: str, model: nn.Module, images: torch.Tensor | np.ndarray,
     return BlackboxRun(attack=name, eps=tuple(grid), image_ids=ids, labels=y, images=x.cpu(),
                        clean_logits=clean.cpu(), points={e: a.points for e, a in at.items()},
                        logits={e: a.logits for e, a in at.items()}, queries={e: a.queries for e, a in at.items()})
-
-
-# ----------------------------------------------------------------------------- the query counter
-
-
-class QueryCounter(nn.Module):
-    """The model as the attacks see it: every input row is charged to an image, and per image and ε the first
-    misclassified query within the ε-ball ∩ [0, 1] is kept.
-
-    images (N, C, H, W) in [0, 1] and labels (N,) on the model's device; eps: the grid ([0, 1] pixels); n_classes:
-    the model's outputs. Rows are charged inside :meth:`charge`. ``bound``: the ε of an ε-bounded attack; a row
-    charged to an image farther away than that is an error (the charging is wrong). After the attack: ``queries``
-    (N,) rows charged per image; ``first`` (N, E) the 1-based number of the first success at each ε (NaN: none);
-    ``points`` (N, E, C, H, W) and ``logits`` (N, E, K): that query and the model's output on it.
-    """
-
-    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: Sequence[float],
-                 n_classes: int, *, bound: float | None = None) -> None:
-        super().__init__()
-        object.__setattr__(self, "model", model)  # not a submodule: ART moves its model to its device, we keep ours
-        self.images, self.labels = images.float(), labels
-        self.eps = [float(e) for e in eps]
-        self.bound = bound
-        n = len(images)
-        self.queries = np.zeros(n, np.int64)
-        self.first = np.full((n, len(self.eps)), np.nan)
-        self.points = images[:, None].repeat(1, len(self.eps), 1, 1, 1).float()
-        self.logits = torch.zeros(n, len(self.eps), n_classes, device=images.device)
-        self._charges: list[_Charge] = []
-
-    @contextlib.contextmanager
-    def charge(self, owners: Sequence[int] | np.ndarray, *, repeat: bool = False) -> Iterator[None]:
-        """Charge the coming query rows to images, in order: row k to ``owners[k]``, all of them used by the end;
-        with ``repeat`` cyclically (``charge([i], repeat=True)``: every row to image i). The innermost charge rules."""
-        charge = _Charge(np.asarray(owners, dtype=np.int64).reshape(-1), repeat)
-        self._charges.append(charge)
-        try:
-            yield
-        finally:
-            self._charges.pop()
-        if not charge.complete:
-            raise RuntimeError(f"{charge.used} query rows charged where the attack announced {len(charge.owners)}"
-                               f"{' per round' if repeat else ''}: the charging is wrong")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._charges:
-            raise RuntimeError("a model query outside QueryCounter.charge(): no image to charge it to")
-        owners = self._charges[-1].take(len(x))
-        x = x.to(self.images.device, torch.float32)  # ART hands over CPU arrays, some in float64
-        logits = self.model(x)
-        self._record(owners, x, logits.detach().float())
-        return logits
-
-    def _record(self, owners: np.ndarray, x: torch.Tensor, logits: torch.Tensor) -> None:
-        number = self._number(owners)
-        own = torch.from_numpy(owners).to(x.device)
-        dist = (x - self.images[own]).abs().flatten(1).amax(1).cpu().numpy().astype(np.float64)
-        if self.bound is not None and (dist > self.bound + LINF_TOL).any():
-            raise RuntimeError(f"a query charged to image {owners[dist.argmax()]} lies {dist.max():.6g} from it, "
-                               f"beyond the attack's ε = {self.bound:.6g}: the charging is wrong")
-        valid = ((x >= 0) & (x <= 1)).flatten(1).all(1)  # ZOO queries may leave [0, 1]: not images
-        fooled = ((logits.argmax(1) != self.labels[own]) & valid).cpu().numpy()
-        hits = fooled[:, None] & (dist[:, None] <= np.asarray(self.eps) + LINF_TOL)  # (rows, E)
-        for k in np.flatnonzero(hits.any(0)):
-            rows = np.flatnonzero(hits[:, k] & np.isnan(self.first[owners, k]))
-            # rows are in query order, so each image's first row here is its first success
-            hit, at = np.unique(owners[rows], return_index=True)
-            rows = rows[at]
-            self.first[hit, k] = number[rows]
-            i, r = torch.from_numpy(hit).to(x.device), torch.from_numpy(rows).to(x.device)
-            self.points[i, k], self.logits[i, k] = x[r], logits[r]
-
-    def _number(self, owners: np.ndarray) -> np.ndarray:
-        """Each row's 1-based query number for its image; advances the counts."""
-        order = np.argsort(owners, kind="stable")
-        ranked = owners[order]
-        rank = np.empty(len(owners), np.int64)
-        rank[order] = np.arange(len(owners)) - np.searchsorted(ranked, ranked)  # earlier rows of the same image
-        number = self.queries[owners] + rank + 1
-        np.add.at(self.queries, owners, 1)
-        return number
-
-
-class _Charge:
-    """The images the coming query rows belong to: ``owners`` in order, cycled with ``repeat``."""
-
-    def __init__(self, owners: np.ndarray, repeat: bool) -> None:
-        if not len(owners):
-            raise ValueError("QueryCounter.charge needs at least one image")
-        self.owners, self.repeat, self.used = owners, repeat, 0
-
-    def take(self, n: int) -> np.ndarray:
-        if not self.repeat and self.used + n > len(self.owners):
-            raise RuntimeError(f"{self.used + n} query rows charged where the attack announced {len(self.owners)}: "
-                               "the charging is wrong")
-        rows = self.owners[(self.used + np.arange(n)) % len(self.owners)]
-        self.used += n
-        return rows
-
-    @property
-    def complete(self) -> bool:
-        return self.used % len(self.owners) == 0 if self.repeat else self.used == len(self.owners)
-
-
-def art_classifier(counter: QueryCounter) -> PyTorchClassifier:
-    """ART's PyTorchClassifier around ``counter``: inputs in [0, 1] (clip_values), no preprocessing (normalisation
-    is inside the model), logits out."""
-    from art.estimators.classification import PyTorchClassifier
-
-    # device_type cpu: ART knows only cpu and the current CUDA device; the counter moves rows to the model's device
-    return PyTorchClassifier(counter, loss=nn.CrossEntropyLoss(), input_shape=tuple(counter.images.shape[1:]),
-                             nb_classes=counter.logits.shape[2], clip_values=(0.0, 1.0), preprocessing=None,
-                             device_type="cpu")
 
 
 # ----------------------------------------------------------------------------- runs
@@ -309,7 +190,7 @@ def _settle(counter: QueryCounter, k: int, outputs: torch.Tensor, clean: torch.T
     if len(rest):
         r = torch.from_numpy(rest).to(x.device)
         points[r] = torch.minimum(torch.maximum(outputs[r], x[r] - eps), x[r] + eps).clamp(0, 1)
-        logits[r] = _logits(counter.model, points[r], batch_size)
+        logits[r] = batched_logits(counter.model, points[r], batch_size)
         fooled = rest[(logits[r].argmax(1) != y[r]).cpu().numpy()]
         queries[fooled] = counter.queries[fooled] + 1
     return _AtEps(points.cpu(), logits.cpu(), queries)
@@ -429,10 +310,8 @@ def _grid(name: str, cfg: BlackboxConfig, eps: Sequence[float] | None) -> list[f
     elif eps is None:
         raise ValueError(f"blackbox attack {name!r} needs eps, the grid of ε to report ([0, 1] pixels)")
     else:
-        grid = [float(e) for e in eps]
-    if not grid or not all(math.isfinite(e) and 0.0 <= e <= 1.0 for e in grid):
-        raise ValueError(f"eps must be a non-empty list of numbers in [0, 1] pixel units (8/255), got {grid}")
-    return list(dict.fromkeys(grid))
+        grid = eps
+    return list(dict.fromkeys(check_eps_grid(grid, f"blackbox {name}")))
 
 
 def _check_settings(name: str, cfg: BlackboxConfig, shape: tuple[int, ...]) -> None:
@@ -461,9 +340,3 @@ def _numpy_seed(*seed: int) -> Iterator[None]:
         yield
     finally:
         np.random.set_state(state)
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Float32 logits of ``x`` in batches; not queries (the clean images and the projected outputs)."""
-    return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])

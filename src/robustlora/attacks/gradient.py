@@ -23,11 +23,13 @@ from torch import nn
 
 from robustlora.models.resnet import eval_mode
 
-__all__ = ["fgsm", "fgsm_sweep", "input_gradient", "pgd"]
+__all__ = ["fgsm", "fgsm_sweep", "input_gradient", "pgd", "check_pixels", "check_eps", "linf_start", "Strongest",
+           "RESTART_BATCH"]
 
 
-def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Refuse inputs that would make an attack silently wrong (normalised images, uint8, shape mismatch)."""
+def check_pixels(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse inputs that would make an attack silently wrong: x must be a float tensor in [0, 1] (not normalised,
+    not uint8) and y int64 labels, one per image."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"attack images must be a float tensor in [0, 1], got {got}; "
@@ -41,7 +43,8 @@ def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
                          "pass un-normalised images and put normalisation inside the model")
 
 
-def _check_eps(eps: float, name: str = "eps") -> float:
+def check_eps(eps: float, name: str = "eps") -> float:
+    """``eps`` as a float, refused unless finite and >= 0 ([0, 1] pixel units); ``name`` names it in the error."""
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"{name} must be a finite number >= 0 in [0, 1] pixel units (e.g. 8/255), got {eps}")
@@ -68,7 +71,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """∇x of the summed cross-entropy at x (float NCHW in [0, 1]), in eval mode: FGSM's direction, and the
     zero-gradient diagnostic of gradient masking."""
-    _check_images(x, y)
+    check_pixels(x, y)
     with eval_mode(model):
         return _input_grad(model, x, y)[0]
 
@@ -78,8 +81,8 @@ def fgsm_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Seq
     """FGSM at every ε of ``eps_list`` (pixel units) from a single gradient; returns x_adv per ε, in order.
 
     ``grad``: :func:`input_gradient` at (x, y), when the caller has it already."""
-    _check_images(x, y)
-    eps_list = [_check_eps(e) for e in eps_list]
+    check_pixels(x, y)
+    eps_list = [check_eps(e) for e in eps_list]
     if not any(eps_list):
         return [x.detach().clone() for _ in eps_list]
     if grad is None:
@@ -95,7 +98,7 @@ def fgsm_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Seq
 RESTART_BATCH = 512  # PGD restarts are crafted side by side in batches of at most this many images
 
 
-class _Strongest:
+class Strongest:
     """Per example, the strongest point offered so far: a misclassified one beats one that is not, then the higher
     cross-entropy wins (``first_success``: a misclassified point is kept even against a later, higher-loss one)."""
 
@@ -113,6 +116,20 @@ class _Strongest:
         self.success = self.success | success
 
 
+def linf_start(x: torch.Tensor, eps: float, random_start: bool,
+               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(start, lo, hi) of an L∞ attack on x: x itself or, with ``random_start``, a uniform point of the ε-ball
+    (one torch.rand draw from ``generator``), and the per-pixel box ε-ball ∩ [0, 1] that every iterate is clamped to."""
+    x = x.detach()
+    # the feasible set ε-ball ∩ [0, 1] is a per-pixel box: projecting onto it is one clamp
+    lo, hi = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
+    x_adv = x.clone()
+    if random_start:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv.add_(noise.mul_(2 * eps).sub_(eps)).clamp_(lo, hi)
+    return x_adv, lo, hi
+
+
 @torch.no_grad()
 def _loss_and_success(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example cross-entropy and whether the example is misclassified (an attack success)."""
@@ -122,25 +139,19 @@ def _loss_and_success(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
 
 def _pgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
              random_start: bool, generator: torch.Generator | None, keep: str,
-             score: bool) -> _Strongest | torch.Tensor:
+             score: bool) -> Strongest | torch.Tensor:
     """One PGD run from x (or a uniform random point of the ε-ball), projected onto the ε-ball ∩ [0, 1].
 
     Returns the strongest iterate (``keep='best'``) or the last one, scored with its per-example loss and
     misclassification; for ``keep='last'`` without ``score``, the bare last iterate (no extra forward pass).
     """
-    x = x.detach()
-    # the feasible set ε-ball ∩ [0, 1] is a per-pixel box: projecting onto it is one clamp
-    lo, hi = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
-    x_adv = x.clone()
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv.add_(noise.mul_(2 * eps).sub_(eps)).clamp_(lo, hi)
-    best: _Strongest | None = None
+    x_adv, lo, hi = linf_start(x, eps, random_start, generator)
+    best: Strongest | None = None
     for _ in range(steps):
         grad, loss, success = _input_grad(model, x_adv, y)
         if keep == "best":  # the gradient's forward pass scores the current iterate for free
             if best is None:
-                best = _Strongest(x_adv, loss, success)
+                best = Strongest(x_adv, loss, success)
             else:
                 best.offer(x_adv, loss, success)
         x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
@@ -148,7 +159,7 @@ def _pgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ste
         return x_adv
     loss, success = _loss_and_success(model, x_adv, y)  # the last iterate has had no forward pass yet
     if best is None:
-        return _Strongest(x_adv, loss, success)
+        return Strongest(x_adv, loss, success)
     best.offer(x_adv, loss, success)
     return best
 
@@ -168,9 +179,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
     are drawn in restart order, so on a CPU they are the numbers that one restart after another would draw.
     ``generator`` (on x's device) makes the random starts reproducible.
     """
-    _check_images(x, y)
-    eps = _check_eps(eps)
-    step_size = _check_eps(step_size, "step_size")
+    check_pixels(x, y)
+    eps = check_eps(eps)
+    step_size = check_eps(step_size, "step_size")
     if int(steps) != steps or steps < 1:
         raise ValueError(f"pgd steps must be an integer >= 1, got {steps}")
     if int(restarts) != restarts or restarts < 1:
@@ -183,7 +194,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
     restarts = int(restarts) if random_start else 1
     n = len(x)
     per_pass = max(1, min(restarts, RESTART_BATCH // max(n, 1)))  # restarts crafted in one batch
-    best: _Strongest | None = None
+    best: Strongest | None = None
     with eval_mode(model):
         done = 0
         while done < restarts:
@@ -195,10 +206,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
             for j in range(k):  # in restart order: keep='last' keeps the first misclassified restart
                 part = slice(j * n, (j + 1) * n)
                 if best is None:
-                    best = _Strongest(run.x[part], run.loss[part], run.success[part], first_success=keep == "last")
+                    best = Strongest(run.x[part], run.loss[part], run.success[part], first_success=keep == "last")
                 else:
                     best.offer(run.x[part], run.loss[part], run.success[part])
             done += k
             if bool(best.success.all()):
                 break  # every example already fooled: more restarts cannot change its success
     return best.x
+

@@ -13,26 +13,22 @@ also those the surrogate or the target misclassifies (the metrics count only the
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from robustlora.attacks.gradient import pgd
-from robustlora.evaluation.suite import _check_images, _to_batch, attack_rows
-from robustlora.evaluation.metrics import image_outcomes
-from robustlora.models.resnet import autocast_off, eval_mode, pick_device
+from robustlora.attacks.inputs import check_image_ids, check_images, progress_bar, resolve_device, to_batch
+from robustlora.attacks.outcomes import LINF_TOL, attack_rows, concat_outcomes, linf_distances, model_outcomes
+from robustlora.models.resnet import autocast_off, eval_mode
 
 if TYPE_CHECKING:
     from robustlora.config import PgdConfig
 
 __all__ = ["craft_pgd", "transfer_rows"]
-
-_LINF_TOL = 1e-6
 
 
 def craft_pgd(surrogate: nn.Module, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
@@ -44,18 +40,17 @@ def craft_pgd(surrogate: nn.Module, images: torch.Tensor | np.ndarray, labels: t
     restarts, its random starts drawn from a generator seeded with ``seed``. images: uint8 NHWC or float NCHW in
     [0, 1]; labels: int64 (N,). ``device``: 'auto', 'cpu', 'cuda', ... (default: where the surrogate is).
     """
-    y_all = _check_images(images, labels)
+    y_all = check_images(images, labels)
     eps_list = [float(e) for e in eps_list]
     device = _device(surrogate, device)
     surrogate.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     crafted: dict[float, list[torch.Tensor]] = {e: [] for e in eps_list}
     n = len(y_all)
-    bar = tqdm(total=-(-n // batch_size) * len(eps_list), desc="craft pgd", unit="run",
-               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    bar = progress_bar(-(-n // batch_size) * len(eps_list), "craft pgd", "run", progress)
     with eval_mode(surrogate), autocast_off(device), bar:
         for start in range(0, n, batch_size):
-            x = _to_batch(images, start, start + batch_size, device)
+            x = to_batch(images, start, start + batch_size, device)
             y = y_all[start:start + batch_size].to(device)
             for e in eps_list:
                 x_adv = pgd(surrogate, x, y, e, pgd_cfg.step_for(e), pgd_cfg.steps,
@@ -75,11 +70,9 @@ def transfer_rows(target: nn.Module, images: torch.Tensor | np.ndarray, labels: 
     every adversarial must lie within ε of its image in L∞ and in [0, 1]. Columns IMAGE_COLUMNS + EXTRA_COLUMNS,
     attack f'transfer_{surrogate}', queries NaN, detail ''; rows ordered by ε as given, then image.
     """
-    y_all = _check_images(images, labels)
+    y_all = check_images(images, labels)
     n = len(y_all)
-    ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
-    if ids.shape != (n,):
-        raise ValueError(f"image_ids must have shape ({n},), got {ids.shape}")
+    ids = check_image_ids(image_ids, n)
     device = _device(target, device)
     target.to(device)
     clean: list[dict[str, np.ndarray]] = []
@@ -87,15 +80,15 @@ def transfer_rows(target: nn.Module, images: torch.Tensor | np.ndarray, labels: 
     linf: dict[float, list[np.ndarray]] = {float(e): [] for e in adversarials}
     with torch.no_grad(), eval_mode(target), autocast_off(device):
         for start in range(0, n, batch_size):
-            x = _to_batch(images, start, start + batch_size, device)
+            x = to_batch(images, start, start + batch_size, device)
             y = y_all[start:start + batch_size].to(device)
-            clean.append(image_outcomes(target(x), y))
+            clean.append(model_outcomes(target, x, y))
             for e, x_all in adversarials.items():
                 x_adv = _adversarial_batch(x_all, x, float(e), start, n, surrogate)
-                adv[float(e)].append(image_outcomes(target(x_adv), y))
-                linf[float(e)].append((x_adv - x).abs().flatten(1).amax(1).cpu().numpy())
-    before = _concat(clean)
-    return pd.concat([attack_rows(f"transfer_{surrogate}", e, ids, y_all, before, _concat(adv[e]),
+                adv[float(e)].append(model_outcomes(target, x_adv, y))
+                linf[float(e)].append(linf_distances(x_adv, x))
+    before = concat_outcomes(clean)
+    return pd.concat([attack_rows(f"transfer_{surrogate}", e, ids, y_all, before, concat_outcomes(adv[e]),
                                   linf=np.concatenate(linf[e])) for e in adv], ignore_index=True)
 
 
@@ -111,18 +104,12 @@ def _adversarial_batch(x_all: torch.Tensor, x: torch.Tensor, eps: float, start: 
         raise ValueError(f"transfer_{surrogate}: adversarials at ε = {eps:.6g} have shape "
                          f"{tuple(x_all.shape[1:])} per image, the images {tuple(x.shape[1:])}")
     worst = float((x_adv - x).abs().max())
-    if worst > eps + _LINF_TOL or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
+    if worst > eps + LINF_TOL or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
         raise ValueError(f"transfer_{surrogate}: adversarials at ε = {eps:.6g} leave the ε-ball ∩ [0, 1] "
                          f"(max ‖δ‖∞ {worst:.6g}); were they crafted from these images at this ε?")
     return x_adv
 
 
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 def _device(model: nn.Module, device: str | torch.device | None) -> torch.device:
     """'auto' / 'cpu' / 'cuda' / a torch.device; None = where the model's parameters are."""
-    if device is None:
-        return next(model.parameters()).device
-    return pick_device(device, "attack.device") if isinstance(device, str) else torch.device(device)
+    return next(model.parameters()).device if device is None else resolve_device(device, "attack.device")

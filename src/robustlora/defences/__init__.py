@@ -1,1 +1,2 @@
-"""Defences as arms: feature squeezing, adapter switching, and the defences stage's work."""
+"""Defences as arms: feature squeezing (squeeze), adapter switching (switching), the defences stage's per-image rows
+(evaluation) and its metrics (metrics)."""

@@ -20,19 +20,23 @@ import torch
 from torch import nn
 
 from robustlora.attacks.gradient import fgsm, pgd
+from robustlora.attacks.inputs import to_batch
 from robustlora.config import AttackConfig, SqueezeConfig, SwitchingConfig
-from robustlora.evaluation.metrics import eps_label
-from robustlora.models.resnet import eval_mode, load_variant, to_pixels
 from robustlora.defences.squeeze import Squeezer, adaptive_pgd, detect, detector_scores, fit_threshold
 from robustlora.defences.switching import AdapterBank, SwitchingClassifier, adapter_from_state_dict, switch_cost
+from robustlora.evaluation.rowcache import FINGERPRINT
+from robustlora.formatting import eps_label
+from robustlora.models.resnet import eval_mode, load_variant
 
-__all__ = ["SQUEEZE_COLUMNS", "SWITCHING_COLUMNS", "SWITCHING_ATTACKS", "squeezers", "fit_detector",
-           "squeeze_rows", "switching_bank", "switching_rows", "switching_cost"]
+__all__ = ["SQUEEZE_COLUMNS", "SWITCHING_COLUMNS", "SWITCHING_ATTACKS", "SYSTEM_COLUMNS", "squeezers", "fit_detector",
+           "squeeze_rows", "switching_bank", "switching_rows", "system_rows", "switching_table", "switching_cost"]
 
 SQUEEZE_COLUMNS = ["attack", "eps", "eps_label", "image", "label", "clean_correct", "adv_correct", "clean_score",
                    "adv_score", "clean_flagged", "adv_flagged", "threshold", "holdout_fpr"]
 SWITCHING_COLUMNS = ["attack", "eps", "eps_label", "image", "label", "clean_correct", "adv_correct",
                      "clean_switched", "adv_switched"]
+# the switching table's columns before SWITCHING_COLUMNS: which system (standard + robust arm) and training seed
+SYSTEM_COLUMNS = ["system", "standard", "robust", "seed"]
 # attacks on the switching system: an attacker unaware of it (PGD on the standard adapter), PGD on the robust
 # adapter, the detector-evading adaptive attack on the standard adapter, PGD through the routed system; `worst`:
 # per image, the system counts as robust only if it survives all of them
@@ -50,7 +54,15 @@ def squeezers(cfg: SqueezeConfig) -> list[Squeezer]:
 
 
 def _pixels(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return to_pixels(images, device) if images.dtype == torch.uint8 else images.to(device)
+    return to_batch(images, 0, len(images), device)
+
+
+def _rows(attack: str, eps: float, image_ids: np.ndarray, labels: torch.Tensor, clean_correct: np.ndarray,
+          adv_correct: np.ndarray, **columns: Any) -> pd.DataFrame:
+    """One attack's per-image rows at ε: the columns every defence table starts with, then ``columns``."""
+    return pd.DataFrame({"attack": attack, "eps": np.float64(eps), "eps_label": eps_label(eps),
+                         "image": np.asarray(image_ids, np.int32), "label": labels.cpu().numpy().astype(np.int16),
+                         "clean_correct": clean_correct, "adv_correct": adv_correct, **columns})
 
 
 def fit_detector(model: nn.Module, holdout_images: torch.Tensor, cfg: SqueezeConfig, device: torch.device,
@@ -97,8 +109,9 @@ def squeeze_rows(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, i
     frames = []
     for eps in cfg.eps:
         step = attack.pgd.step_for(eps)
-        x_pgd = _batched(lambda a, b: pgd(model, a, b, eps, step, attack.pgd.steps, random_start=attack.pgd.random_start,
-                                          restarts=attack.pgd.restarts, generator=generator), x, y, bs)
+        x_pgd = _batched(lambda a, b: pgd(model, a, b, eps, step, attack.pgd.steps,
+                                          random_start=attack.pgd.random_start, restarts=attack.pgd.restarts,
+                                          generator=generator), x, y, bs)
         ad = cfg.adaptive
         x_ada = _batched(lambda a, b: adaptive_pgd(model, a, b, eps, ad.rel_step_size * eps, ad.steps, sq, threshold,
                                                    lam=ad.lam, ce_cap=ad.ce_cap, generator=generator), x, y, bs)
@@ -112,13 +125,10 @@ def squeeze_rows(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, i
         take_pgd = evades_pgd & ~evades_ada
         outcomes["adaptive"] = tuple(np.where(take_pgd, p, a) for p, a in zip(outcomes["pgd"], ada))
         for name, (adv_correct, adv_score, adv_flagged) in outcomes.items():
-            frames.append(pd.DataFrame({
-                "attack": name, "eps": np.float64(eps), "eps_label": eps_label(eps),
-                "image": np.asarray(image_ids, np.int32), "label": labels.cpu().numpy().astype(np.int16),
-                "clean_correct": clean_correct, "adv_correct": adv_correct,
-                "clean_score": clean_score.astype(np.float32), "adv_score": adv_score.astype(np.float32),
-                "clean_flagged": clean_flagged, "adv_flagged": adv_flagged,
-                "threshold": np.float64(threshold), "holdout_fpr": np.float64(holdout_fpr)}))
+            frames.append(_rows(name, eps, image_ids, labels, clean_correct, adv_correct,
+                                 clean_score=clean_score.astype(np.float32), adv_score=adv_score.astype(np.float32),
+                                 clean_flagged=clean_flagged, adv_flagged=adv_flagged,
+                                 threshold=np.float64(threshold), holdout_fpr=np.float64(holdout_fpr)))
     return pd.concat(frames, ignore_index=True)[SQUEEZE_COLUMNS]
 
 
@@ -202,12 +212,25 @@ def switching_rows(bank: AdapterBank, images: torch.Tensor, labels: torch.Tensor
         won = [next((name for name in points if not outcomes[name][0][i]), "pgd_system") for i in range(len(y))]
         outcomes["worst"] = (worst_correct, np.array([outcomes[w][1][i] for i, w in enumerate(won)], dtype=bool))
         for name, (adv_correct, adv_switched) in outcomes.items():
-            frames.append(pd.DataFrame({
-                "attack": name, "eps": np.float64(eps), "eps_label": eps_label(eps),
-                "image": np.asarray(image_ids, np.int32), "label": labels.cpu().numpy().astype(np.int16),
-                "clean_correct": clean_correct, "adv_correct": adv_correct,
-                "clean_switched": clean_switched, "adv_switched": adv_switched}))
+            frames.append(_rows(name, eps, image_ids, labels, clean_correct, adv_correct,
+                                 clean_switched=clean_switched, adv_switched=adv_switched))
     return pd.concat(frames, ignore_index=True)[SWITCHING_COLUMNS], threshold
+
+
+def system_rows(rows: pd.DataFrame, standard: str, robust: str, seed: int) -> pd.DataFrame:
+    """:func:`switching_rows`' rows of one seed with SYSTEM_COLUMNS in front (system '<standard>+<robust>');
+    in place."""
+    for column, value in zip(SYSTEM_COLUMNS[::-1], (seed, robust, standard, f"{standard}+{robust}")):
+        rows.insert(0, column, value)
+    return rows
+
+
+def switching_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The switching table: every seed's :func:`system_rows` (tagged by the row cache) one after another; without
+    any (no switching system configured) the empty table of its columns."""
+    if not frames:
+        return pd.DataFrame(columns=[*SYSTEM_COLUMNS, *SWITCHING_COLUMNS, FINGERPRINT])
+    return pd.concat(frames, ignore_index=True)
 
 
 def _spread(values: Sequence[float]) -> dict[str, float]:
@@ -219,7 +242,9 @@ def switching_cost(bank: AdapterBank, standard_path, robust_path, images: torch.
                    device: torch.device) -> dict[str, Any]:
     """Seconds per batch of serving both adapters four ways, each timed ``cfg.cost_repeats`` times (median, 5-95 %):
     switching in place (``bank.use`` + forward), picking one of two held merged models, ``load_state_dict`` of a
-    full state from memory, and reloading the model file from disk; plus the parameter bytes held."""
+    full state from memory, and reloading the model file from disk; plus the parameter bytes held. The bank is
+    moved to ``device``."""
+    bank.to(device)
     x = _pixels(images[: cfg.cost_batch_size], device)
     cost = switch_cost(bank, x, repeats=cfg.cost_repeats)
     paths = [standard_path, robust_path]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlora.attacks.gradient import _check_eps, _Strongest
+from robustlora.attacks.gradient import Strongest, check_eps, linf_start
 from robustlora.errors import DataError, ModelError
 from robustlora.models.resnet import eval_mode
 
@@ -199,7 +199,8 @@ def detect(scores: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def adaptive_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
                  squeezers: Sequence[SqueezeFn], threshold: float, *, lam: float = 0.25, ce_cap: float = 2.0,
-                 target: float = 0.9, random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+                 target: float = 0.9, random_start: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """L∞ PGD against classifier + feature-squeezing detector; ε, step_size in [0, 1] pixel units; returns x_adv.
 
     Each step ascends the sign of the gradient of the per-image objective
@@ -215,8 +216,8 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     _check_pixels(x)
     _check_labels(x, y)
     squeezers = [bpda(s) for s in _check_squeezers(squeezers)]
-    eps = _check_eps(eps)
-    step_size = _check_eps(step_size, "step_size")
+    eps = check_eps(eps)
+    step_size = check_eps(step_size, "step_size")
     if int(steps) != steps or steps < 1:
         raise ModelError(f"adaptive_pgd steps must be an integer >= 1, got {steps}")
     threshold, lam, target = float(threshold), float(lam), float(target)
@@ -226,12 +227,7 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                          f"got threshold={threshold}, lam={lam}, ce_cap={ce_cap}, target={target}")
     if eps == 0:
         return x.detach().clone()
-    x = x.detach()
-    lo, hi = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
-    x_adv = x.clone()
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv.add_(noise.mul_(2 * eps).sub_(eps)).clamp_(lo, hi)
+    x_adv, lo, hi = linf_start(x, eps, random_start, generator)
 
     def objective(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, score = _score(model, point, squeezers)
@@ -240,7 +236,7 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
         fooled_unseen = (logits.argmax(1) != y) & (score <= threshold)  # BPDA's forward is the true squeezer
         return loss, fooled_unseen
 
-    best: _Strongest | None = None
+    best: Strongest | None = None
     with eval_mode(model):
         for _ in range(int(steps)):
             point = x_adv.detach().requires_grad_(True)
@@ -249,7 +245,7 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                 (grad,) = torch.autograd.grad(loss.sum(), point)
             loss, success = loss.detach(), success.detach()
             if best is None:
-                best = _Strongest(x_adv, loss, success)
+                best = Strongest(x_adv, loss, success)
             else:
                 best.offer(x_adv, loss, success)
             x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)

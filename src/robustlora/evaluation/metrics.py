@@ -1,4 +1,4 @@
-"""Per-image outcomes of a classifier, and the study's robustness metrics over them with 95 % intervals.
+"""The study's robustness metrics over per-image rows (robustlora.attacks.outcomes), with 95 % intervals.
 
 The study's definitions, for the N images of one (model, attack, ε):
 - clean accuracy: share classified correctly before the attack;
@@ -14,18 +14,15 @@ normal-approximation interval value ± z·sd/√n, clipped to [0, 1].
 
 from __future__ import annotations
 
-import math
 from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from robustlora.formatting import eps_label  # noqa: F401  (re-exported for now)
 from robustlora.stats import wilson_interval
 
-__all__ = ["METRICS", "PROPORTIONS", "image_outcomes", "output_kind", "outcome_metrics", "eps_label"]
+__all__ = ["METRICS", "PROPORTIONS", "outcome_metrics"]
 
 # metric -> (per-image value column, images it averages over: every image or the clean-correct ones)
 _DEFINITIONS = {
@@ -43,47 +40,6 @@ METRICS = list(_DEFINITIONS)
 PROPORTIONS = ("clean_accuracy", "robust_accuracy", "attack_success_rate")  # Wilson intervals; the rest are means
 _OUTCOME_COLUMNS = ("clean_correct", "adv_correct", "clean_max_prob", "adv_max_prob", "clean_true_prob",
                     "adv_true_prob")
-
-
-def image_outcomes(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per-image outcome of (N, C) logits and (N,) int labels.
-
-    Returns pred (int16 argmax), correct (bool), true_prob and max_prob (float32 softmax probabilities) and margin
-    (float32: the true class's logit minus the largest other logit, > 0 iff the image is classified correctly).
-    """
-    z = logits.detach().float().cpu().double()  # float64 on the CPU: MPS has no float64
-    y = torch.as_tensor(labels).detach().cpu()
-    if z.dim() != 2 or z.shape[1] < 2 or y.shape != z.shape[:1]:
-        raise ValueError(f"expected logits (N, C >= 2) and labels (N,), got {tuple(z.shape)} and {tuple(y.shape)}")
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(f"labels must be integers, got {y.dtype}")
-    y = y.long()
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= z.shape[1]):
-        raise ValueError(f"labels must lie in [0, {z.shape[1] - 1}], got [{int(y.min())}, {int(y.max())}]")
-    p = torch.softmax(z, dim=1)
-    max_prob, pred = p.max(dim=1)
-    true_logit = z.gather(1, y[:, None])[:, 0]
-    other = z.scatter(1, y[:, None], -math.inf).max(dim=1).values
-    return {
-        "pred": pred.numpy().astype(np.int16),
-        "correct": (pred == y).numpy(),
-        "true_prob": p.gather(1, y[:, None])[:, 0].numpy().astype(np.float32),
-        "max_prob": max_prob.numpy().astype(np.float32),
-        "margin": (true_logit - other).numpy().astype(np.float32),
-    }
-
-
-def output_kind(outputs: torch.Tensor, atol: float = 1e-4) -> np.ndarray:
-    """Per row of a model's (N, C) outputs: 'probabilities' (non-negative, summing to 1), 'log-probabilities'
-    (non-positive, logsumexp 0) or 'logits'. Attacks on cross-entropy need logits: a softmax inside the model
-    flattens the loss and masks its gradients (Carlini et al. 2019)."""
-    z = outputs.detach().float().cpu().double()
-    probs = (z.min(dim=1).values >= 0) & ((z.sum(dim=1) - 1).abs() <= atol)
-    log_probs = (z.max(dim=1).values <= 0) & (torch.logsumexp(z, dim=1).abs() <= atol)
-    kind = np.full(len(z), "logits", dtype=object)
-    kind[log_probs.numpy()] = "log-probabilities"
-    kind[probs.numpy()] = "probabilities"
-    return kind
 
 
 def outcome_metrics(df: pd.DataFrame, by: Sequence[str], confidence: float = 0.95) -> pd.DataFrame:

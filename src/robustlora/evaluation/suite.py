@@ -1,18 +1,14 @@
 """The attack suite the `attack` stage runs, its per-image results, and the summaries made from them.
 
 Per batch: clean logits once, one gradient for every FGSM ε, one PGD run per ε (strongest iterate, see
-robustlora.attacks.gradient.pgd). Everything runs in float32 in eval mode. The suite keeps one row per (attack, ε, image);
-every summary (tidy table, DVC metrics JSON, MLflow metrics, ε curves) is computed from those rows, so paired
-statistics across arms and seeds stay possible afterwards.
+robustlora.attacks.gradient.pgd). Everything runs in float32 in eval mode. The suite keeps one row per (attack, ε,
+image) (robustlora.attacks.outcomes); every summary (tidy table, DVC metrics JSON, MLflow metrics, ε curves) is
+computed from those rows, so paired statistics across arms and seeds stay possible afterwards.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import math
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -20,33 +16,28 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from robustlora.attacks.gradient import fgsm_sweep, input_gradient, pgd
-from robustlora.errors import DataError
-from robustlora.evaluation.metrics import eps_label, image_outcomes, outcome_metrics, output_kind
+from robustlora.attacks.inputs import check_image_ids, check_images, progress_bar, resolve_device, to_batch
+from robustlora.attacks.outcomes import (IMAGE_COLUMNS, concat_outcomes, image_outcomes, model_outcomes,
+                                         outcome_columns, output_kind)
 from robustlora.data.dataset import load_split
-from robustlora.models.resnet import autocast_off, eval_mode, load_variant, pick_device, to_pixels
+from robustlora.evaluation.metrics import outcome_metrics
+from robustlora.formatting import eps_label
+from robustlora.models.resnet import autocast_off, eval_mode, load_variant
 from robustlora.stats import seed_summary
 
 if TYPE_CHECKING:
     from robustlora.config import AttackConfig  # pydantic; the suite only reads its attributes
 
-__all__ = ["attack_suite", "summarize_images", "metrics_json", "flat_metrics", "mean_metrics", "success_curves",
-           "attack_rows", "IMAGE_COLUMNS", "DIAGNOSTIC_COLUMNS", "EXTRA_COLUMNS", "SUMMARY_COLUMNS", "SHORT_NAMES"]
+__all__ = ["attack_suite", "attack_variant", "attacked_images", "attack_subset", "pgd_eps", "summarize_images",
+           "metrics_json", "flat_metrics", "mean_metrics", "success_curves", "DIAGNOSTIC_COLUMNS", "SUMMARY_COLUMNS",
+           "SHORT_NAMES"]
 
 
-# attack_suite's columns; the attack stage prepends variant and seed
-IMAGE_COLUMNS = ["attack", "eps", "eps_label", "image", "label", "clean_pred", "adv_pred", "clean_correct",
-                 "adv_correct", "clean_true_prob", "adv_true_prob", "clean_max_prob", "adv_max_prob", "clean_margin",
-                 "adv_margin"]
 # attack_suite adds two per-image diagnostics of gradient masking at the clean input: the L1 norm of the input
-# gradient of the cross-entropy (0 = no signal for a gradient attack) and what the model returns (metrics.output_kind)
+# gradient of the cross-entropy (0 = no signal for a gradient attack) and what the model returns (outcomes.output_kind)
 DIAGNOSTIC_COLUMNS = ["clean_grad_norm", "clean_output"]
-# the attacks beyond FGSM / PGD (robustlora.attacks.autoattack, .blackbox, .transfer) add: queries spent until the image
-# was first fooled within ε (NaN: not fooled, not attacked or not counted), ‖x_adv − x‖∞, and a free-text detail
-# (AutoAttack: the component that fooled the image)
-EXTRA_COLUMNS = ["queries", "linf", "detail"]
 # summarize_images' columns after the variant / seed columns the rows carry
 SUMMARY_COLUMNS = ["attack", "eps", "eps_label", "metric", "value", "ci_low", "ci_high", "n"]
 # metric -> key in the DVC metrics JSON and MLflow names (clean_accuracy is a key of its own, once per seed)
@@ -63,30 +54,7 @@ SHORT_NAMES = {
 _GROUPS = ("variant", "seed")  # the columns a summary groups by when the rows carry them
 
 
-def _to_batch(images: torch.Tensor | np.ndarray, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    """Slice a batch and convert it on the device: uint8 NHWC -> float NCHW / 255; float NCHW as is."""
-    batch = torch.as_tensor(images[start:stop]).to(device, non_blocking=True)
-    return to_pixels(batch) if batch.dtype == torch.uint8 else batch.float()
-
-
-def _check_images(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Validate layout and labels; return labels as an int64 CPU tensor."""
-    is_uint8 = images.dtype in (torch.uint8, np.uint8)
-    if getattr(images, "ndim", 0) != 4:
-        raise ValueError(f"images must be 4-d (uint8 NHWC or float NCHW), got shape {tuple(images.shape)}")
-    if is_uint8 and images.shape[-1] not in (1, 3):
-        raise ValueError(f"uint8 images must be NHWC with 1 or 3 channels last, got shape {tuple(images.shape)}")
-    if not is_uint8 and images.shape[1] not in (1, 3):
-        raise ValueError(f"float images must be NCHW in [0, 1] with 1 or 3 channels, got shape {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise DataError("no images to attack: the attacked split is empty")
-    y = torch.as_tensor(labels)
-    if y.dtype != torch.int64 or y.shape != (images.shape[0],):
-        raise ValueError(f"labels must be int64 of shape ({images.shape[0]},), got {y.dtype} {tuple(y.shape)}")
-    return y.cpu()
-
-
-def _pgd_eps(cfg: AttackConfig) -> list[float]:
+def pgd_eps(cfg: AttackConfig) -> list[float]:
     """PGD's ε: the grid, plus the sanity ε when it is set and not already on the grid."""
     grid = [float(e) for e in cfg.eps]
     sanity = cfg.pgd.sanity_eps
@@ -112,13 +80,11 @@ def attack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels: to
     Columns: IMAGE_COLUMNS + DIAGNOSTIC_COLUMNS, rows ordered by attack (fgsm, pgd, pgd_strong), ε (as given),
     image.
     """
-    fgsm_eps, pgd_eps = [float(e) for e in cfg.eps], _pgd_eps(cfg)  # AttackConfig has checked them
-    y_all = _check_images(images, labels)
+    fgsm_grid, pgd_grid = [float(e) for e in cfg.eps], pgd_eps(cfg)  # AttackConfig has checked them
+    y_all = check_images(images, labels)
     n = len(y_all)
-    ids = np.arange(n) if image_ids is None else np.asarray(image_ids)
-    if ids.shape != (n,):
-        raise ValueError(f"image_ids must have shape ({n},), got {ids.shape}")
-    device = pick_device(cfg.device, "attack.device") if device is None else torch.device(device)
+    ids = check_image_ids(image_ids, n)
+    device = resolve_device(cfg.device if device is None else device, "attack.device")
     model.to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     strong_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -128,32 +94,31 @@ def attack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels: to
 
     clean: list[dict[str, np.ndarray]] = []
     diagnostics: dict[str, list[np.ndarray]] = {c: [] for c in DIAGNOSTIC_COLUMNS}
-    adv: dict[tuple[str, float], list[dict[str, np.ndarray]]] = {("fgsm", e): [] for e in fgsm_eps}
-    adv.update({("pgd", e): [] for e in pgd_eps})
+    adv: dict[tuple[str, float], list[dict[str, np.ndarray]]] = {("fgsm", e): [] for e in fgsm_grid}
+    adv.update({("pgd", e): [] for e in pgd_grid})
     adv.update({("pgd_strong", e): [] for e in conv_eps})
-    n_runs = math.ceil(n / cfg.batch_size) * (1 + len(pgd_eps)) + math.ceil(n_conv / cfg.batch_size) * len(conv_eps)
-    bar = tqdm(total=n_runs, desc="attack", unit="run",
-               disable=(not sys.stderr.isatty()) if progress is None else not progress)
+    n_runs = math.ceil(n / cfg.batch_size) * (1 + len(pgd_grid)) + math.ceil(n_conv / cfg.batch_size) * len(conv_eps)
+    bar = progress_bar(n_runs, "attack", "run", progress)
     with eval_mode(model), autocast_off(device), bar:
         for start in range(0, n, cfg.batch_size):
-            x = _to_batch(images, start, start + cfg.batch_size, device)
+            x = to_batch(images, start, start + cfg.batch_size, device)
             y = y_all[start:start + cfg.batch_size].to(device)
             with torch.no_grad():
                 logits = model(x)
             clean.append(image_outcomes(logits, y))
             diagnostics["clean_output"].append(output_kind(logits))
-            bar.set_postfix_str(f"fgsm x{len(fgsm_eps)}")
+            bar.set_postfix_str(f"fgsm x{len(fgsm_grid)}")
             grad = input_gradient(model, x, y)
             diagnostics["clean_grad_norm"].append(grad.abs().flatten(1).sum(1).float().cpu().numpy())
-            for e, x_adv in zip(fgsm_eps, fgsm_sweep(model, x, y, fgsm_eps, grad=grad)):
-                adv["fgsm", e].append(_outcomes(model, x_adv, y))
+            for e, x_adv in zip(fgsm_grid, fgsm_sweep(model, x, y, fgsm_grid, grad=grad)):
+                adv["fgsm", e].append(model_outcomes(model, x_adv, y))
             bar.update()
             in_conv = max(0, min(len(y), n_conv - start))  # this batch's images in the convergence subset
-            for e in pgd_eps:
+            for e in pgd_grid:
                 bar.set_postfix_str(f"pgd {eps_label(e)}")
                 x_adv = pgd(model, x, y, e, cfg.pgd.step_for(e), cfg.pgd.steps, random_start=cfg.pgd.random_start,
                             restarts=cfg.pgd.restarts, generator=generator)
-                out = _outcomes(model, x_adv, y)
+                out = model_outcomes(model, x_adv, y)
                 adv["pgd", e].append(out)
                 bar.update()
                 if e in conv_eps and in_conv:
@@ -163,21 +128,15 @@ def attack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels: to
                                                             robust, e, cfg, strong_generator))
                     bar.update()
 
-    before = _concat(clean)
-    common = {"image": ids.astype(np.int32), "label": y_all.numpy().astype(np.int16),
-              "clean_pred": before["pred"]}
+    before = concat_outcomes(clean)
     extra = {c: np.concatenate(parts) for c, parts in diagnostics.items()}
     frames = []
     for (attack, e), parts in adv.items():
-        after = _concat(parts)
+        after = concat_outcomes(parts)
         m = len(after["pred"])  # pgd_strong covers the first n_conv images only
-        frames.append(pd.DataFrame({
-            "attack": attack, "eps": np.float64(e), "eps_label": eps_label(e),
-            **{k: v[:m] for k, v in common.items()}, "adv_pred": after["pred"],
-            **{f"{when}_{key}": out[key][:m] for key in ("correct", "true_prob", "max_prob", "margin")
-               for when, out in (("clean", before), ("adv", after))},
-            **{k: v[:m] for k, v in extra.items()},
-        }))
+        first = {k: v[:m] for k, v in before.items()}
+        frames.append(pd.DataFrame({**outcome_columns(attack, e, ids[:m], y_all[:m], first, after),
+                                    **{k: v[:m] for k, v in extra.items()}}))
     return pd.concat(frames, ignore_index=True)[IMAGE_COLUMNS + DIAGNOSTIC_COLUMNS]
 
 
@@ -191,35 +150,7 @@ def _strong_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_pgd: torch
         conv = cfg.convergence
         x_out[todo] = pgd(model, x[todo], y[todo], eps, cfg.pgd.step_for(eps), cfg.pgd.steps * conv.steps_factor,
                           random_start=cfg.pgd.random_start, restarts=conv.restarts, generator=generator)
-    return _outcomes(model, x_out, y)
-
-
-def attack_rows(attack: str, eps: float, image_ids: np.ndarray, labels: torch.Tensor,
-                clean: dict[str, np.ndarray], adv: dict[str, np.ndarray], *, linf: np.ndarray,
-                queries: np.ndarray | None = None, detail: np.ndarray | None = None) -> pd.DataFrame:
-    """Per-image rows (IMAGE_COLUMNS + EXTRA_COLUMNS) of one attack at one ε from :func:`metrics.image_outcomes`
-    of the clean and adversarial inputs; queries default to NaN, detail to ''."""
-    n = len(image_ids)
-    return pd.DataFrame({
-        "attack": attack, "eps": np.float64(eps), "eps_label": eps_label(eps),
-        "image": np.asarray(image_ids).astype(np.int32), "label": labels.cpu().numpy().astype(np.int16),
-        "clean_pred": clean["pred"], "adv_pred": adv["pred"],
-        **{f"{when}_{key}": out[key] for key in ("correct", "true_prob", "max_prob", "margin")
-           for when, out in (("clean", clean), ("adv", adv))},
-        "queries": np.full(n, np.nan) if queries is None else np.asarray(queries, np.float64),
-        "linf": np.asarray(linf, np.float32),
-        "detail": np.full(n, "", dtype=object) if detail is None else np.asarray(detail, dtype=object),
-    })[IMAGE_COLUMNS + EXTRA_COLUMNS]
-
-
-@torch.no_grad()
-def _outcomes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
-    return image_outcomes(model(x), y)
-
-
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-batch outcomes concatenated in order."""
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return model_outcomes(model, x_out, y)
 
 
 def summarize_images(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
@@ -345,74 +276,7 @@ def attacked_images(prepared_dir: Path, cfg: AttackConfig,
 
 def attack_variant(model_path: Path, prepared_dir: Path, cfg: AttackConfig, *,
                    progress: bool | None = None) -> pd.DataFrame:
-    """FGSM and PGD over ε on the val subset: one row per attack x ε x image (see evaluate.IMAGE_COLUMNS)."""
+    """FGSM and PGD over ε on the val subset: one row per attack x ε x image (IMAGE_COLUMNS + DIAGNOSTIC_COLUMNS)."""
     model, _ = load_variant(model_path)
     images, labels, idx = attacked_images(prepared_dir, cfg)
     return attack_suite(model, images, labels, cfg, image_ids=idx, progress=progress)
-
-
-# ----------------------------------------------------------------------------- reuse across runs
-
-def code_digest() -> str:
-    """sha256 over every source file of the package, subpackages included: results made by other code are never
-    reused."""
-    h = hashlib.sha256()
-    package = Path(__file__).resolve().parents[1]
-    for path in sorted(package.rglob("*.py")):
-        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
-
-
-def fingerprint(model_files: Sequence[Path], settings: Any, image_ids: np.ndarray) -> str:
-    """What one model's rows of an attack depend on: the model file(s) (their bytes), the attack's settings (JSON),
-    the attacked images' ids and the library's code."""
-    h = hashlib.sha256()
-    for path in model_files:
-        stat = Path(path).stat()
-        h.update(_file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns))
-    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    h.update(np.asarray(image_ids, dtype=np.int64).tobytes())
-    h.update(code_digest().encode())
-    return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=256)
-def _file_digest(path: str, size: int, mtime_ns: int) -> bytes:
-    """sha256 of a file, computed once per process for a given size and mtime (a stage fingerprints each model
-    for several attacks or surrogates)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.digest()
-
-
-class RowCache:
-    """Per-model rows of an earlier run of the same stage (its persisted parquet file), reused when their fingerprint
-    matches: a sweep that changes one arm re-attacks that arm only. Rows carry a ``fingerprint`` column."""
-
-    def __init__(self, path: Path) -> None:
-        self.previous = None
-        if Path(path).is_file():
-            try:
-                table = pd.read_parquet(path)
-            except Exception:  # an unreadable earlier file is recomputed, not trusted
-                table = None
-            if table is not None and "fingerprint" in table.columns:
-                self.previous = table
-        self.reused: list[str] = []
-
-    def get(self, key: str, fp: str) -> pd.DataFrame | None:
-        """The earlier rows with fingerprint ``fp`` (``key`` names them in the log), or None."""
-        if self.previous is None:
-            return None
-        rows = self.previous[self.previous["fingerprint"] == fp]
-        if rows.empty:
-            return None
-        self.reused.append(key)
-        return rows.reset_index(drop=True)
-
-    @staticmethod
-    def tag(rows: pd.DataFrame, fp: str) -> pd.DataFrame:
-        rows["fingerprint"] = fp
-        return rows
