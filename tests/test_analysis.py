@@ -1,80 +1,22 @@
-"""Tests for robustlora.analysis.results on synthetic per-image results whose answers are known by construction."""
+"""Tests for the per-arm estimates, paired comparisons and findings of robustlora.analysis on synthetic per-image
+results whose answers are known by construction (tests/rows.py)."""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from robustlora import stats
-from robustlora.analysis.results import (ResultSet, Settings, analyse, arm_estimates, common_correct, findings,
-                                 findings_json, format_eps, paired_comparisons, seed_estimates, train_table)
+from robustlora.analysis import (ResultSet, analyse, arm_estimates, common_correct, findings, findings_json,
+                                 format_eps, paired_comparisons, seed_estimates, train_table)
 from robustlora.errors import DataError
-
-N = 40
-SEEDS = (0, 1, 2)
-GRID = (2 / 255, 8 / 255)
-SANITY = 0.5
-CLASSES = 10
-# successes per (attack, ε) among the clean-correct images: monotone in ε, PGD >= FGSM, PGD at 0.5 takes all
-SUCCESS = {("fgsm", GRID[0]): 10, ("fgsm", GRID[1]): 20, ("pgd", GRID[0]): 14, ("pgd", GRID[1]): 28,
-           ("pgd", SANITY): 10 ** 6}
-ARMS = {"baseline": "baseline", "lora_fc": "lora_fc", "lora_fc_conv1": "lora_fc_conv1"}
-
-
-def settings(**kw) -> Settings:
-    base = dict(eps_grid=GRID, report_eps=GRID[1], arms=ARMS, n_boot=200, seed=0)
-    return Settings(**(base | kw))
-
-
-def first_correct(n_correct: int, n: int = N) -> np.ndarray:
-    return np.arange(n) < n_correct
-
-
-def arm_frame(arm: str, clean: np.ndarray, success: Mapping[tuple[str, float], object] | None = None, *,
-              seeds: tuple[int, ...] = SEEDS, clean_prob: float = 0.9, adv_prob: float = 0.4) -> pd.DataFrame:
-    """Per-image rows of one arm: clean (N,) or (S, N) bool; success per (attack, ε): an int k (the first k
-    clean-correct images of every seed flip) or an (N,) / (S, N) bool array of adv_correct."""
-    success = SUCCESS if success is None else success
-    clean = np.broadcast_to(np.asarray(clean, dtype=bool), (len(seeds), clean.shape[-1]))
-    n = clean.shape[1]
-    labels = np.arange(n) % CLASSES
-    frames = []
-    for (attack, eps), spec in success.items():
-        if isinstance(spec, (int, np.integer)):
-            rank = np.cumsum(clean, axis=1)  # 1-based rank among each seed's correct images
-            adv = clean & (rank > spec)
-        else:
-            adv = np.broadcast_to(np.asarray(spec, dtype=bool), clean.shape)
-        for s, seed in enumerate(seeds):
-            frames.append(pd.DataFrame({
-                "variant": arm, "seed": np.int16(seed), "attack": attack, "eps": float(eps),
-                "eps_label": f"eps_{round(eps * 255)}", "image": np.arange(n, dtype=np.int32),
-                "label": labels.astype(np.int16),
-                "clean_pred": np.where(clean[s], labels, (labels + 1) % CLASSES).astype(np.int16),
-                "adv_pred": np.where(adv[s], labels, (labels + 2) % CLASSES).astype(np.int16),
-                "clean_correct": clean[s], "adv_correct": adv[s],
-                "clean_true_prob": np.float32(0.8), "adv_true_prob": np.float32(0.3),
-                "clean_max_prob": np.float32(clean_prob), "adv_max_prob": np.float32(adv_prob),
-                "clean_margin": np.float32(1.0), "adv_margin": np.float32(-1.0)}))
-    return pd.concat(frames, ignore_index=True)
-
-
-def study(**arms: pd.DataFrame) -> pd.DataFrame:
-    return pd.concat(list(arms.values()), ignore_index=True)
-
-
-def robust_on_grid(clean: np.ndarray) -> dict[tuple[str, float], object]:
-    """No attack on the grid flips a correct image; PGD at the sanity ε still flips every one."""
-    return {key: (10 ** 6 if key[1] == SANITY else clean) for key in SUCCESS}
-
-
-def broken_everywhere(n: int = N) -> dict[tuple[str, float], np.ndarray]:
-    return {key: np.zeros(n, dtype=bool) for key in SUCCESS}
+# the synthetic study (tests/rows.py); test_report imports it from here
+from rows import (GRID, N, SANITY, SEEDS, arm_frame, broken_everywhere, first_correct,  # noqa: F401
+                  robust_on_grid, settings, study)
 
 
 def by_key(found: list) -> dict:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from robustlora.analysis.checks import STATUSES, Check, attack_checks, count, run_checks, training_checks
-from test_analysis import GRID, SANITY, SUCCESS, arm_frame, first_correct, study
+from rows import GRID, SANITY, SUCCESS, arm_frame, first_correct, study
 
 
 def checks_of(results: pd.DataFrame, sanity_eps: float | None = SANITY) -> dict[tuple[str, str, int], Check]:

@@ -1,4 +1,4 @@
-"""Tests for robustlora.analysis.crosscheck (attacks beyond FGSM/PGD vs PGD) and the gradient-masking checks."""
+"""Tests for robustlora.analysis.crosscheck (attacks beyond FGSM/PGD vs PGD) and .masking (gradient-masking checks)."""
 
 from __future__ import annotations
 
@@ -7,41 +7,16 @@ import pandas as pd
 import pytest
 from torch import nn
 
-from robustlora.analysis import crosscheck
-from robustlora.analysis.results import Settings
-from robustlora.analysis.checks import masking_checks
+from robustlora.analysis import Settings, crosscheck, masking_checks
 from robustlora.evaluation.suite import attack_suite
-from test_attacks import Quantised, attack_cfg, suite_data, trained  # noqa: F401 (fixtures)
+from rows import N, first_correct as first, model_rows
+from tiny import Quantised, attack_cfg
 
 SETTINGS = Settings(eps_grid=(4 / 255,), report_eps=4 / 255, arms={"baseline": "a"}, n_boot=200)
-N = 40
-
-
-def rows(variant: str, seed: int, attack: str, eps: float, fooled: np.ndarray, correct: np.ndarray | None = None,
-         queries: np.ndarray | None = None) -> pd.DataFrame:
-    """Per-image rows of one model: ``fooled`` (N,) bool among the clean-correct images (default: all correct)."""
-    correct = np.ones(N, bool) if correct is None else correct
-    adv_correct = correct & ~fooled
-    return pd.DataFrame({
-        "variant": variant, "seed": np.int16(seed), "attack": attack, "eps": eps, "eps_label": "x",
-        "image": np.arange(N, dtype=np.int32), "label": np.zeros(N, np.int16),
-        "clean_pred": np.where(correct, 0, 1).astype(np.int16), "adv_pred": np.where(adv_correct, 0, 1).astype(np.int16),
-        "clean_correct": correct, "adv_correct": adv_correct, "clean_true_prob": np.float32(0.9),
-        "adv_true_prob": np.float32(0.5), "clean_max_prob": np.float32(0.9), "adv_max_prob": np.float32(0.6),
-        "clean_margin": np.float32(1), "adv_margin": np.where(adv_correct, 1, -1).astype(np.float32),
-        "clean_grad_norm": np.float32(1.0), "clean_output": "logits",
-        "queries": np.nan if queries is None else queries, "linf": np.float32(eps), "detail": "",
-    })
-
-
-def first(k: int) -> np.ndarray:
-    out = np.zeros(N, bool)
-    out[:k] = True
-    return out
 
 
 def pgd_rows(k: int = 20, eps: float = 4 / 255, variant: str = "a") -> pd.DataFrame:
-    return pd.concat([rows(variant, s, "pgd", eps, first(k)) for s in (0, 1)], ignore_index=True)
+    return pd.concat([model_rows(variant, s, "pgd", eps, first(k)) for s in (0, 1)], ignore_index=True)
 
 
 def by_name(checks, name: str) -> list:
@@ -52,51 +27,63 @@ def by_name(checks, name: str) -> list:
 
 
 def test_blackbox_beating_pgd_is_flagged_and_a_weaker_one_passes() -> None:
-    masked = pd.concat([rows("a", s, "square", 4 / 255, first(30)) for s in (0, 1)])
+    masked = pd.concat([model_rows("a", s, "square", 4 / 255, first(30)) for s in (0, 1)])
     check, = by_name(masking_checks(pgd_rows(20), masked), "blackbox_vs_pgd")
     assert check.status == "failed" and "20 vs 0 of 80" in check.detail and "gradient masking" in check.detail
-    weaker = pd.concat([rows("a", s, "square", 4 / 255, first(12)) for s in (0, 1)])
+    weaker = pd.concat([model_rows("a", s, "square", 4 / 255, first(12)) for s in (0, 1)])
     check, = by_name(masking_checks(pgd_rows(20), weaker), "blackbox_vs_pgd")
     assert check.status == "passed"
-    one_more = pd.concat([rows("a", s, "square", 4 / 255, first(21) if s == 0 else first(20)) for s in (0, 1)])
+    one_more = pd.concat([model_rows("a", s, "square", 4 / 255, first(21) if s == 0 else first(20)) for s in (0, 1)])
     check, = by_name(masking_checks(pgd_rows(20), one_more), "blackbox_vs_pgd")
     assert check.status == "passed"  # one image ahead is within the slack
 
 
 def test_transfer_beating_pgd_is_flagged() -> None:
-    transfer = pd.concat([rows("a", s, "transfer_b", 4 / 255, first(28)) for s in (0, 1)])
+    transfer = pd.concat([model_rows("a", s, "transfer_b", 4 / 255, first(28)) for s in (0, 1)])
     check, = by_name(masking_checks(pgd_rows(20), transfer), "transfer_vs_pgd")
     assert check.status == "failed" and "PGD transfer from b" in check.detail
 
 
 def test_autoattack_weaker_than_pgd_is_flagged() -> None:
-    weaker = pd.concat([rows("a", s, "autoattack", 4 / 255, first(12)) for s in (0, 1)])
+    weaker = pd.concat([model_rows("a", s, "autoattack", 4 / 255, first(12)) for s in (0, 1)])
     check, = by_name(masking_checks(pgd_rows(20), weaker), "autoattack_vs_pgd")
     assert check.status == "failed" and "16 vs 0" in check.detail
-    stronger = pd.concat([rows("a", s, "autoattack", 4 / 255, first(25)) for s in (0, 1)])
+    stronger = pd.concat([model_rows("a", s, "autoattack", 4 / 255, first(25)) for s in (0, 1)])
     check, = by_name(masking_checks(pgd_rows(20), stronger), "autoattack_vs_pgd")
     assert check.status == "passed"
 
 
 def test_convergence_check() -> None:
-    converged = pd.concat([pgd_rows(20), *(rows("a", s, "pgd_strong", 4 / 255, first(20)) for s in (0, 1))])
+    converged = pd.concat([pgd_rows(20), *(model_rows("a", s, "pgd_strong", 4 / 255, first(20)) for s in (0, 1))])
     check, = by_name(masking_checks(converged), "convergence")
     assert check.status == "passed"
-    more = pd.concat([pgd_rows(20), *(rows("a", s, "pgd_strong", 4 / 255, first(23)) for s in (0, 1))])
+    more = pd.concat([pgd_rows(20), *(model_rows("a", s, "pgd_strong", 4 / 255, first(23)) for s in (0, 1))])
     check, = by_name(masking_checks(more), "convergence")
     assert check.status == "failed" and "6 vs 0" in check.detail and "not converged" in check.detail
-    two_more = pd.concat([pgd_rows(20), *(rows("a", s, "pgd_strong", 4 / 255, first(21)) for s in (0, 1))])
+    two_more = pd.concat([pgd_rows(20), *(model_rows("a", s, "pgd_strong", 4 / 255, first(21)) for s in (0, 1))])
     check, = by_name(masking_checks(two_more), "convergence")
     assert check.status == "warning"  # 2 images ahead: more than the slack, p = 0.25
 
 
+def test_the_convergence_check_says_which_effort_it_measured() -> None:
+    from robustlora.config import ConvergenceConfig
+
+    more = pd.concat([pgd_rows(20), *(model_rows("a", s, "pgd_strong", 4 / 255, first(23)) for s in (0, 1))])
+    default, = by_name(masking_checks(more), "convergence")
+    assert default.title == "PGD with 10x the steps and 5 restarts fools no more images than PGD (within the noise)"
+    assert default.detail.startswith("PGD ×10 steps, 5 restarts: ε = 4/255: 6 vs 0")
+    custom, = by_name(masking_checks(more, convergence=ConvergenceConfig(steps_factor=20, restarts=3)), "convergence")
+    assert custom.title.startswith("PGD with 20x the steps and 3 restarts fools no more images")
+    assert custom.detail.startswith("PGD ×20 steps, 3 restarts: ")
+
+
 def test_large_eps_must_reach_full_success_unless_the_budget_is_limited() -> None:
-    full = pd.concat([rows("a", 0, "square", 1.0, first(N)), rows("a", 0, "zoo", 1.0, first(30))])
-    pgd = pd.concat([rows("a", 0, "pgd", 1.0, first(N))])
+    full = pd.concat([model_rows("a", 0, "square", 1.0, first(N)), model_rows("a", 0, "zoo", 1.0, first(30))])
+    pgd = pd.concat([model_rows("a", 0, "pgd", 1.0, first(N))])
     checks = {c.arm + c.detail.split(":")[0]: c for c in by_name(masking_checks(pgd, full), "large_eps")}
     assert checks["aSquare"].status == "passed"
     assert checks["aZOO"].status == "warning" and "75.0 %" in checks["aZOO"].detail
-    short = rows("a", 0, "square", 1.0, first(30))
+    short = model_rows("a", 0, "square", 1.0, first(30))
     check, = by_name(masking_checks(pgd, short), "large_eps")
     assert check.status == "failed"
 
@@ -122,7 +109,7 @@ def test_a_quantised_model_is_flagged(trained, suite_data) -> None:  # noqa: F81
 def test_versus_pgd_pairs_the_attack_with_pgd_on_its_own_images() -> None:
     results = pd.concat([pgd_rows(20), pgd_rows(20, 8 / 255)])
     # AutoAttack on the first 30 images only: PGD is compared on those 30
-    aa = pd.concat([rows("a", s, "autoattack", 4 / 255, first(25)).iloc[:30] for s in (0, 1)])
+    aa = pd.concat([model_rows("a", s, "autoattack", 4 / 255, first(25)).iloc[:30] for s in (0, 1)])
     table = crosscheck.versus_pgd(results, aa, SETTINGS)
     ra = table[table["metric"] == "robust_accuracy"].iloc[0]
     assert ra["n_images"] == 30 and ra["n_seeds"] == 2
@@ -135,8 +122,8 @@ def test_versus_pgd_pairs_the_attack_with_pgd_on_its_own_images() -> None:
 
 def test_query_curves_are_monotone_and_end_at_the_success_rate() -> None:
     queries = np.where(first(20), np.arange(N) * 7 + 1.0, np.nan)
-    extra = pd.concat([rows("a", 0, "square", 4 / 255, first(20), queries=queries),
-                       rows("a", 0, "autoattack", 4 / 255, first(25))])
+    extra = pd.concat([model_rows("a", 0, "square", 4 / 255, first(20), queries=queries),
+                       model_rows("a", 0, "autoattack", 4 / 255, first(25))])
     curves = crosscheck.query_curves(extra)
     assert set(curves["attack"]) == {"square"}  # AutoAttack counts no queries
     curve = curves.sort_values("queries")
@@ -148,7 +135,7 @@ def test_query_curves_are_monotone_and_end_at_the_success_rate() -> None:
 
 
 def test_transfer_matrix_marks_the_surrogates_own_arm() -> None:
-    extra = pd.concat([rows(t, s, f"transfer_{src}", 4 / 255, first(k))
+    extra = pd.concat([model_rows(t, s, f"transfer_{src}", 4 / 255, first(k))
                        for src, t, k in (("a", "a", 30), ("a", "b", 10), ("b", "a", 8), ("b", "b", 36))
                        for s in (0, 1)])
     m = crosscheck.transfer_matrix(extra, SETTINGS).set_index(["surrogate", "target"])
@@ -161,11 +148,11 @@ def test_attack_names() -> None:
     assert crosscheck.attack_name("transfer_pretrained") == "PGD transfer from pretrained"
     assert crosscheck.attack_name("hopskipjump") == "HopSkipJump"
     assert crosscheck.eps_text(1.0) == "unbounded" and crosscheck.eps_text(8 / 255) == "8/255"
-    assert crosscheck.query_curves(rows("a", 0, "autoattack", 4 / 255, first(3))).empty  # no query counts
+    assert crosscheck.query_curves(model_rows("a", 0, "autoattack", 4 / 255, first(3))).empty  # no query counts
 
 
 def test_row_cache_reuses_only_rows_with_the_same_fingerprint(tmp_path) -> None:
-    from robustlora.evaluation.suite import RowCache, fingerprint
+    from robustlora.evaluation.rowcache import RowCache, rows_fingerprint as fingerprint
 
     model_a, model_b = tmp_path / "a.pt", tmp_path / "b.pt"
     model_a.write_bytes(b"weights a")
@@ -174,10 +161,11 @@ def test_row_cache_reuses_only_rows_with_the_same_fingerprint(tmp_path) -> None:
     fp = fingerprint([model_a], {"queries": 100}, ids)
     assert fp == fingerprint([model_a], {"queries": 100}, ids)
     assert len({fp, fingerprint([model_b], {"queries": 100}, ids), fingerprint([model_a], {"queries": 200}, ids),
-                fingerprint([model_a], {"queries": 100}, ids[:4]), fingerprint([model_a, model_b], {"queries": 100}, ids)}) == 5
+                fingerprint([model_a], {"queries": 100}, ids[:4]),
+                fingerprint([model_a, model_b], {"queries": 100}, ids)}) == 5
     assert RowCache(tmp_path / "missing.parquet").get("a", fp) is None
-    table = pd.concat([RowCache.tag(rows("a", 0, "square", 4 / 255, first(3)), fp),
-                       RowCache.tag(rows("b", 0, "square", 4 / 255, first(5)), "other")])
+    table = pd.concat([RowCache.tag(model_rows("a", 0, "square", 4 / 255, first(3)), fp),
+                       RowCache.tag(model_rows("b", 0, "square", 4 / 255, first(5)), "other")])
     table.to_parquet(tmp_path / "square.parquet")
     cache = RowCache(tmp_path / "square.parquet")
     hit = cache.get("a seed 0", fp)

@@ -1,4 +1,5 @@
-"""Tests for robustlora.analysis.defences on synthetic per-image tables whose answers are known by construction."""
+"""Tests for the defence analysis (robustlora.analysis: adversarial, squeezing, switching, defences) and its report
+section (robustlora.reporting.defences) on synthetic per-image tables whose answers are known by construction."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import pandas as pd
 import pytest
 
 from robustlora import stats
-from robustlora.analysis.results import RESULT_COLUMNS, Settings, eps_key
-from robustlora.analysis.defences import (AdversarialArm, adversarial_differences, adversarial_table, analyse_defences,
-                                       defences_section, squeeze_table, squeeze_verdicts, switching_comparisons,
-                                       switching_table, tradeoff_figure, tradeoff_points, write_defence_figures)
+from robustlora.analysis import (AdversarialArm, Settings, adversarial_differences, adversarial_table,
+                                 analyse_defences, eps_key, squeeze_table, squeeze_verdicts, switching_comparisons,
+                                 switching_table, tradeoff_points)
 from robustlora.errors import DataError
+from robustlora.reporting.defences import defences_section, tradeoff_figure, write_defence_figures
+from rows import N, SEEDS, arm_frame, first_correct as first, seed_rows
 
-N, SEEDS, K = 40, (0, 1, 2), 20  # images, training seeds, images the switching system runs on
+K = 20  # images the switching system runs on
 GRID = (2 / 255, 4 / 255)
 E = eps_key(4 / 255)
 AT = AdversarialArm("at", "std", "pgd", 4 / 255, 2, 2 / 255, True)
@@ -25,28 +27,10 @@ def settings() -> Settings:
     return Settings(eps_grid=GRID, report_eps=GRID[1], arms={"baseline": "std"}, n_boot=200, seed=0)
 
 
-def first(k: int, n: int = N) -> np.ndarray:
-    return np.arange(n) < k
-
-
-def rows(columns: dict, seeds=SEEDS, n: int = N, **const) -> pd.DataFrame:
-    """One frame: every value of `columns` is an (N,) or (S, N) array, broadcast over seeds."""
-    frames = []
-    for s, seed in enumerate(seeds):
-        cols = {k: np.broadcast_to(np.asarray(v), (len(seeds), n))[s] for k, v in columns.items()}
-        frames.append(pd.DataFrame({"seed": seed, "image": np.arange(n), **const, **cols}))
-    return pd.concat(frames, ignore_index=True)
-
-
 def attack_frame(arm: str, clean: np.ndarray, robust_by_eps: dict[float, np.ndarray]) -> pd.DataFrame:
-    labels = np.arange(N) % 10
-    out = []
-    for eps, adv in robust_by_eps.items():
-        for attack in ("fgsm", "pgd"):
-            out.append(rows({"clean_correct": clean, "adv_correct": clean & adv, "label": labels,
-                             "clean_pred": labels, "adv_pred": labels, "clean_max_prob": 0.9, "adv_max_prob": 0.5},
-                            variant=arm, attack=attack, eps=eps))
-    return pd.concat(out, ignore_index=True)[list(RESULT_COLUMNS)]
+    """FGSM and PGD rows of one arm: `clean` correct, `clean & robust` still correct after the attack at each ε."""
+    return arm_frame(arm, clean, {(attack, eps): clean & adv for eps, adv in robust_by_eps.items()
+                                  for attack in ("fgsm", "pgd")})
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +44,8 @@ def results() -> pd.DataFrame:
 
 def autoattack_frame() -> pd.DataFrame:
     n = 15
-    return pd.concat([rows({"clean_correct": first(14, n), "adv_correct": first(a, n)}, n=n, variant=v,
-                           attack="autoattack", eps=4 / 255) for v, a in (("std", 2), ("at", 12), ("twin", 2))],
+    return pd.concat([seed_rows({"clean_correct": first(14, n), "adv_correct": first(a, n)}, n=n, variant=v,
+                                attack="autoattack", eps=4 / 255) for v, a in (("std", 2), ("at", 12), ("twin", 2))],
                      ignore_index=True)
 
 
@@ -76,20 +60,20 @@ def squeeze_frame(adaptive_flagged: bool = False) -> pd.DataFrame:
     success = clean & ~adv
     clean_flag = np.isin(np.arange(N), [0, 1, 2, 3, 38, 39])
     common = dict(variant="std", threshold=0.3, holdout_fpr=0.05, fingerprint="x", label=0, clean_score=0.1,
-                  adv_score=0.9, eps=4 / 255)
-    pgd = rows({"clean_correct": clean, "adv_correct": adv, "clean_flagged": clean_flag, "adv_flagged": success},
-               attack="pgd", **common)
-    adaptive = rows({"clean_correct": clean, "adv_correct": adv, "clean_flagged": clean_flag,
-                     "adv_flagged": success if adaptive_flagged else np.zeros(N, bool)}, attack="adaptive", **common)
+                  adv_score=0.9, eps=4 / 255, eps_label="eps_4")
+    flags = {"clean_correct": clean, "adv_correct": adv, "clean_flagged": clean_flag}
+    pgd = seed_rows({**flags, "adv_flagged": success}, attack="pgd", **common)
+    adaptive = seed_rows({**flags, "adv_flagged": success if adaptive_flagged else np.zeros(N, bool)},
+                         attack="adaptive", **common)
     return pd.concat([pgd, adaptive], ignore_index=True)
 
 
 def switching_frame() -> pd.DataFrame:
     """First K images of the attack subset; clean: 18 correct; worst case: 12 robust; pgd_standard: 16 robust."""
-    common = dict(system="sys", standard="std", robust="at", eps=4 / 255, label=0, fingerprint="x")
+    common = dict(system="sys", standard="std", robust="at", eps=4 / 255, eps_label="eps_4", label=0, fingerprint="x")
     clean = first(18, K)
-    out = [rows({"clean_correct": clean, "adv_correct": first(a, K), "clean_switched": first(2, K),
-                 "adv_switched": first(sw, K)}, n=K, attack=attack, **common)
+    out = [seed_rows({"clean_correct": clean, "adv_correct": first(a, K), "clean_switched": first(2, K),
+                      "adv_switched": first(sw, K)}, n=K, attack=attack, **common)
            for attack, a, sw in (("pgd_standard", 16, 20), ("pgd_system", 14, 18), ("adaptive_evade", 12, 4),
                                  ("worst", 12, 4))]
     return pd.concat(out, ignore_index=True)
@@ -142,7 +126,7 @@ def test_adversarial_arms_of_params_find_their_standard_twins() -> None:
     import yaml
 
     from robustlora.config import parse_params
-    from robustlora.analysis.defences import adversarial_arms
+    from robustlora.analysis import adversarial_arms
 
     raw = yaml.safe_load(open("params.yaml"))
     raw["variants"]["lora_fc_at"] = {"adaptation": "lora", "targets": ["fc"], "rank": 8, "adversarial": True}
@@ -192,7 +176,8 @@ def test_squeeze_verdicts_follow_the_adaptive_attack() -> None:
     none = squeeze_verdicts(frame, settings()).iloc[0]
     assert none["verdict"] == "no gain" and none["gain_nonadaptive"] == 0
     # no image gained, yet the interval is not zero width: 40 images cannot rule out a gain of up to 8.8 points
-    assert none["gain_nonadaptive_lo"] < 0 < none["gain_nonadaptive_hi"] == pytest.approx(1.96 ** 2 / (40 + 1.96 ** 2), rel=1e-3)
+    bound = 1.96 ** 2 / (40 + 1.96 ** 2)
+    assert none["gain_nonadaptive_lo"] < 0 < none["gain_nonadaptive_hi"] == pytest.approx(bound, rel=1e-3)
 
 
 def test_missing_column_raises_one_line_data_error() -> None:
@@ -280,6 +265,6 @@ def test_tradeoff_points_and_deterministic_figure(defences, tmp_path) -> None:
 
 
 def test_bytes_are_shown_in_the_unit_that_keeps_them_readable() -> None:
-    from robustlora.analysis.defences import _bytes
+    from robustlora.reporting.defences import format_bytes
 
-    assert _bytes(11_728) == "11.5 KiB" and _bytes(44_726_568) == "42.7 MiB"  # a LoRA adapter vs a ResNet18
+    assert format_bytes(11_728) == "11.5 KiB" and format_bytes(44_726_568) == "42.7 MiB"  # an adapter vs a ResNet18

@@ -10,7 +10,7 @@ import pytest
 import robustlora.stats as stats
 from robustlora.stats import (
     Estimate, hierarchical_mean, holm_adjust, majority_vote, mcnemar_exact, mcnemar_paired, paired_difference,
-    seed_summary, wilson_interval,
+    seed_summary, share_mean, wilson_interval,
 )
 
 
@@ -211,6 +211,29 @@ def test_zero_or_full_share_gets_the_wilson_interval_not_zero_width():
     assert hierarchical_mean(np.zeros((1, 30)), n_boot=200, seed=0).ci_low == 0.0
     # n_boot = 0 still gives NaN bounds, not a Wilson bound
     assert math.isnan(hierarchical_mean(np.zeros((1, 10)), n_boot=0, seed=0).ci_high)
+
+
+def test_share_mean_contains_the_wilson_interval_of_the_smallest_count():
+    # a share over all images: the hierarchical mean, its interval widened to contain Wilson's at N
+    x = _bernoulli((3, 40), 0.3, seed=12).astype(bool)
+    est, plain = share_mean(x, n_boot=200, seed=0), hierarchical_mean(x, n_boot=200, seed=0)
+    w_lo, w_hi = wilson_interval(plain.value * 40, 40)
+    assert est == Estimate(plain.value, min(plain.ci_low, w_lo), max(plain.ci_high, w_hi), 40, 3)
+    # nothing fooled among each seed's 36, 30 and 20 clean-correct images: [0, Wilson bound at the smallest count, 20]
+    among = np.stack([np.arange(40) < k for k in (36, 30, 20)])
+    zero = share_mean(np.zeros((3, 40), bool), among, n_boot=200, seed=0)
+    assert (zero.value, zero.ci_low, zero.n_seeds) == (0.0, 0.0, 3)
+    assert zero.ci_high == pytest.approx(wilson_interval(0, 20)[1])
+
+
+def test_share_mean_among_is_the_mean_of_per_seed_ratios():
+    among = np.stack([np.arange(40) < k for k in (36, 30, 0)])  # seed 2 has no image to count: it drops out
+    outcome = np.stack([np.arange(40) < 28, np.arange(40) < 30, np.ones(40, bool)])
+    est = share_mean(outcome, among, n_boot=300, seed=0)
+    assert est.value == pytest.approx(np.mean([28 / 36, 30 / 30])) and est.n_seeds == 2
+    assert 0 <= est.ci_low <= est.value <= est.ci_high <= 1
+    nothing = share_mean(outcome, np.zeros((3, 40), bool), n_boot=10, seed=0)
+    assert math.isnan(nothing.value) and (nothing.n_images, nothing.n_seeds) == (0, 0)
 
 
 def test_paired_difference_pairs_images():

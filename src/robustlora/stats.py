@@ -7,10 +7,12 @@ Conventions shared by every function:
 - an arm's value is the mean over its seeds of the mean over the masked images;
 - intervals are two-sided at ``confidence`` (0.95 = a 95 % interval); bootstrap intervals are percentile intervals of
   ``n_boot`` seeded resamples (``n_boot=0`` gives NaN bounds); the same ``seed`` always gives the same interval;
-- on 0/1 outcomes (or their differences, -1/0/1) an interval is never zero width: where every resample gives the
-  same value (all images alike: no image fooled, or no discordant pair), the bootstrap sees no variation, but N
-  images cannot rule out a share up to the Wilson bound z²/(N + z²) (1.6 % at N = 240, 66 % at N = 2); the interval
-  is then that bound around the value (:func:`_unseen_variation`).
+- an interval of 0/1 outcomes is never zero width, by two rules that live here only: (1) on 0/1 outcomes (or their
+  differences, -1/0/1), where every resample gives the same value (all images alike: no image fooled, or no
+  discordant pair), the bootstrap sees no variation, but N images cannot rule out a share up to the Wilson bound
+  z²/(N + z²) (1.6 % at N = 240, 66 % at N = 2); the interval is then that bound around the value
+  (:func:`_unseen_variation`); (2) a share's interval (:func:`share_mean`) always contains the Wilson interval of
+  the mean share on the smallest per-seed count of images it is over.
 numpy and the standard library only (no scipy): exact binomial tails come from integer arithmetic.
 """
 
@@ -24,7 +26,7 @@ from statistics import NormalDist
 import numpy as np
 
 __all__ = ["Estimate", "wilson_interval", "mcnemar_exact", "holm_adjust", "majority_vote", "mcnemar_paired",
-           "hierarchical_mean", "paired_difference", "seed_summary"]
+           "hierarchical_mean", "share_mean", "paired_difference", "seed_summary"]
 
 _CHUNK_CELLS = 2 ** 20  # bootstrap resamples x images per chunk: bounds memory at ~25 MB whatever n_boot is
 
@@ -150,6 +152,32 @@ def hierarchical_mean(values: np.ndarray, mask: np.ndarray | None = None, *, n_b
     return Estimate(value, lo, hi, n_img, n_seeds)
 
 
+def share_mean(outcome: np.ndarray, among: np.ndarray | None = None, *, n_boot: int, seed: int,
+               confidence: float = 0.95) -> Estimate:
+    """Mean over seeds of the share of (S, N) bool ``outcome`` over all N images, or over each seed's ``among`` images.
+
+    Over ``among`` (e.g. an attack's success rate over each seed's clean-correct images) a seed's share is the
+    ratio r_s = Σ (among & outcome) / Σ among, bootstrapped through its delta-method linearisation
+    v_si = r_s + among_si (outcome_si - r_s) N / n_s: row means are exactly r_s, and resampling images reproduces
+    the ratio's variance to first order. Seeds with no ``among`` image drop out; none left gives NaN, 0 seeds.
+    The hierarchical interval is widened to contain the Wilson interval of the mean share on the smallest per-seed
+    count (rule 2 of the module docstring), so it is never zero width; clipped to [0, 1].
+    """
+    x = np.asarray(outcome, dtype=bool)
+    if among is None:
+        values, counts = x.astype(float), np.full(x.shape[0], float(x.shape[1]))
+    else:
+        values, counts = _ratio_values(x, np.asarray(among, dtype=bool))
+        if values is None:
+            return Estimate(math.nan, math.nan, math.nan, 0, 0)
+    est = hierarchical_mean(values, n_boot=n_boot, seed=seed, confidence=confidence)
+    n_min = int(counts[counts > 0].min())
+    w_lo, w_hi = wilson_interval(est.value * n_min, n_min, confidence)
+    # clip: the linearised ratio may overshoot [0,1] by rounding-size amounts
+    lo, hi = float(np.clip(min(est.ci_low, w_lo), 0, 1)), float(np.clip(max(est.ci_high, w_hi), 0, 1))
+    return Estimate(est.value, lo, hi, est.n_images, est.n_seeds)
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, n_boot: int, seed: int,
                       confidence: float = 0.95) -> Estimate:
     """Mean of a (Sa, N) minus mean of b (Sb, N) on the same masked images, with a paired two-level bootstrap interval.
@@ -182,6 +210,19 @@ def seed_summary(values_per_seed: Sequence[float] | Mapping[object, float] | np.
         raise ValueError("seed_summary needs at least one seed's value")
     return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
             "min": float(x.min()), "max": float(x.max()), "n_seeds": int(x.size)}
+
+
+def _ratio_values(outcome: np.ndarray, among: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(S', N) linearised values of each seed's share of ``outcome`` among its ``among`` images (share_mean), and the
+    (S,) per-seed counts of ``among`` images; values None when no seed has one."""
+    correct, success = among.astype(float), (among & outcome).astype(float)
+    n = correct.sum(axis=1)
+    keep = n > 0
+    if not keep.any():
+        return None, n
+    correct, success, kept = correct[keep], success[keep], n[keep]
+    rate = success.sum(axis=1) / kept
+    return rate[:, None] + correct * (success - rate[:, None]) * correct.shape[1] / kept[:, None], n
 
 
 def _bootstrap(arms: list[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:

@@ -5,7 +5,8 @@ each is compared with PGD *on its own images*, paired: robust accuracy and succe
 intervals (images and seeds), the paired difference to PGD with its interval and an exact McNemar p. The query
 counts of the black-box attacks give success-rate-vs-budget curves; transfer gives a surrogate x target matrix per ε.
 Shares are in [0, 1]; ε in [0, 1] pixel units. Carlini et al. 2019 read these as checks of the white-box numbers:
-an attack that sees less (black-box, transfer) must not beat the one that sees everything (see robustlora.analysis.checks).
+an attack that sees less (black-box, transfer) must not beat the one that sees everything (see
+robustlora.analysis.masking). Attack names: robustlora.analysis.names.
 """
 
 from __future__ import annotations
@@ -17,29 +18,15 @@ import numpy as np
 import pandas as pd
 
 from robustlora import stats
-from robustlora.analysis.results import ResultSet, Settings, cell_estimate, eps_key, format_eps
+from robustlora.analysis.compare import compare
+from robustlora.analysis.estimates import cell_estimate
+from robustlora.analysis.names import BLACK_BOX, TRANSFER_PREFIX, WHITE_BOX, attack_name, transfer_source
+from robustlora.analysis.settings import Settings
+from robustlora.analysis.tables import ResultSet
+from robustlora.formatting import eps_text, format_eps
 
-__all__ = ["WHITE_BOX", "BLACK_BOX", "attack_name", "transfer_source", "subset", "versus_pgd", "query_curves",
-           "transfer_matrix", "settings_lines", "eps_text"]
-
-WHITE_BOX = ("autoattack", "pgd_strong")
-BLACK_BOX = ("square", "hopskipjump", "boundary", "zoo")
-_NAMES = {"fgsm": "FGSM", "pgd": "PGD", "pgd_strong": "PGD ×10 steps, 5 restarts", "autoattack": "AutoAttack",
-          "square": "Square", "hopskipjump": "HopSkipJump", "boundary": "Boundary", "zoo": "ZOO"}
-TRANSFER_PREFIX = "transfer_"
-
-
-def attack_name(attack: str) -> str:
-    """Display name: 'AutoAttack', 'Square', 'PGD transfer from baseline', ... ('transfer_' alone: 'Transfer')."""
-    source = transfer_source(attack)
-    if source == "":
-        return "Transfer"
-    return f"PGD transfer from {source}" if source is not None else _NAMES.get(attack, attack)
-
-
-def transfer_source(attack: str) -> str | None:
-    """The surrogate variant of a transfer attack name ('transfer_baseline' -> 'baseline'), else None."""
-    return attack[len(TRANSFER_PREFIX):] if attack.startswith(TRANSFER_PREFIX) else None
+__all__ = ["WHITE_BOX", "BLACK_BOX", "TRANSFER_PREFIX", "attack_name", "transfer_source", "subset", "versus_pgd",
+           "query_curves", "transfer_matrix", "settings_lines", "eps_text"]
 
 
 def subset(pgd_rows: pd.DataFrame, other: pd.DataFrame) -> ResultSet:
@@ -75,15 +62,13 @@ def versus_pgd(results: pd.DataFrame, extra: pd.DataFrame, settings: Settings) -
                 for metric, a, b, mask in (("robust_accuracy", cell.robust, pgd.robust, None),
                                            ("attack_success_rate", cell.success, pgd.success, correct)):
                     est, ref = cell_estimate(cell, metric, settings), cell_estimate(pgd, metric, settings)
-                    diff = stats.paired_difference(a, b, mask, n_boot=settings.n_boot, seed=settings.seed,
-                                                   confidence=settings.confidence)
-                    p, a_only, b_only = stats.mcnemar_paired(a, b, mask) if diff.n_images else (math.nan, 0, 0)
+                    diff = compare(a, b, settings, mask)
                     rows.append({"attack": attack, "arm": arm, "eps": eps, "metric": metric,
                                  "n_images": cell.clean_correct.shape[1], "n_seeds": len(cell.seeds),
                                  "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
                                  "pgd": ref.value, "pgd_ci_low": ref.ci_low, "pgd_ci_high": ref.ci_high,
-                                 "diff": diff.value, "diff_ci_low": diff.ci_low, "diff_ci_high": diff.ci_high,
-                                 "p": p, "more_only": a_only, "pgd_only": b_only})
+                                 "diff": diff.diff, "diff_ci_low": diff.ci_low, "diff_ci_high": diff.ci_high,
+                                 "p": diff.p, "more_only": diff.a_only, "pgd_only": diff.b_only})
     return pd.DataFrame(rows, columns=["attack", "arm", "eps", "metric", "n_images", "n_seeds", "value", "ci_low",
                                        "ci_high", "pgd", "pgd_ci_low", "pgd_ci_high", "diff", "diff_ci_low",
                                        "diff_ci_high", "p", "more_only", "pgd_only"])
@@ -151,11 +136,6 @@ def transfer_matrix(extra: pd.DataFrame, settings: Settings) -> pd.DataFrame:
                              "ci_low": est.ci_low, "ci_high": est.ci_high, "n_images": est.n_images,
                              "n_seeds": est.n_seeds, "white_box": arm == source})
     return pd.DataFrame(rows)
-
-
-def eps_text(eps: float) -> str:
-    """ε for tables: k/255, or 'unbounded' at 1."""
-    return "unbounded" if eps_key(eps) >= 1 else format_eps(eps)
 
 
 def settings_lines(params) -> dict[str, str]:

@@ -1,0 +1,201 @@
+"""The per-image tables the analysis reads, checked once and split into (seeds, images) arrays per cell.
+
+Every attack, cross-check and defence stage writes one row per arm (or switching system) x training seed x attack x
+ε x image, ε in [0,1] pixel units. `validate_table` is the one check of such a table (columns, ε range, one row per
+key); `pivot_seeds` turns the rows of one arm x attack x ε into (S, N) arrays, seeds and images ascending, and refuses
+a seed that lacks an image. `ResultSet` holds the attack stage's table (`RESULT_COLUMNS`) as `Outcomes` cells, all on
+the same images, so every comparison of arms is paired on images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from robustlora.analysis.names import ATTACK_ORDER
+from robustlora.errors import DataError
+from robustlora.formatting import EPS_DECIMALS, eps_key, format_eps
+
+__all__ = ["RESULT_COLUMNS", "with_eps_key", "validate_table", "validate_results", "pivot_seeds", "Cell",
+           "table_cells", "Outcomes", "ResultSet", "result_set", "lookup_key",
+           "row_index"]
+
+RESULT_COLUMNS = ("variant", "seed", "attack", "eps", "image", "label", "clean_pred", "adv_pred", "clean_correct",
+                  "adv_correct", "clean_max_prob", "adv_max_prob")
+
+
+def with_eps_key(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with an `eps_key` column: ε rounded (formatting.EPS_DECIMALS) so 8/255 from params and files match."""
+    return frame.assign(eps_key=frame["eps"].astype(float).round(EPS_DECIMALS))
+
+
+def validate_table(frame: pd.DataFrame, columns: Sequence[str], *, what: str, stage: str,
+                   name: str = "variant") -> pd.DataFrame:
+    """A copy of a per-image table with an `eps_key` column, or a one-line DataError naming a missing column, an ε
+    outside [0, 1] or a row repeated for one `name` (variant or system) x seed x attack x ε x image."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{what} lack column(s) {', '.join(missing)}; expected the {stage} stage's columns "
+                        f"{', '.join(columns)}")
+    if frame.empty:
+        raise DataError(f"{what} are empty; run the {stage} stage for at least one {name}")
+    table = frame.copy()
+    table[name] = table[name].astype(str)
+    table["attack"] = table["attack"].astype(str)
+    table["eps"] = table["eps"].astype(float)
+    bad = table[(table["eps"] < 0) | (table["eps"] > 1)]
+    if not bad.empty:
+        raise DataError(f"{what}: eps must be in [0,1] pixel units, got {bad['eps'].iloc[0]:g} for {name} "
+                        f"{bad[name].iloc[0]!r}")
+    table = with_eps_key(table)
+    dupes = table[table.duplicated([name, "seed", "attack", "eps_key", "image"])]
+    if not dupes.empty:
+        d = dupes.iloc[0]
+        raise DataError(f"{what} hold image {d['image']} twice for {name} {d[name]!r}, seed {d['seed']}, "
+                        f"{d['attack']} ε = {format_eps(d['eps'])}; expected one row per key")
+    return table
+
+
+def validate_results(results: pd.DataFrame) -> pd.DataFrame:
+    """The attack stage's per-image table checked (`validate_table` with RESULT_COLUMNS), with an `eps_key` column."""
+    return validate_table(results, RESULT_COLUMNS, what="per-image results", stage="attack")
+
+
+def pivot_seeds(group: pd.DataFrame, columns: Mapping[str, Any], where: str,
+                stage: str) -> tuple[tuple[int, ...], np.ndarray, dict[str, np.ndarray]]:
+    """(seeds, images, {column: (S, N) array of that dtype}) of one cell's rows, seeds and images ascending; a
+    DataError (naming `where` and the `stage` to rerun) when a seed lacks an image another seed has."""
+    arrays, wide = {}, None
+    for column, dtype in columns.items():
+        wide = group.pivot(index="seed", columns="image", values=column)
+        if wide.isna().to_numpy().any():
+            seed = wide.index[wide.isna().any(axis=1)][0]
+            raise DataError(f"{where}: seed {seed} lacks {int(wide.loc[seed].isna().sum())} of the {wide.shape[1]} "
+                            f"images the other seeds attacked; rerun its {stage} stage")
+        arrays[column] = wide.to_numpy(dtype=dtype)
+    return tuple(int(s) for s in wide.index), wide.columns.to_numpy(), arrays
+
+
+@dataclass(frozen=True)
+class Cell:
+    """(S, N) arrays of one arm (or system) x attack x ε, by column; seeds and images ascending."""
+
+    seeds: tuple[int, ...]
+    images: np.ndarray
+    x: dict[str, np.ndarray]
+
+
+def table_cells(table: pd.DataFrame, name: str, bools: Sequence[str], first: Sequence[str], *, what: str,
+                stage: str) -> dict[tuple[str, str, float], Cell]:
+    """{(name, attack, ε key): Cell of the `bools` columns} of a validated table, in report order: `name` as first
+    seen, the attacks of `first` first (in that order, then the others as first seen), ε ascending."""
+    names = {v: i for i, v in enumerate(dict.fromkeys(table[name]))}
+    present = list(dict.fromkeys(table["attack"]))
+    order = {a: i for i, a in enumerate([a for a in first if a in present] + [a for a in present if a not in first])}
+    out = {}
+    for (who, attack, key), group in table.groupby([name, "attack", "eps_key"], sort=False):
+        seeds, images, arrays = pivot_seeds(group, dict.fromkeys(bools, bool),
+                                            f"{what}: {who} {attack} ε = {format_eps(key)}", stage)
+        out[(who, attack, float(key))] = Cell(seeds, images, arrays)
+    return dict(sorted(out.items(), key=lambda kv: (names[kv[0][0]], order[kv[0][1]], kv[0][2])))
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """One arm at one attack and ε: (S, N) per-image arrays, S seeds and N images both sorted ascending."""
+
+    arm: str
+    attack: str
+    eps: float
+    seeds: tuple[int, ...]
+    images: np.ndarray
+    clean_correct: np.ndarray
+    adv_correct: np.ndarray
+    clean_max_prob: np.ndarray
+    adv_max_prob: np.ndarray
+
+    @property
+    def robust(self) -> np.ndarray:
+        """Correct before AND after the attack (RobustBench's robust accuracy)."""
+        return self.clean_correct & self.adv_correct
+
+    @property
+    def success(self) -> np.ndarray:
+        """Correct before and wrong after: a successful attack."""
+        return self.clean_correct & ~self.adv_correct
+
+
+_OUTCOME_COLUMNS = {"clean_correct": bool, "adv_correct": bool, "clean_max_prob": np.float64,
+                    "adv_max_prob": np.float64}
+
+
+class ResultSet:
+    """The per-image results split into `Outcomes` cells, one per arm x attack x ε, all on the same images."""
+
+    def __init__(self, results: pd.DataFrame) -> None:
+        table = validate_results(results)
+        self.arms: list[str] = list(dict.fromkeys(table["variant"]))  # first-seen order = params order
+        self._cells: dict[tuple[str, str, float], Outcomes] = {}
+        for (arm, attack, key), group in table.groupby(["variant", "attack", "eps_key"], sort=False):
+            where = f"{arm} {attack} ε = {format_eps(float(key))}"
+            seeds, images, x = pivot_seeds(group, _OUTCOME_COLUMNS, where, "attack")
+            self._cells[(arm, attack, key)] = Outcomes(str(arm), str(attack), float(key), seeds, images,
+                                                       *x.values())
+        first = next(iter(self._cells.values()))
+        for cell in self._cells.values():
+            if not np.array_equal(cell.images, first.images):
+                raise DataError(f"{cell.arm} {cell.attack} ε = {format_eps(cell.eps)} covers other images than "
+                                f"{first.arm} {first.attack} ε = {format_eps(first.eps)}; every arm and seed must "
+                                "attack the same images (attack.n_images, attack.seed)")
+        self.images: np.ndarray = first.images
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    def attacks(self) -> list[str]:
+        """Attacks present, FGSM and PGD first."""
+        present = {a for _, a, _ in self._cells}
+        return [a for a in ATTACK_ORDER if a in present] + sorted(present - set(ATTACK_ORDER))
+
+    def eps(self, attack: str) -> list[float]:
+        """ε evaluated for `attack`, ascending."""
+        return sorted({e for _, a, e in self._cells if a == attack})
+
+    def get(self, arm: str, attack: str, eps: float) -> Outcomes | None:
+        return self._cells.get((arm, attack, eps_key(eps)))
+
+    def seeds(self, arm: str) -> tuple[int, ...]:
+        """The arm's training seeds (union over its cells)."""
+        return tuple(sorted({s for c in self._cells.values() if c.arm == arm for s in c.seeds}))
+
+    def clean(self, arm: str) -> Outcomes:
+        """A cell of the arm, for its clean outcomes (identical in every cell: the `clean_consistent` check)."""
+        cells = [c for c in self._cells.values() if c.arm == arm]
+        if not cells:
+            raise KeyError(f"arm {arm!r} has no results; arms: {', '.join(self.arms)}")
+        order = {a: i for i, a in enumerate(self.attacks())}
+        return min(cells, key=lambda c: (order[c.attack], c.eps))
+
+
+def result_set(results: pd.DataFrame | ResultSet) -> ResultSet:
+    """`results` as a ResultSet (built once when given a table)."""
+    return results if isinstance(results, ResultSet) else ResultSet(results)
+
+
+def lookup_key(value: Any) -> Any:
+    """A lookup key of a table cell: ε rounded (formatting.eps_key), NaN (an ε that does not apply) as None."""
+    if isinstance(value, (float, np.floating)):
+        return eps_key(value) if np.isfinite(value) else None
+    return value
+
+
+def row_index(table: pd.DataFrame | None, keys: Sequence[str]) -> dict[tuple, Any]:
+    """Rows of `table` (namedtuples) by the values of `keys`; look up with ε as eps_key and NaN as None."""
+    if table is None or table.empty:
+        return {}
+    return {tuple(lookup_key(v) for v in k): r
+            for k, r in zip(table[list(keys)].itertuples(index=False, name=None), table.itertuples())}
