@@ -23,23 +23,14 @@ def main(
     against LoRA rank, trainable parameters and target set, with each experiment's 95 % intervals, and the
     accuracy-robustness Pareto front.
     """
-    import json
-
+    from robustlora.reporting.sweep import write_sweep
     from robustlora.tracking import experiments
-    from robustlora.reporting import sweep
-    from robustlora.errors import DataError
 
     if exp_json is not None:
-        if not exp_json.is_file():
-            raise DataError(f"{exp_json}: file not found (write it with `dvc exp show --json > {exp_json}`)")
-        try:
-            states = json.loads(exp_json.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{exp_json}: not JSON from `dvc exp show --json` ({e})") from None
-        records = experiments.records(states, include_baseline=baseline)
+        records = experiments.records(experiments.read_exp_show(exp_json), include_baseline=baseline)
     else:
         records = experiments.gather(repo, all_commits, include_baseline=baseline)
-    paths = sweep.write_sweep(records, out)
+    paths = write_sweep(records, out)
     done = records.drop_duplicates("experiment")["status"].value_counts()
     print(f"sweep: {_common.rel(paths.get('sweep.md', out / 'sweep.md'))} ("
           + ", ".join(f"{n} {state}" for state, n in done.items()) + " experiment(s))")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from robustlora.errors import DataError
 from robustlora.tracking import experiments
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -105,3 +106,14 @@ def test_log_tail_callback_is_used_when_dvc_has_no_log_file(shown: list[dict]) -
 def test_without_baseline_only_experiments(shown: list[dict]) -> None:
     table = experiments.records(shown, include_baseline=False)
     assert "main" not in set(table["experiment"])
+
+
+def test_read_exp_show_reads_a_saved_output_and_names_a_bad_file(shown: list[dict], tmp_path: Path) -> None:
+    saved = tmp_path / "exps.json"
+    saved.write_text(json.dumps(shown))
+    assert experiments.read_exp_show(saved) == json.loads(json.dumps(shown))
+    with pytest.raises(DataError, match=r"missing\.json: file not found \(write it with `dvc exp show"):
+        experiments.read_exp_show(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("[{")
+    with pytest.raises(DataError, match=r"broken\.json: not JSON from `dvc exp show --json`"):
+        experiments.read_exp_show(tmp_path / "broken.json")

@@ -1,12 +1,10 @@
-"""Tests for the report: markdown (robustlora.reporting.report), figures (robustlora.reporting.figures) and the stage's wiring."""
+"""Tests for the study report's markdown (robustlora.reporting.report and its sections) and figures
+(robustlora.reporting.figures); the report from files and the stage: tests/test_report_study.py."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import re
 import struct
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from robustlora.analysis import analyse, train_table
 from robustlora.analysis import checks as checks_mod
-from robustlora.reporting import figures
-from robustlora.reporting import report
-from robustlora.analysis.results import analyse, train_table
-from robustlora.errors import DataError
-from robustlora.reporting.report import ArmInfo, ReportInputs, ThreatModel, render
-from test_analysis import GRID, SANITY, SEEDS, arm_frame, first_correct, robust_on_grid, settings, study
+from robustlora.formatting import MISSING
+from robustlora.reporting import cells, figures, report
+from robustlora.reporting.overview import ArmInfo, ThreatModel
+from robustlora.reporting.report import ReportInputs, render
+from rows import GRID, SANITY, SEEDS, arm_frame, first_correct, robust_on_grid, settings, study
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CI_CELL = re.compile(r"^-?\d+\.\d \[-?\d+\.\d, -?\d+\.\d\]( \((sd \d+\.\d|1 seed)\))?$")
 
@@ -216,120 +213,27 @@ def test_markdown_is_deterministic(built: tuple[str, dict]) -> None:
     assert again == text
 
 
-# ----------------------------------------------------------------------------- the stage
+# ----------------------------------------------------------------------------- the cells every section shares
 
-PARAMS_YAML = """
-variants:
-  pretrained: {adaptation: none}
-  baseline: {adaptation: full}
-  lora_fc: {adaptation: lora, targets: [fc]}
-  lora_fc_conv1: {adaptation: lora, targets: [fc, conv1]}
-model: {input_size: 32}
-attack: {eps: [2/255, 8/255], n_images: 40}
-report: {n_boot: 100}
-switching: {standard: null, robust: null}
-"""
+def test_estimate_cell_shows_interval_and_spread() -> None:
+    row = pd.Series({"value": 0.5, "ci_low": 0.25, "ci_high": 0.75, "n_seeds": 3, "seed_std": 0.012})
+    assert cells.estimate_cell(row) == "50.0 [25.0, 75.0] (sd 1.2)"
+    assert cells.estimate_cell(pd.Series({**row, "n_seeds": 1})) == "50.0 [25.0, 75.0] (1 seed)"
+    assert cells.estimate_cell(pd.Series({**row, "value": np.nan})) == MISSING and cells.estimate_cell(None) == MISSING
 
 
-def stage_module() -> Any:
-    sys.path.insert(0, str(ROOT / "stages"))  # the stage imports its sibling _common
-    spec = importlib.util.spec_from_file_location("stage_report", ROOT / "stages" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_find_row_matches_eps_from_params_and_files() -> None:
+    table = ANALYSIS.arm_table
+    row = cells.find_row(table, "lora_fc", "pgd", 8 / 255 + 1e-12, "robust_accuracy")  # ε as a float sum may drift
+    assert row is not None and (row["arm"], row["attack"], row["metric"]) == ("lora_fc", "pgd", "robust_accuracy")
+    assert cells.find_row(table, "lora_fc", "pgd", 4 / 255, "robust_accuracy") is None
 
 
-def stage_inputs(root: Path) -> dict[str, Path]:
-    paths = {"params": root / "params.yaml", "results_dir": root / "results" / "attack",
-             "train_metrics_dir": root / "metrics" / "train", "histories_dir": root / "plots" / "train",
-             "prepared": root / "prepared", "out": root / "reports", "summary": root / "metrics" / "summary.json"}
-    paths["params"].write_text(PARAMS_YAML)
-    for d in ("results_dir", "train_metrics_dir", "prepared"):
-        paths[d].mkdir(parents=True)
-    for arm, rows in RESULTS.groupby("variant", sort=False):
-        rows.to_parquet(paths["results_dir"] / f"{arm}.parquet")
-        (paths["train_metrics_dir"] / f"{arm}.json").write_text(json.dumps(TRAIN[arm]))
-        for seed, history in HISTORIES[arm].items():
-            (paths["histories_dir"] / arm).mkdir(parents=True, exist_ok=True)
-            history.to_csv(paths["histories_dir"] / arm / f"seed_{seed}.csv", index=False)
-    (paths["prepared"] / "info.json").write_text(json.dumps({"image_size": 64}))
-    # the attacks beyond PGD, on the first images: PGD's own rows renamed (exactly as strong as PGD)
-    pgd = RESULTS[RESULTS["attack"] == "pgd"]
-    first = pgd[pgd["image"].isin(sorted(pgd["image"].unique())[:10])]
-    extra = {name: first.assign(attack=name, queries=np.where(first["clean_correct"] & ~first["adv_correct"], 3.0,
-                                                               np.nan), linf=first["eps"], detail="")
-             for name in ("autoattack", "square", "hopskipjump", "boundary", "zoo")}
-    paths["autoattack"], paths["blackbox_dir"] = root / "results" / "autoattack.parquet", root / "results" / "blackbox"
-    paths["transfer"] = root / "results" / "transfer.parquet"
-    paths["blackbox_dir"].mkdir(parents=True)
-    extra["autoattack"].to_parquet(paths["autoattack"])
-    for name in ("square", "hopskipjump", "boundary", "zoo"):
-        extra[name].to_parquet(paths["blackbox_dir"] / f"{name}.parquet")
-    pd.concat([first.assign(attack=f"transfer_{arm}") for arm in RESULTS["variant"].unique()]).to_parquet(
-        paths["transfer"])
-    # the defences stage: no detector rows and no switching system here (robustlora.analysis.defences has its tests)
-    from robustlora.defences.evaluation import SQUEEZE_COLUMNS, SWITCHING_COLUMNS
-
-    paths["defences_dir"], paths["defences_metrics"] = root / "results" / "defences", root / "metrics" / "defences.json"
-    paths["defences_dir"].mkdir(parents=True)
-    pd.DataFrame(columns=["variant", "seed", *SQUEEZE_COLUMNS]).to_parquet(paths["defences_dir"] / "squeeze.parquet")
-    pd.DataFrame(columns=["system", "standard", "robust", "seed", *SWITCHING_COLUMNS]).to_parquet(
-        paths["defences_dir"] / "switching.parquet")
-    paths["defences_metrics"].write_text(json.dumps({"squeeze": {}, "switching": {}, "switching_cost": None}))
-    return paths
-
-
-def test_stage_writes_every_output_and_logs_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture) -> None:
-    from contextlib import contextmanager
-
-    from robustlora import tracking
-
-    logged: dict[str, Any] = {"artifacts": [], "metrics": {}}
-
-    @contextmanager
-    def fake_run(experiment: str, name: str, params: Any = None, tags: Any = None, repo_root: Any = None):
-        logged.update(experiment=experiment, name=name, params=params, tags=tags)
-        yield None
-
-    monkeypatch.setattr(tracking, "start_run", fake_run)
-    monkeypatch.setattr(tracking, "log_artifact", lambda path, where=None: logged["artifacts"].append(Path(path).name))
-    monkeypatch.setattr(tracking, "log_metrics", lambda metrics, step=None: logged["metrics"].update(metrics))
-    monkeypatch.setattr(tracking, "log_to_experiment_run", lambda experiment, metrics: logged.update(headline=metrics))
-    # rendering PNGs is tested above; here a stub keeps the wiring test fast
-    monkeypatch.setattr(figures, "save_figure", lambda fig, path: (path.parent.mkdir(parents=True, exist_ok=True),
-                                                                   path.write_bytes(PNG_MAGIC), path)[-1])
-    paths = stage_inputs(tmp_path)
-    stage = stage_module()
-    stage.main(**paths)
-    out = paths["out"]
-    text = (out / "report.md").read_text()
-    assert text.startswith(f"# {report.TITLE}\n\n## Findings")
-    assert "## Defences" in text and "### Dynamic adapter switching" in text
-    assert "images of 64 px are resized to 32 px" in text and "LoRA r=4, α=1 on fc+conv1 (fc, conv1)" in text
-    findings = json.loads((out / "findings.json").read_text())
-    assert findings["verdicts"]["c1/pgd"] == "supported" and findings["checks"]["failed"] == 1
-    comparisons = pd.read_csv(out / "comparisons.csv")
-    assert len(comparisons) == 3 * 2 * 2 * 2 and set(comparisons["verdict"]) <= {"higher", "lower", "inconclusive"}
-    assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(
-        n for n in logged["artifacts"] if n.endswith(".png"))
-    assert {"report.md", "findings.json", "comparisons.csv", "attacks_vs_pgd.csv", "transfer_matrix.csv"} <= set(
-        logged["artifacts"])
-    assert "## Beyond FGSM and PGD" in text and "| Square | baseline |" in text and "Transfer: PGD examples" in text
-    versus = pd.read_csv(out / "attacks_vs_pgd.csv")
-    assert set(versus["attack"]) >= {"autoattack", "square", "transfer_baseline"} and (versus["diff"] == 0).all()
-    assert logged["tags"]["finding.c1/pgd"] == "supported" and logged["metrics"]["sanity_checks_failed"] == 1
-    # the headline figures: one flat key per arm and figure, its interval around it, also on the experiment's run
-    summary = json.loads(paths["summary"].read_text())
-    pgd = summary["lora_fc"]["pgd_robust_acc"]
-    assert summary["lora_fc"]["pgd_robust_acc_lo"] <= pgd <= summary["lora_fc"]["pgd_robust_acc_hi"]
-    table = pd.read_parquet(paths["results_dir"] / "lora_fc.parquet").query("attack == 'pgd'")
-    table = table[(table["eps"] - summary["eps_255"] / 255).abs() < 1e-6]
-    assert pgd == pytest.approx((table["clean_correct"] & table["adv_correct"]).mean(), abs=1e-6)
-    assert logged["headline"]["lora_fc/pgd_robust_acc"] == pgd and "baseline/clean_acc_hi" in logged["headline"]
-    printed = capsys.readouterr().out
-    assert "FAILED baseline seed 0: best epoch neither the first nor max_epochs" in printed
-    # a missing input names the file and the stage that writes it
-    (paths["results_dir"] / "lora_fc.parquet").unlink()
-    with pytest.raises(DataError, match=r"lora_fc\.parquet is missing; stage attack@lora_fc writes it"):
-        stage.main(**paths)
+def test_attack_order_links_and_steps() -> None:
+    assert cells.attacks_in_order(["zoo", "pgd", "autoattack", "pgd", "fgsm"]) == ["fgsm", "pgd", "autoattack", "zoo"]
+    link = cells.figure_link({"forest": "figures/f.png"}, "forest", "Caption")
+    assert link == "![Caption](figures/f.png)\n\n*Caption*"
+    assert cells.figure_link({}, "forest", "Caption") == ""
+    assert cells.step_text(0.25 * 2 / 255) == "0.5/255" and cells.step_text(2 / 255) == "2/255"
+    assert cells.transfer_figure_key(8 / 255) == "transfer_8/255"
+    assert cells.transfer_figure_key(0.5) == "transfer_0.5"

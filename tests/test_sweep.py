@@ -1,4 +1,4 @@
-"""Tests for the sweep report (robustlora.reporting.sweep): Pareto front, table, markdown, figures and the written files."""
+"""The sweep report (robustlora.reporting.sweep*): records, Pareto front, table, markdown, figures, written files."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustlora.reporting import sweep
 from robustlora.errors import DataError
 from robustlora.reporting.figures import arm_colors
-from robustlora.reporting.sweep import (METRICS, RECORD_COLUMNS, pareto_front, render_sweep, sweep_table,
-                              unsuccessful_experiments, validate_records, write_sweep, write_sweep_figures)
+from robustlora.reporting.sweep import render_sweep, write_sweep
+from robustlora.reporting.sweep_figures import pareto_figure, rank_figure, write_sweep_figures
+from robustlora.reporting.sweep_records import (METRICS, RECORD_COLUMNS, swept_assignments, swept_text,
+                                                validate_records)
+from robustlora.reporting.sweep_table import (distinct_points, eps_values, pareto_front, sweep_table,
+                                              unsuccessful_experiments)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")
@@ -210,6 +213,31 @@ def test_unsuccessful_experiments_lists_each_once_failed_first(records: pd.DataF
     assert rest.loc[rest["experiment"] == "exp-r32", "log_tail"].item() == OOM_TAIL
 
 
+def test_distinct_points_merge_an_unchanged_arm_across_experiments(table: pd.DataFrame) -> None:
+    points = distinct_points(table)
+    assert len(points) == 8  # 2 LoRA arms x 3 ranks, baseline and pretrained once each
+    baseline = points[points["arm"] == "baseline"].iloc[0]
+    assert baseline["experiments"] == ("exp-r16", "exp-r2", "exp-r4") and bool(baseline["pareto"])
+    lora = points[points["arm"] == "lora_fc"]
+    assert [e for (e,) in lora["experiments"]] == ["exp-r2", "exp-r4", "exp-r16"]
+    assert points["pareto"].dtype == bool and int(points["pareto"].sum()) == 6
+
+
+def test_eps_values_are_distinct_sorted_and_skip_missing() -> None:
+    frame = pd.DataFrame({"eps_255": [8.0, NAN, 4.0, 8.0, 8.000000000000002]})
+    assert eps_values(frame) == [4.0, 8.0]
+    assert eps_values(pd.DataFrame({"eps_255": [NAN]})) == []
+
+
+def test_swept_text_and_assignments_round_trip() -> None:
+    changed = {"lora.rank": "8", "lora.alpha": "16", "variants.lora_fc.targets": "fc,conv1"}
+    text = swept_text(changed)
+    assert text == "lora.alpha=16, lora.rank=8, variants.lora_fc.targets=fc,conv1"  # keys sorted
+    assert dict(swept_assignments(text)) == changed  # a comma inside a value stays in the value
+    assert swept_assignments("lora.rank=8,lora.alpha=16") == [("lora.rank", "8"), ("lora.alpha", "16")]
+    assert swept_assignments("") == [] and swept_text({}) == ""
+
+
 # ----------------------------------------------------------------------------- markdown
 
 def test_render_summary_counts_swept_values_and_eps(markdown: str) -> None:
@@ -310,14 +338,14 @@ def test_figures_are_deterministic_pngs(table: pd.DataFrame, written: dict[str, 
 
 def test_autoattack_adds_a_panel() -> None:
     colors = arm_colors(["baseline", "lora_fc", "lora_fc_conv1", "pretrained"])
-    without = sweep._rank_figure(sweep_table(rank_sweep()), colors)
-    with_aa = sweep._rank_figure(sweep_table(rank_sweep(autoattack=True)), colors)
+    without = rank_figure(sweep_table(rank_sweep()), colors)
+    with_aa = rank_figure(sweep_table(rank_sweep(autoattack=True)), colors)
     assert (len(without.axes), len(with_aa.axes)) == (3, 4)
     assert with_aa.axes[3].get_ylabel().startswith("AutoAttack robust accuracy (%)")
 
 
 def test_rank_figure_draws_lora_lines_and_reference_bands(table: pd.DataFrame) -> None:
-    fig = sweep._rank_figure(table, arm_colors(sorted(set(table["arm"]))))
+    fig = rank_figure(table, arm_colors(sorted(set(table["arm"]))))
     ax = fig.axes[0]  # clean accuracy
     labels = ax.get_legend_handles_labels()[1]
     assert sorted(labels) == ["baseline (no LoRA)", "lora_fc · fc", "lora_fc_conv1 · fc+conv1",
@@ -336,13 +364,13 @@ def test_rank_figure_splits_lines_by_alpha_when_ranks_repeat() -> None:
                    clean=0.5 + r / 100 + a / 1000, robust=0.1) for r in (4, 8) for a in (4, 16)]
     frame = pd.DataFrame(rows)
     frame["alpha"] = [4.0, 16.0, 4.0, 16.0]
-    fig = sweep._rank_figure(sweep_table(frame), {"lora_fc": "C0"})
+    fig = rank_figure(sweep_table(frame), {"lora_fc": "C0"})
     assert fig.axes[0].get_legend_handles_labels()[1] == ["lora_fc · fc · α=4", "lora_fc · fc · α=16"]
     assert "lora.alpha ∈ {4, 16}" in render_sweep(sweep_table(frame), unsuccessful_experiments(frame), {})
 
 
 def test_pareto_figure_joins_the_front_by_a_step_line(table: pd.DataFrame) -> None:
-    fig = sweep._pareto_figure(table, arm_colors(sorted(set(table["arm"]))))
+    fig = pareto_figure(table, arm_colors(sorted(set(table["arm"]))))
     (step,) = [line for line in fig.axes[0].lines if line.get_label() == "Pareto front"]
     # through the front points by clean accuracy; 'pre': from each point down, then across to the next, which
     # traces the edge of the region the front dominates

@@ -12,14 +12,36 @@ from pathlib import Path
 # data/raw: the archives the download stage writes
 TARGET_ARCHIVE = "tiny-imagenet-200.zip"  # Tiny ImageNet's own name; the synthetic target domain uses it too
 SOURCE_ARCHIVE = "source.zip"  # the synthetic source domain the backbone is pretrained on
+SYNTHETIC_DESCRIPTION = "synthetic.json"  # what the synthetic generator was asked for (the default data)
 # data/prepared/<domain>: what the preprocess stage writes per domain
 MANIFEST = "manifest.csv"
+CLASSES = "classes.json"  # the wnids in label order, and their words
+DATA_INFO = "info.json"  # image size, counts, the archive's digest
 # results/defences: the defences stage's per-image tables
 SQUEEZE_RESULTS = "squeeze.parquet"
 SWITCHING_RESULTS = "switching.parquet"
+# reports/: what the report stage writes
+REPORT = "report.md"
+FINDINGS = "findings.json"
+FIGURES = "figures"  # the PNGs, linked from report.md as figures/<name>.png
+COMPARISONS = "comparisons.csv"
+VERSUS_PGD = "attacks_vs_pgd.csv"
+QUERY_CURVES = "success_vs_queries.csv"
+TRANSFER_MATRIX = "transfer_matrix.csv"
 # resumable training state lives outside DVC's outputs, so a killed stage resumes where it stopped
 CHECKPOINTS = "checkpoints"
 VARIANT_RUN = "run.json"  # models/<variant>/: the MLflow run id of the variant's parent run
+
+
+def split_arrays(prepared_dir: Path, split: str) -> tuple[Path, Path]:
+    """data/prepared/<domain>/<split>_images.npy (uint8, N x H x W x 3) and <split>_labels.npy (int64, N)."""
+    return Path(prepared_dir) / f"{split}_images.npy", Path(prepared_dir) / f"{split}_labels.npy"
+
+
+def per_name(folder: Path, name: str, suffix: str) -> Path:
+    """<folder>/<name><suffix>: one file per variant or attack, e.g. results/attack/lora_fc.parquet,
+    results/blackbox/square.parquet, metrics/train/lora_fc.json."""
+    return Path(folder) / f"{name}{suffix}"
 
 
 def seed_model(variant_dir: Path, seed: int) -> Path:

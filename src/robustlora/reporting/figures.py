@@ -2,7 +2,7 @@
 
 Drawn with matplotlib's object API (Figure + FigureCanvasAgg), never pyplot, so a notebook user's backend is left
 alone; saved without the 'Software' stamp. An arm keeps its colour in every figure. Inputs are the tables of
-robustlora.analysis.results (shares in [0,1], shown in %); ε in [0,1] pixel units, shown as k/255.
+robustlora.analysis (shares in [0,1], shown in %); ε in [0,1] pixel units, shown as k/255 (robustlora.formatting).
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from robustlora.analysis.results import ATTACK_NAMES, eps_key, format_eps
+from robustlora.analysis import ATTACK_NAMES
+from robustlora.formatting import EPS_DECIMALS, eps_key, format_eps
 from robustlora.io import atomic_path
+from robustlora.reporting.cells import attacks_in_order, transfer_figure_key
 
-__all__ = ["PAPER_FIGURES", "arm_colors", "save_figure", "eps_curve_figure", "certainty_figure", "training_figure",
-           "forest_figure", "write_figures", "attacks_figure", "queries_figure", "transfer_figure",
+__all__ = ["PAPER_FIGURES", "arm_colors", "new_figure", "save_figure", "eps_curve_figure", "certainty_figure",
+           "training_figure", "forest_figure", "write_figures", "attacks_figure", "queries_figure", "transfer_figure",
            "write_crosscheck_figures"]
 
 DPI = 110
@@ -37,6 +39,7 @@ def arm_colors(arms: Sequence[str]) -> dict[str, str]:
 
 
 def new_figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list[Any]]:
+    """An empty figure of `width` x `height` inches with `ncols` axes side by side, drawn off pyplot."""
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)  # object API: never touches pyplot or the user's backend
     return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
@@ -159,8 +162,7 @@ def write_figures(out_dir: str | Path, *, arm_table: pd.DataFrame, comparisons: 
     figures: dict[str, Path] = {}
     if any(len(h) for h in histories.values()):
         figures["training"] = save_figure(training_figure(histories, colors), out_dir / "training_curves.png")
-    for attack in [a for a in ATTACK_NAMES if (arm_table["attack"] == a).any()] + sorted(
-            set(arm_table["attack"]) - set(ATTACK_NAMES)):
+    for attack in attacks_in_order(arm_table["attack"]):
         name = _safe(attack)
         figures[f"success_{attack}"] = save_figure(
             eps_curve_figure(arm_table, attack, "attack_success_rate", colors), out_dir / f"success_rate_{name}.png")
@@ -206,7 +208,7 @@ def attacks_figure(versus: pd.DataFrame, eps: float, colors: Mapping[str, str], 
 
 def queries_figure(curves: pd.DataFrame, eps: float, colors: Mapping[str, str], names: Mapping[str, str]) -> Figure:
     """Success rate vs query budget per black-box attack (panels) and arm (lines) at ε, log query axis."""
-    rows = curves[curves["eps"].round(9) == eps_key(eps)]
+    rows = curves[curves["eps"].round(EPS_DECIMALS) == eps_key(eps)]
     attacks = list(dict.fromkeys(rows["attack"]))
     fig, axes = new_figure(3.2 * max(len(attacks), 1), 3.6, ncols=max(len(attacks), 1))
     for ax, attack in zip(axes, attacks):
@@ -258,10 +260,10 @@ def write_crosscheck_figures(out_dir: str | Path, *, versus: pd.DataFrame, curve
     if (versus["eps"] == eps_key(report_eps)).any():
         figures["attacks"] = save_figure(attacks_figure(versus, report_eps, colors, names),
                                          out_dir / "robust_accuracy_per_attack.png")
-    if (curves["eps"].round(9) == eps_key(report_eps)).any():
+    if (curves["eps"].round(EPS_DECIMALS) == eps_key(report_eps)).any():
         figures["queries"] = save_figure(queries_figure(curves, report_eps, colors, names),
                                          out_dir / "success_vs_queries.png")
     for eps in sorted(set(matrix["eps"])) if len(matrix) else []:
-        figures[f"transfer_{format_eps(eps)}"] = save_figure(
+        figures[transfer_figure_key(eps)] = save_figure(
             transfer_figure(matrix, eps), out_dir / f"transfer_{_safe(format_eps(eps))}.png")
     return figures

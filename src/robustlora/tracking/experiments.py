@@ -1,8 +1,8 @@
 """The experiments of a sweep, gathered from DVC: ``dvc exp show --json`` plus the queue's logs of failed runs.
 
-One record per experiment x arm (the columns robustlora.reporting.sweep reads): the experiment's name, git revision, state
-(success / failed / queued / running), what it changed against its baseline commit (``swept``), each arm's
-resolved LoRA settings (rank, alpha, target set), and the headline figures with their intervals from the
+One record per experiment x arm (the columns of robustlora.reporting.sweep_records): the experiment's name, git
+revision, state (success / failed / queued / running), what it changed against its baseline commit (``swept``), each
+arm's resolved LoRA settings (rank, alpha, target set), and the headline figures with their intervals from the
 experiment's ``metrics/summary.json`` (written by its report stage). A failed experiment keeps one row with the tail
 of its log, so a sweep report never drops it silently.
 
@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterator, Mapping
 import pandas as pd
 
 from robustlora.errors import DataError
-from robustlora.reporting.sweep import METRICS, RECORD_COLUMNS
+from robustlora.reporting.sweep_records import (METRIC_COLUMNS, NUMBER_COLUMNS, RECORD_COLUMNS, TEXT_COLUMNS,
+                                                swept_text)
 
 SUMMARY_FILE = "metrics/summary.json"
 PARAMS_FILE = "params.yaml"
@@ -51,6 +52,17 @@ def exp_show(repo: str | os.PathLike = ".", all_commits: bool = False) -> list[d
         raise DataError(f"`dvc exp show --json` in {repo} gave unreadable JSON ({e})") from None
 
 
+def read_exp_show(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """A saved ``dvc exp show --json`` output, as ``exp_show`` returns it live."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, IsADirectoryError):
+        raise DataError(f"{path}: file not found (write it with `dvc exp show --json > {path}`)") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not JSON from `dvc exp show --json` ({e})") from None
+
+
 def queue_log_tail(name: str, repo: str | os.PathLike = ".", lines: int = LOG_TAIL_LINES) -> str:
     """The last ``lines`` of ``dvc queue logs <name>`` (a queued experiment's worker log), or why there is none."""
     done = _dvc(["queue", "logs", name], Path(repo), timeout=60)
@@ -70,7 +82,8 @@ def _ranges(state: Mapping[str, Any]) -> Iterator[tuple[str, str, Mapping[str, A
         revs = rng.get("revs") or []
         executor = rng.get("executor") or {}
         status = executor.get("state") or "success"
-        yield rng.get("name") or (revs[0].get("name") if revs else "") or "", status, executor, (revs[0] if revs else {})
+        last = revs[0] if revs else {}
+        yield rng.get("name") or last.get("name") or "", status, executor, last
 
 
 def _arm_settings(params: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -96,7 +109,8 @@ def records(states: list[Mapping[str, Any]], log_tail: Callable[[str, Mapping[st
     names one, else nothing). ``include_baseline``: the baseline commits' own results are rows too (the sweep's
     reference point, named by their branch or short sha).
     """
-    from robustlora.tracking.runs import params_diff
+    # through the package facade, when called: never during the package's own import
+    from robustlora.tracking import params_diff
 
     rows: list[dict[str, Any]] = []
     for base in states:
@@ -112,8 +126,7 @@ def records(states: list[Mapping[str, Any]], log_tail: Callable[[str, Mapping[st
             summary = _file_data(data.get("metrics"), SUMMARY_FILE)
             swept = params_diff(base_params, params) if params and state is not base else {}
             common = {"experiment": name, "rev": str(state.get("rev") or ""), "baseline": base_name,
-                      "status": status, "swept": ", ".join(f"{k}={v}" for k, v in sorted(swept.items())),
-                      "log_tail": ""}
+                      "status": status, "swept": swept_text(swept), "log_tail": ""}
             if status == "success" and not summary:
                 status = common["status"] = "failed"
                 error = (state.get("error") or {}).get("msg") or ""
@@ -134,12 +147,11 @@ def records(states: list[Mapping[str, Any]], log_tail: Callable[[str, Mapping[st
                     "rank": arm_settings.get("rank"), "alpha": arm_settings.get("alpha"),
                     "targets": arm_settings.get("targets", ""), "trainable_params": figures.get("trainable_params"),
                     "n_seeds": figures.get("n_seeds"), "eps_255": eps_255,
-                    **{k: figures.get(k) for m in METRICS for k in (m, f"{m}_lo", f"{m}_hi")}})
+                    **{k: figures.get(k) for k in METRIC_COLUMNS}})
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    for column in ("rank", "alpha", "trainable_params", "n_seeds", "eps_255",
-                   *[c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")]):
+    for column in NUMBER_COLUMNS + METRIC_COLUMNS:
         table[column] = pd.to_numeric(table[column], errors="coerce")
-    for column in ("experiment", "rev", "baseline", "status", "swept", "log_tail", "arm", "adaptation", "targets"):
+    for column in ("baseline", *TEXT_COLUMNS):
         table[column] = table[column].fillna("").astype(str)
     return table
 
