@@ -16,7 +16,8 @@ the share of images that stay robust. A randomly initialised network is fooled b
 always runs all its steps on every image.
 
 Attacks (--attacks):
-- pgd: robustlora.attacks.gradient.pgd, --pgd-steps steps of 2.5·ε/steps (the default study's rule), random start, float32;
+- pgd: robustlora.attacks.gradient.pgd (as bench_pgd.our_pgd runs it), --pgd-steps steps of 2.5·ε/steps (the default
+  study's rule), random start, float32;
 - pgd-bf16: the same under bf16 autocast with a channels_last model (the GPU levers; very slow on CPUs without bf16);
 - aa-standard: pyautoattack AutoAttack(version="standard"): APGD-CE, APGD-T (9 targets), FAB-T, Square 5000 queries;
 - aa-custom: the CPU default of params.yaml: APGD-CE + APGD-T, n_iter 10, n_target_classes 3, one restart;
@@ -29,22 +30,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import logging
 import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
+import harness  # first: puts this checkout's src/ on the path
+import bench_pgd
 import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from robustlora.attacks.gradient import pgd  # noqa: E402
-from robustlora.models.resnet import autocast_off, build_model  # noqa: E402
+from robustlora.models.resnet import autocast_off, build_model
 
 ATTACKS = ("pgd", "pgd-bf16", "aa-custom", "aa-standard", "square")
 IMAGE_SIZE = 64  # pixels of the images fed to the model (Tiny ImageNet's); the model resizes to its input_size
@@ -69,11 +67,6 @@ class Row:
         return self.images / self.seconds if self.seconds == self.seconds and self.seconds > 0 else float("nan")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_case(classes: int, input_size: int, images: int, device: torch.device,
               seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A seeded random Classifier (eval mode), uniform 64 px images in [0, 1] and labels = its clean predictions."""
@@ -89,19 +82,12 @@ def make_case(classes: int, input_size: int, images: int, device: torch.device,
 
 
 def run_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, args: argparse.Namespace,
-            device: torch.device) -> torch.Tensor:
+            device: torch.device, amp: str = "none") -> torch.Tensor:
+    """Our PGD; with ``amp`` 'bf16' its gradient steps run under autocast on a channels_last copy of the model (made
+    outside the timed call, see throughput) and x_adv is evaluated by the caller in float32 on the original model."""
+    x = bench_pgd.to_format(x, amp != "none")
     gen = torch.Generator(device=device).manual_seed(0)
-    return pgd(model, x, y, eps, 2.5 * eps / args.pgd_steps, args.pgd_steps, random_start=True, generator=gen)
-
-
-def run_pgd_bf16(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, args: argparse.Namespace,
-                 device: torch.device) -> torch.Tensor:
-    """Our PGD with the levers: gradient steps under bf16 autocast; ``model`` is a channels_last copy (made outside
-    the timed call, see throughput) and x_adv is evaluated by the caller in float32 on the original model."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        return pgd(model, x.contiguous(memory_format=torch.channels_last), y, eps, 2.5 * eps / args.pgd_steps,
-                   args.pgd_steps, random_start=True, generator=gen)
+    return bench_pgd.our_pgd(model, x, y, eps, 2.5 * eps / args.pgd_steps, args.pgd_steps, generator=gen, amp=amp)
 
 
 def _autoattack(model: nn.Module, eps: float, version: str, device: torch.device):
@@ -150,7 +136,8 @@ def run_square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, a
 
 
 RUNNERS: dict[str, Callable[..., torch.Tensor]] = {
-    "pgd": run_pgd, "pgd-bf16": run_pgd_bf16, "aa-custom": run_aa("custom"), "aa-standard": run_aa("standard"),
+    "pgd": run_pgd, "pgd-bf16": functools.partial(run_pgd, amp="bf16"), "aa-custom": run_aa("custom"),
+    "aa-standard": run_aa("standard"),
     "square": run_square,
 }
 
@@ -162,15 +149,11 @@ def throughput(attack: str, input_size: int, images: int, eps255: float, args: a
     model, x, y = make_case(args.classes, input_size, images, device)
     attacked = copy.deepcopy(model).to(memory_format=torch.channels_last) if attack == "pgd-bf16" else model
     eps = eps255 / 255
-    sync(device)
-    start = time.perf_counter()
     try:
-        x_adv = RUNNERS[attack](attacked, x, y, eps, args, device)
+        row.seconds, x_adv = harness.timed(lambda: RUNNERS[attack](attacked, x, y, eps, args, device), device)
     except NotInstalled as e:
         row.note = str(e)
         return row
-    sync(device)
-    row.seconds = time.perf_counter() - start
     linf = float((x_adv - x).abs().amax()) if len(x) else 0.0
     if linf > eps + 1e-6 or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
         raise AssertionError(f"{attack}: x_adv leaves the ε-ball or [0, 1] (‖δ‖∞ = {linf * 255:.4f}/255)")
@@ -193,7 +176,8 @@ def print_table(rows: list[Row], file=sys.stdout, header: bool = True) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    """The options bench_attacks and gpu_attacks share (harness.add_options adds --device and --threads)."""
+    harness.add_options(parser)
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=None,
                         help="default: all on CUDA; on CPU all but pgd-bf16")
     parser.add_argument("--input-sizes", nargs="+", type=int, default=[64, 24],
@@ -222,12 +206,9 @@ def plan(args: argparse.Namespace, device: torch.device) -> list[tuple[str, int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} images {IMAGE_SIZE} px, "
+    device = harness.setup(args)
+    print(f"{harness.environment(device)} images {IMAGE_SIZE} px, "
           f"{args.classes} classes, random ResNet18, labels = its predictions; batch {args.batch}, "
           f"PGD-{args.pgd_steps}, Square {args.square_queries} queries")
     rows = []

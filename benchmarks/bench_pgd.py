@@ -1,4 +1,5 @@
 """PGD throughput: robustlora.attacks.gradient.pgd vs torchattacks.PGD on the same ResNet18, data, ε, steps and device.
+Every benchmark that times PGD builds its runs with this module (:func:`our_pgd`, :func:`pgd_speed`).
 
     PYTHONPATH=src python benchmarks/bench_pgd.py                       # CPU defaults: batch 32, 32x32, 5 steps
     PYTHONPATH=src python benchmarks/bench_pgd.py --channels-last       # + our PGD on a channels_last model
@@ -14,13 +15,13 @@ Our PGD returns the strongest iterate (keep='best', as the study runs it), which
 run than torchattacks' last iterate; ``--keep last`` times it with torchattacks' semantics.
 
 Levers (for our PGD; the reference is torchattacks as it comes, float32 on a plain NCHW model):
-- ``--autocast bf16|fp16``: the gradient steps run under ``torch.autocast`` (robustlora.attacks.gradient computes its loss in
-  float32, so a caller may do this); the images it returns are evaluated in float32.
+- ``--autocast bf16|fp16``: the gradient steps run under ``torch.autocast`` (robustlora.attacks.gradient computes its
+  loss in float32, so a caller may do this); the images it returns are evaluated in float32.
 - ``--channels-last``: the model and the images in channels_last memory format (cuDNN / oneDNN prefer it).
 With a lever the runs are: robustlora (float32, NCHW), robustlora+levers, torchattacks, and torchattacks+levers
 (torchattacks given the same channels_last model and autocast: the fair like-for-like figure). Every round runs each
-once, in a rotating order; it prints images/s (best of --repeats, and the median), and each ratio both from the best
-runs and as the median of the per-round ratios (a ratio of runs made seconds apart, robust to a load that drifts).
+once, in a rotating order (harness.interleaved); it prints images/s (best of --repeats, and the median), and each
+ratio both from the best runs and as the median of the per-round ratios.
 
 ``--check-default``: loads the default study's trained models (models/<variant>/seed_<s>.pt), the attack stage's
 val subset (attack.n_images, attack.seed) and its PGD settings (every ε of attack.eps plus pgd.sanity_eps), runs
@@ -38,22 +39,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
+import harness  # first: puts this checkout's src/ on the path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from robustlora.attacks.gradient import pgd
+from robustlora.attacks.inputs import to_batch
+from robustlora.models.resnet import IMAGENET_MEAN, IMAGENET_STD, autocast_off, build_model
 
-from robustlora.attacks.gradient import pgd  # noqa: E402
-from robustlora.models.resnet import autocast_off, build_model  # noqa: E402
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -70,18 +68,14 @@ class Normalized(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Run(NamedTuple):
+    """One timed PGD: whose (robustlora or torchattacks), under which autocast, on a channels_last model or not."""
 
-
-def time_it(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds for one call, measured after the device has finished."""
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
+    name: str
+    library: str = "robustlora"
+    amp: str = "none"
+    channels_last: bool = False
+    keep: str = "best"  # robustlora only; torchattacks always returns its last iterate
 
 
 def autocast(device: torch.device, name: str) -> contextlib.AbstractContextManager:
@@ -124,83 +118,73 @@ def import_torchattacks():
     return torchattacks
 
 
-def interleaved(runners: dict[str, Callable[[], object]], device: torch.device,
-                repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of every runner: one warm-up each, then ``repeats`` rounds, each running every runner once
-    in a rotated order (no runner always goes first or right after the same other one)."""
-    for fn in runners.values():  # warm-up: allocator, cuDNN autotuning, oneDNN primitive caches
-        fn()
-    names = list(runners)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        k = r % len(names)
-        order = names[k:] + names[:k]
-        for name in (order if r % 2 == 0 else order[::-1]):
-            times[name].append(time_it(runners[name], device))
-    return times
+def our_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int, *,
+            generator: torch.Generator, amp: str = "none", keep: str = "best") -> torch.Tensor:
+    """How every benchmark runs our PGD: random start, one restart, ε and step in [0, 1] pixels, the gradient steps
+    under ``amp`` autocast ('none': float32)."""
+    with autocast(x.device, amp):
+        return pgd(model, x, y, eps, step, steps, random_start=True, generator=generator, keep=keep)
 
 
-def ratio_line(times: dict[str, list[float]], ours: str, theirs: str) -> str:
-    """ours/theirs speed from the best runs and as the median of the per-round ratios."""
-    best = min(times[theirs]) / min(times[ours])
-    paired = statistics.median(t / o for o, t in zip(times[ours], times[theirs]))
-    return f"ratio {ours}/{theirs}: {best:.3f} (best runs), {paired:.3f} (median of {len(times[ours])} rounds)"
+def pgd_speed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step: float, steps: int,
+              runs: list[Run], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each run on (x, y), in interleaved rounds; torchattacks runs are dropped when it is not
+    installed. A channels_last run gets a channels_last copy of ``model`` and of ``x``."""
+    torchattacks = import_torchattacks()
+    fast = to_format(copy.deepcopy(model), True) if any(r.channels_last for r in runs) else model
+    x_fast = to_format(x, True)
+    gen = torch.Generator(device=x.device).manual_seed(0)
+
+    def runner(run: Run) -> Callable[[], torch.Tensor]:
+        m, images = (fast, x_fast) if run.channels_last else (model, x)
+        if run.library == "robustlora":
+            return lambda: our_pgd(m, images, y, eps, step, steps, generator=gen, amp=run.amp, keep=run.keep)
+        attack = torchattacks.PGD(m, eps=eps, alpha=step, steps=steps, random_start=True)
+
+        def theirs() -> torch.Tensor:
+            with autocast(x.device, run.amp):
+                return attack(images, y)
+        return theirs
+
+    runners = {r.name: runner(r) for r in runs if r.library == "robustlora" or torchattacks is not None}
+    return harness.interleaved(runners, x.device, repeats)
+
+
+def speed_data(classes: int, batch: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded uniform images in [0, 1] and random labels: the inputs of every PGD speed run."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, size, size, generator=g).to(device)
+    return x, torch.randint(0, classes, (batch,), generator=g).to(device)
 
 
 def run_speed(args: argparse.Namespace, device: torch.device) -> None:
     torchattacks = import_torchattacks()
     model = make_model(args.model, args.classes, args.input_size or args.size, device)
-    fast = to_format(copy.deepcopy(model), args.channels_last)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
-    y = torch.randint(0, args.classes, (args.batch,), generator=g).to(device)
-    x_fast = to_format(x, args.channels_last)
-    eps, alpha = args.eps255 / 255, args.eps255 / 4 / 255
+    x, y = speed_data(args.classes, args.batch, args.size, device)
     levers = lever_label(args.autocast, args.channels_last)
-    gen = torch.Generator(device=device).manual_seed(0)
-
-    def ours(m: nn.Module, images: torch.Tensor, amp: str) -> Callable[[], torch.Tensor]:
-        def run() -> torch.Tensor:
-            with autocast(device, amp):
-                return pgd(m, images, y, eps, alpha, args.steps, random_start=True, generator=gen, keep=args.keep)
-        return run
-
-    def theirs(m: nn.Module, images: torch.Tensor, amp: str) -> Callable[[], torch.Tensor]:
-        attack = torchattacks.PGD(m, eps=eps, alpha=alpha, steps=args.steps, random_start=True)
-
-        def run() -> torch.Tensor:
-            with autocast(device, amp):
-                return attack(images, y)
-        return run
-
-    runners = {"robustlora": ours(model, x, "none")}
-    if levers:
-        runners[f"robustlora+{levers}"] = ours(fast, x_fast, args.autocast)
-    if torchattacks is not None:
-        runners["torchattacks"] = theirs(model, x, "none")
-        if levers:
-            runners[f"torchattacks+{levers}"] = theirs(fast, x_fast, args.autocast)
-    times = interleaved(runners, device, args.repeats)
+    runs = [Run("robustlora", keep=args.keep),
+            Run(f"robustlora+{levers}", "robustlora", args.autocast, args.channels_last, args.keep),
+            Run("torchattacks", "torchattacks"),
+            Run(f"torchattacks+{levers}", "torchattacks", args.autocast, args.channels_last)]
+    runs = [r for r in runs if levers or "+" not in r.name]
+    eps = args.eps255 / 255
+    times = pgd_speed(model, x, y, eps=eps, step=eps / 4, steps=args.steps, runs=runs, repeats=args.repeats)
 
     version = torchattacks.__version__ if torchattacks is not None else "not installed"
-    print(f"device={device} model={args.model} batch={args.batch} size={args.size} "
+    print(f"{harness.environment(device)} model={args.model} batch={args.batch} size={args.size} "
           f"input_size={args.input_size or args.size} steps={args.steps} eps={args.eps255:g}/255 "
-          f"repeats={args.repeats} keep={args.keep} levers={levers or 'none'} torch={torch.__version__} "
-          f"torchattacks={version} "
-          f"threads={torch.get_num_threads()}")
-    # best-of-N: the least disturbed run (other processes only ever add time); the median is printed too
+          f"repeats={args.repeats} keep={args.keep} levers={levers or 'none'} torchattacks={version}")
     for name, t in times.items():
-        print(f"{name:>34}: {args.batch / min(t):9.1f} img/s (best of {len(t)}; median "
-              f"{args.batch / statistics.median(t):.1f})")
+        print(harness.rate_line(name, args.batch, t))
     if torchattacks is None:
         print("torchattacks not installed: pip install --no-deps torchattacks==3.5.1")
     else:
-        print(ratio_line(times, "robustlora", "torchattacks"))
+        print(harness.ratio_line(times, "robustlora", "torchattacks"))
         if levers:
-            print(ratio_line(times, f"robustlora+{levers}", "torchattacks"))
-            print(ratio_line(times, f"robustlora+{levers}", f"torchattacks+{levers}"))
+            print(harness.ratio_line(times, f"robustlora+{levers}", "torchattacks"))
+            print(harness.ratio_line(times, f"robustlora+{levers}", f"torchattacks+{levers}"))
     if levers:
-        print(ratio_line(times, f"robustlora+{levers}", "robustlora"))
+        print(harness.ratio_line(times, f"robustlora+{levers}", "robustlora"))
 
 
 # --- --check-default -------------------------------------------------------------------------------------------------
@@ -210,14 +194,12 @@ def robust_counts(model: nn.Module, images, labels: torch.Tensor, cfg, eps_list:
                   amp: str, channels_last: bool) -> tuple[int, list[int], float]:
     """Clean-correct images, robust images per ε and seconds, for PGD run as the attack stage runs it (one generator
     seeded cfg.seed, batches of cfg.batch_size, ε in order) with the given levers; evaluated in float32."""
-    from robustlora.evaluation.suite import _to_batch
-
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     clean, robust = 0, [0] * len(eps_list)
-    sync(device)
+    harness.sync(device)
     start = time.perf_counter()
     for lo in range(0, len(labels), cfg.batch_size):
-        x = to_format(_to_batch(images, lo, lo + cfg.batch_size, device), channels_last)
+        x = to_format(to_batch(images, lo, lo + cfg.batch_size, device), channels_last)  # as the attack stage
         y = labels[lo:lo + cfg.batch_size].to(device)
         with torch.no_grad(), autocast_off(device):
             clean += int((model(x).argmax(1) == y).sum())
@@ -227,7 +209,7 @@ def robust_counts(model: nn.Module, images, labels: torch.Tensor, cfg, eps_list:
                             restarts=cfg.pgd.restarts, generator=gen)
             with torch.no_grad(), autocast_off(device):  # the final evaluation: float32
                 robust[i] += int((model(x_adv).argmax(1) == y).sum())
-    sync(device)
+    harness.sync(device)
     return clean, robust, time.perf_counter() - start
 
 
@@ -248,41 +230,53 @@ def stage_counts(results: Path, seed: int, eps_list: list[float], image_ids) -> 
     return out
 
 
+def trained_models(args: argparse.Namespace, params) -> list[tuple[str, int, Path]]:
+    """(variant, seed, path) of every trained model of ``params`` under --models that --variants / --seeds select."""
+    from robustlora.layout import seed_model
+    from robustlora.models.adaptation import training_seeds
+
+    out = []
+    for name, spec in params.variants.items():
+        for seed in training_seeds(spec, params.train.seeds):
+            path = seed_model(harness.ROOT / args.models / name, seed)
+            wanted = (not args.variants or name in args.variants) and (args.seeds is None or seed in args.seeds)
+            if wanted and path.exists():
+                out.append((name, seed, path))
+    return out
+
+
 def check_default(args: argparse.Namespace, device: torch.device) -> int | None:
     """Robust accuracy of PGD with the levers vs float32 PGD on every trained model of the default study; returns
     the largest difference in robust (or clean-correct) images over models and ε (None: nothing to check)."""
     from robustlora.config import load_params
-    from robustlora.evaluation.suite import _pgd_eps, attacked_images
+    from robustlora.evaluation.suite import attacked_images, pgd_eps
     from robustlora.models.resnet import load_variant
 
     levers = lever_label(args.autocast, args.channels_last)
     if not levers:
         print("--check-default: no lever given (--autocast / --channels-last): nothing to compare")
         return None
-    params = load_params(ROOT / args.params)
+    params = load_params(harness.ROOT / args.params)
     cfg = params.attack
-    images, labels, image_ids = attacked_images(ROOT / args.prepared, cfg)
-    eps_list = _pgd_eps(cfg)
-    paths = [(v, p) for v in params.variants for p in sorted((ROOT / args.models / v).glob("seed_*.pt"))
-             if not args.variants or v in args.variants]
-    paths = [(v, p) for v, p in paths if args.seeds is None or int(p.stem.split("_")[1]) in args.seeds]
-    if not paths:
+    models = trained_models(args, params)
+    if not models:
         print(f"--check-default: no trained models under {args.models}/<variant>/seed_<s>.pt: skipped")
         return None
+    images, labels, image_ids = attacked_images(harness.ROOT / args.prepared, cfg)
+    eps_list = pgd_eps(cfg)
     print(f"\ncheck on the default study: {len(labels)} val images, PGD-{cfg.pgd.steps} "
           f"(random start {cfg.pgd.random_start}, restarts {cfg.pgd.restarts}, seed {cfg.seed}), "
           f"float32 vs {levers}; final evaluation in float32; device={device}")
     print(f"{'model':<24} {'ε':>9} {'clean':>6} {'float32':>8} {levers:>14} {'diff':>5} {'stage':>6}")
     worst, t_ref, t_fast = 0, 0.0, 0.0
-    for variant, path in paths:
-        seed = int(path.stem.split("_")[1])
+    for variant, seed, path in models:
         model, _ = load_variant(path)
         model.to(device)
         clean, ref, s_ref = robust_counts(model, images, labels, cfg, eps_list, device, "none", False)
         fast_model = to_format(copy.deepcopy(model), args.channels_last)
         clean_fast, fast, s_fast = robust_counts(fast_model, images, labels, cfg, eps_list, device, args.autocast,
                                                  args.channels_last)
-        stage = stage_counts(ROOT / args.results / f"{variant}.parquet", seed, eps_list, image_ids)
+        stage = stage_counts(harness.ROOT / args.results / f"{variant}.parquet", seed, eps_list, image_ids)
         t_ref, t_fast = t_ref + s_ref, t_fast + s_fast
         for e, a, b, s in zip(eps_list, ref, fast, stage):
             worst = max(worst, abs(a - b), abs(clean - clean_fast))
@@ -294,8 +288,7 @@ def check_default(args: argparse.Namespace, device: torch.device) -> int | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = harness.add_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--model", choices=["torchvision", "classifier"], default="torchvision",
                         help="torchvision's ResNet18 behind a normalising wrapper, or robustlora's Classifier")
     parser.add_argument("--input-size", type=int, default=None,
@@ -322,8 +315,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=None, help="--check-default: only these seeds")
     args = parser.parse_args()
 
-    sys.stdout.reconfigure(line_buffering=True)  # progress shows when redirected to a file
-    device = torch.device(args.device)
+    device = harness.setup(args)
     if not args.no_speed:
         run_speed(args, device)
     if args.check_default and (check_default(args, device) or 0) > 1:

@@ -19,13 +19,14 @@ import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import harness  # first: puts this checkout's src/ on the path
 import numpy as np
 
 from robustlora.data.dataset import prepare_domain
-from robustlora.io import atomic_path, write_json
 from robustlora.data.synthetic import DomainStyle, class_specs, write_domain_archive
+from robustlora.io import atomic_path, write_json
 
-ROOT = "tiny-imagenet-200"
+ARCHIVE_ROOT = "tiny-imagenet-200"  # the top folder inside the archive, as in Tiny ImageNet's own zip
 TARGET_SECONDS, TARGET_IMAGES = 60.0, 110_000  # the requirement: Tiny ImageNet preprocessed in <= 60 s on 2 cores
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps, as robustlora.data.synthetic writes them
 FORMAT = 1  # bump when the archive recipe below changes, so old caches are rebuilt
@@ -36,12 +37,12 @@ def _shard(args: tuple) -> str:
     path, k, classes, train_per_class, val_per_class, seed = args
     spec = class_specs(classes, seed)[k]
     write_domain_archive(Path(path), [spec], DomainStyle.target(1.0), train_per_class=train_per_class,
-                         val_per_class=val_per_class, seed=seed * 100_003 + k, root=ROOT, progress=False)
+                         val_per_class=val_per_class, seed=seed * 100_003 + k, root=ARCHIVE_ROOT, progress=False)
     return path
 
 
 def _add(zf: zipfile.ZipFile, name: str, data: bytes | str, compress: bool = False) -> None:
-    info = zipfile.ZipInfo(f"{ROOT}/{name}", date_time=ZIP_DATE)
+    info = zipfile.ZipInfo(f"{ARCHIVE_ROOT}/{name}", date_time=ZIP_DATE)
     info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     zf.writestr(info, data)
 
@@ -57,14 +58,14 @@ def _merge(path: Path, shards: list[Path], classes: int, val_per_class: int, see
         readers = [zipfile.ZipFile(p) for p in shards]
         try:
             for spec, zf in zip(specs, readers):
-                prefix = f"{ROOT}/train/{spec.wnid}/"
+                prefix = f"{ARCHIVE_ROOT}/train/{spec.wnid}/"
                 for name in zf.namelist():  # shard order = generation order: images then the boxes file
                     if name.startswith(prefix):
-                        _add(out, name[len(ROOT) + 1:], zf.read(name), compress=name.endswith(".txt"))
-            val_lines = [zf.read(f"{ROOT}/val/val_annotations.txt").decode().splitlines() for zf in readers]
+                        _add(out, name[len(ARCHIVE_ROOT) + 1:], zf.read(name), compress=name.endswith(".txt"))
+            val_lines = [zf.read(f"{ARCHIVE_ROOT}/val/val_annotations.txt").decode().splitlines() for zf in readers]
             for i, o in enumerate(order):
                 k, j = divmod(int(o), val_per_class)
-                _add(out, f"val/images/val_{i}.JPEG", readers[k].read(f"{ROOT}/val/images/val_{j}.JPEG"))
+                _add(out, f"val/images/val_{i}.JPEG", readers[k].read(f"{ARCHIVE_ROOT}/val/images/val_{j}.JPEG"))
                 annotations.append(f"val_{i}.JPEG\t" + val_lines[k][j].split("\t", 1)[1] + "\n")
         finally:
             for zf in readers:
@@ -116,11 +117,10 @@ def main() -> None:
                             args.workers or cores)
     seconds = []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        manifest = prepare_domain(archive, args.workdir / "prepared", classes=args.classes, train_per_class=None,
-                                  val_per_class=None, holdout=args.holdout, seed=args.seed, image_size=64,
-                                  workers=args.workers, progress=False)
-        seconds.append(time.perf_counter() - t0)
+        s, manifest = harness.timed(lambda: prepare_domain(
+            archive, args.workdir / "prepared", classes=args.classes, train_per_class=None, val_per_class=None,
+            holdout=args.holdout, seed=args.seed, image_size=64, workers=args.workers, progress=False))
+        seconds.append(s)
     n, best = len(manifest), min(seconds)
     scaled = best * TARGET_IMAGES / n
     print(f"images={n} classes={args.classes} cores={cores} workers={args.workers or 'default'} "

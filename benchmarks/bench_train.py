@@ -4,32 +4,30 @@
     PYTHONPATH=src python benchmarks/bench_train.py --device cuda --images 50000 --size 64 --input-size 64 --batch 256
 
 Both sides train a fresh robustlora Classifier (ResNet18, same initial weights) for --epochs epochs on the same
-random uint8 images with the same SGD settings, and both pay for the same augmentation (robustlora.training.loop.augment:
-random crop with padding + flip; --no-augment turns it off on both). On CUDA both use bf16 autocast and channels_last,
-as fit does. fit gets an empty holdout split, so no evaluation is counted; it still does its per-epoch bookkeeping
-(scheduler step, copying the best weights to the CPU). Times are wall-clock around the whole call, device-synchronised,
-best of --repeats with the order alternating. Prints img/s of both and the ratio ours / bare (goal >= 0.95).
+random uint8 images with the same SGD settings, and both pay for the same augmentation (robustlora.training.loop's
+draw_augmentation once per epoch and augment per batch: random crop with padding + flip; --no-augment turns it off on
+both). On CUDA both use bf16 autocast and channels_last, as fit does. fit gets an empty holdout split, so no
+evaluation is counted; it still does its per-epoch bookkeeping (scheduler step, copying the best weights to the CPU).
+Times are wall-clock around the whole call, device-synchronised, in harness.round_orders' alternating order; best of
+--repeats. Prints img/s of both and the ratio ours / bare (goal >= 0.95), from the best runs and as the median of the
+per-round ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import time
 from collections.abc import Callable
 
+import harness  # first: puts this checkout's src/ on the path
 import torch
 import torch.nn.functional as F
 
 from robustlora.config import TrainConfig
 from robustlora.data.dataset import Split
-from robustlora.models.resnet import Classifier, build_model, pick_device
+from robustlora.models.resnet import Classifier, build_model
 from robustlora.training.loop import augment, draw_augmentation, fit
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def random_split(n: int, size: int, classes: int, device: torch.device | str = "cpu", seed: int = 0) -> Split:
@@ -87,7 +85,7 @@ def run_bare(model: Classifier, train: Split, cfg: TrainConfig, device: torch.de
                 loss.item()
                 (logits.argmax(1) == labels[idx]).sum().item()
             seen += len(idx)
-    sync(device)
+    harness.sync(device)
     return seen / (time.perf_counter() - t0)
 
 
@@ -97,34 +95,34 @@ RUNNERS: dict[str, Runner] = {"ours": run_ours, "bare": run_bare}
 
 def compare(make_model: Callable[[], Classifier], train: Split, cfg: TrainConfig, device: torch.device,
             repeats: int, runners: dict[str, Runner] = RUNNERS) -> dict[str, dict[str, list[float]]]:
-    """Alternating timed runs of the loops on fresh identical models; wall-clock and internal img/s of each run."""
-    out: dict[str, dict[str, list[float]]] = {name: {"wall": [], "internal": []} for name in runners}
-    for r in range(repeats):
-        # alternate the order so neither side always runs on a warmer machine
-        for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
-            model = make_model()
-            sync(device)
-            t0 = time.perf_counter()
-            internal = runners[name](model, train, cfg, device)
-            sync(device)
-            out[name]["wall"].append(cfg.max_epochs * len(train) / (time.perf_counter() - t0))
+    """Timed runs of the loops on fresh identical models, in harness.round_orders' order: per loop the seconds of
+    each whole call ("seconds", device-synchronised) and its own img/s ("internal")."""
+    out: dict[str, dict[str, list[float]]] = {name: {"seconds": [], "internal": []} for name in runners}
+    for order in harness.round_orders(list(runners), repeats):
+        for name in order:
+            # the model is made outside the timed call and lives only for it
+            run = functools.partial(runners[name], make_model(), train, cfg, device)
+            seconds, internal = harness.timed(run, device)
+            out[name]["seconds"].append(seconds)
             out[name]["internal"].append(internal)
-            del model
+            del run
     return out
 
 
-def report(results: dict[str, dict[str, list[float]]], header: str) -> str:
-    """Prints the figures; returns the one-line summary (best-of-N wall-clock img/s and the ratio)."""
+def report(results: dict[str, dict[str, list[float]]], images: int, header: str) -> str:
+    """Prints the figures; returns the one-line summary (best-of-N wall-clock img/s and the ratio) for ``images``
+    trained per call."""
     print(header)
     for name, r in results.items():
-        print(f"{name:>12}: {max(r['wall']):9.1f} img/s wall-clock (best of {len(r['wall'])}; median "
-              f"{statistics.median(r['wall']):.1f}); epoch loops only: {max(r['internal']):.1f} img/s")
-    ours, bare = max(results["ours"]["wall"]), max(results["bare"]["wall"])
+        print(f"{harness.rate_line(name, images, r['seconds'])} wall-clock; epoch loops only: "
+              f"{max(r['internal']):.1f} img/s")
+    times = {name: r["seconds"] for name, r in results.items()}
+    best, paired = harness.speed_ratio(times["ours"], times["bare"])
     inner = max(results["ours"]["internal"]) / max(results["bare"]["internal"])
-    # medians too: on a GPU one lucky run of either loop swings the best-of ratio by several percent
-    median = statistics.median(results["ours"]["wall"]) / statistics.median(results["bare"]["wall"])
-    summary = (f"ours {ours:.1f} img/s, bare {bare:.1f} img/s, ratio ours/bare = {ours / bare:.3f} "
-               f"(median runs: {median:.3f}; epoch loops only: {inner:.3f}; goal >= 0.95)")
+    # the paired median too: on a GPU one lucky run of either loop swings the best-of ratio by several percent
+    summary = (f"ours {images / min(times['ours']):.1f} img/s, bare {images / min(times['bare']):.1f} img/s, "
+               f"ratio ours/bare = {best:.3f} (median of {len(times['ours'])} rounds: {paired:.3f}; epoch loops "
+               f"only: {inner:.3f}; goal >= 0.95)")
     print(summary)
     return summary
 
@@ -143,22 +141,19 @@ def model_factory(classes: int, input_size: int, device: torch.device, seed: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser = harness.add_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=32, help="stored image height = width, pixels")
     parser.add_argument("--input-size", type=int, default=32, help="model.input_size (resized inside the model)")
     parser.add_argument("--images", type=int, default=384, help="training images per epoch")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=6, help="timed runs per loop (even: each goes first equally often)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--repeats", type=int, default=6,
+                        help="timed runs per loop (even: each goes first equally often)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip on either side")
     args = parser.parse_args()
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = harness.setup(args)
     train = random_split(args.images, args.size, args.classes)
     cfg = train_config(args.batch, args.epochs, args.augment)
     make_model = model_factory(args.classes, args.input_size, device)
@@ -166,9 +161,9 @@ def main() -> None:
     warm = random_split(2 * args.batch, args.size, args.classes)
     compare(make_model, warm, train_config(args.batch, 1, args.augment), device, repeats=1)
     results = compare(make_model, train, cfg, device, args.repeats)
-    report(results, f"device={device} batch={args.batch} size={args.size} input_size={args.input_size} "
-                    f"images={args.images} epochs={args.epochs} augment={args.augment} repeats={args.repeats} "
-                    f"threads={torch.get_num_threads()} torch={torch.__version__}")
+    report(results, args.epochs * args.images,
+           f"{harness.environment(device)} batch={args.batch} size={args.size} input_size={args.input_size} "
+           f"images={args.images} epochs={args.epochs} augment={args.augment} repeats={args.repeats}")
 
 
 if __name__ == "__main__":

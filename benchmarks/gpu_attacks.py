@@ -30,84 +30,39 @@ Parts, in order, each timed on the device (synchronised):
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib
-import statistics
 import sys
-import time
 import traceback
 from pathlib import Path
 
+import harness  # first: puts this checkout's src/ on the path
+import bench_attacks
+import bench_pgd
 import torch
+from bench_pgd import Run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
-
-import bench_attacks  # noqa: E402  (also puts the repo's src on the path)
-import bench_pgd  # noqa: E402
-
-START = time.perf_counter()
-
-
-def elapsed() -> float:
-    return time.perf_counter() - START
-
-
-def available(module: str) -> str | None:
-    """None if ``module`` imports, else the reason it does not."""
-    try:
-        importlib.import_module(module)
-    except Exception as e:  # an ImportError, or a broken install of it
-        return f"{type(e).__name__}: {e}".splitlines()[0]
-    return None
+from robustlora.formatting import md_table
 
 
 def pgd_speed(model_kind: str, args: argparse.Namespace, device: torch.device,
               summary: list[tuple[str, str, str]]) -> None:
-    """Part 1 on one model: img/s of every runner and each one's ratio to torchattacks in float32."""
+    """Part 1 on one model: img/s of every run and each one's ratio to torchattacks in float32."""
     model = bench_pgd.make_model(model_kind, 10, args.pgd_size, device)
-    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.pgd_batch, 3, args.pgd_size, args.pgd_size, generator=g).to(device)
-    y = torch.randint(0, 10, (args.pgd_batch,), generator=g).to(device)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    eps, alpha, steps = 8 / 255, 2 / 255, args.pgd_steps
-    gen = torch.Generator(device=device).manual_seed(0)
-    amp = "bf16"
-
-    def ours(m, images, dtype, keep="best"):
-        def run():
-            with bench_pgd.autocast(device, dtype):
-                return bench_pgd.pgd(m, images, y, eps, alpha, steps, random_start=True, generator=gen, keep=keep)
-        return run
-
-    runners = {"ours fp32": ours(model, x, "none"), "ours fp32 keep=last": ours(model, x, "none", "last"),
-               "ours channels_last": ours(fast, x_cl, "none")}
-    if amp != "none":
-        runners.update({f"ours {amp}": ours(model, x, amp), f"ours {amp}+channels_last": ours(fast, x_cl, amp)})
-    torchattacks = bench_pgd.import_torchattacks()
-    if torchattacks is not None:
-        def theirs(m, images, dtype):
-            attack = torchattacks.PGD(m, eps=eps, alpha=alpha, steps=steps, random_start=True)
-
-            def run():
-                with bench_pgd.autocast(device, dtype):
-                    return attack(images, y)
-            return run
-        runners["torchattacks fp32"] = theirs(model, x, "none")
-        if amp != "none":
-            runners[f"torchattacks {amp}+channels_last"] = theirs(fast, x_cl, amp)
-    times = bench_pgd.interleaved(runners, device, args.repeats)
-
-    setting = f"{model_kind} b{args.pgd_batch} {args.pgd_size}px PGD-{steps}"
-    reference = "torchattacks fp32" if torchattacks is not None else "ours fp32"
+    x, y = bench_pgd.speed_data(10, args.pgd_batch, args.pgd_size, device)
+    runs = [Run("ours fp32"), Run("ours fp32 keep=last", keep="last"), Run("ours channels_last", channels_last=True),
+            Run("ours bf16", amp="bf16"), Run("ours bf16+channels_last", amp="bf16", channels_last=True),
+            Run("torchattacks fp32", "torchattacks"),
+            Run("torchattacks bf16+channels_last", "torchattacks", "bf16", True)]
+    times = bench_pgd.pgd_speed(model, x, y, eps=8 / 255, step=2 / 255, steps=args.pgd_steps, runs=runs,
+                                repeats=args.repeats)
+    setting = f"{model_kind} b{args.pgd_batch} {args.pgd_size}px PGD-{args.pgd_steps}"
+    reference = "torchattacks fp32" if "torchattacks fp32" in times else "ours fp32"
     print(f"\n[1] PGD speed, {setting}, ε 8/255, {args.repeats} rounds; reference: {reference}"
-          + ("" if torchattacks is not None else " (torchattacks not installed)"))
+          + ("" if reference.startswith("torchattacks") else " (torchattacks not installed)"))
     for name, t in times.items():
-        best = min(times[reference]) / min(t)
-        paired = statistics.median(r / o for o, r in zip(t, times[reference]))
-        print(f"{name:>34}: {args.pgd_batch / min(t):10.1f} img/s (median {args.pgd_batch / statistics.median(t):.1f})"
-              f"  vs {reference}: {best:.3f} best, {paired:.3f} paired median")
+        print(harness.rate_line(name, args.pgd_batch, t))
         if name != reference:
+            print(f"{'':>36}{harness.ratio_line(times, name, reference)}")
+            best, paired = harness.speed_ratio(t, times[reference])
             summary.append((f"PGD {setting}", f"{name} / {reference}",
                             f"{best:.3f} ({paired:.3f} paired); {args.pgd_batch / min(t):.0f} img/s"))
 
@@ -115,7 +70,7 @@ def pgd_speed(model_kind: str, args: argparse.Namespace, device: torch.device,
 def bf16_check(args: argparse.Namespace, device: torch.device, summary: list[tuple[str, str, str]]) -> None:
     """Part 2: bench_pgd's --check-default with bf16 + channels_last (CPU --quick: channels_last only)."""
     for module in ("yaml", "pydantic", "pandas"):
-        why = available(module)
+        why = harness.why_not(module)
         if why:
             summary.append(("default-study check", "bf16+channels_last", f"skipped: {why}"))
             return
@@ -143,7 +98,7 @@ def throughput(args: argparse.Namespace, device: torch.device, summary: list[tup
     print(f"\n[3] throughput, {bench_attacks.IMAGE_SIZE} px images, random ResNet18, labels = its predictions")
     rows = []
     for attack, size, n, eps255 in bench_attacks.plan(args, device):
-        if elapsed() > args.budget_s:
+        if harness.elapsed() > args.budget_s:
             row = bench_attacks.Row(attack, size, n, eps255, note=f"skipped: past the {args.budget_s:.0f} s budget")
         else:
             try:
@@ -174,22 +129,18 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=None, help="the check's seeds (default: all)")
     parser.set_defaults(images=256, standard_images=64, eps255=[8.0, 0.25], square_queries=1000)
     args = parser.parse_args()
-    sys.stdout.reconfigure(line_buffering=True)
     if args.site:
         sys.path.append(str(Path(args.site).resolve()))
-    device = torch.device(args.device)
+    device = harness.setup(args)
     args.pgd_batch, args.pgd_size, args.pgd_steps = 256, 64, 10
     if args.quick:  # every code path, small enough for 2 CPU cores
         args.pgd_batch, args.pgd_size, args.pgd_steps, args.repeats = 8, 32, 2, 2
-        args.images, args.standard_images, args.square_queries, args.pgd_steps = 4, 1, 10, 2
+        args.images, args.standard_images, args.square_queries = 4, 1, 10
         args.input_sizes, args.eps255 = [24], [8.0]
         args.variants, args.seeds = args.variants or ["baseline"], args.seeds or [0]
 
-    have = {m: available(m) for m in ("torchvision", "torchattacks", "pyautoattack", "art", "scipy", "sklearn")}
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    print(f"device={device} ({gpu}) torch={torch.__version__} python={sys.version.split()[0]} "
-          f"cudnn.allow_tf32={tf32[0]} matmul.allow_tf32={tf32[1]} (float32 convolutions use TF32 when True)")
+    have = {m: harness.why_not(m) for m in ("torchvision", "torchattacks", "pyautoattack", "art", "scipy", "sklearn")}
+    print(f"{harness.environment(device)} (float32 convolutions use TF32 when True)")
     print("packages: " + ", ".join(f"{m} {'ok' if why is None else 'missing'}" for m, why in have.items()))
 
     summary: list[tuple[str, str, str]] = []
@@ -198,11 +149,8 @@ def main() -> None:
     bf16_check(args, device, summary)
     throughput(args, device, summary)
 
-    print(f"\nSUMMARY ({gpu}, torch {torch.__version__}, {elapsed():.0f} s)")
-    width = max(len(a) for a, _, _ in summary), max(len(b) for _, b, _ in summary)
-    print(f"{'part':<{width[0]}}  {'setting':<{width[1]}}  result")
-    for part, setting, result in summary:
-        print(f"{part:<{width[0]}}  {setting:<{width[1]}}  {result}")
+    print(f"\nSUMMARY ({harness.device_name(device)}, torch {torch.__version__}, {harness.elapsed():.0f} s)\n")
+    print(md_table(("part", "setting", "result"), summary))
 
 
 if __name__ == "__main__":

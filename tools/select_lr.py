@@ -1,7 +1,7 @@
 """Choose a variant's learning rate on the holdout split (never on val), with the pipeline's own data and backbone.
 
-    PYTHONPATH=src python benchmarks/select_lr.py baseline --lr 0.005 0.01 0.02 --seeds 0 1
-    PYTHONPATH=src python benchmarks/select_lr.py lora_fc --lr 0.05 0.1 0.2
+    PYTHONPATH=src python tools/select_lr.py baseline --lr 0.005 0.01 0.02 --seeds 0 1
+    PYTHONPATH=src python tools/select_lr.py lora_fc --lr 0.05 0.1 0.2
 
 Needs `dvc repro pretrain` first (data/prepared/target and models/backbone.pt). Trains the variant as params.yaml
 says, with each lr in turn, and prints the best holdout accuracy, its epoch and the epochs run, per lr and seed, and the
@@ -22,9 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from robustlora.models import adaptation  # noqa: E402
 from robustlora.config import load_params  # noqa: E402
 from robustlora.data.dataset import load_classes, load_split  # noqa: E402
+from robustlora.models import adaptation  # noqa: E402
 from robustlora.models.resnet import load_backbone, pick_device  # noqa: E402
 from robustlora.training.loop import fit  # noqa: E402
 
