@@ -1,8 +1,10 @@
 """robustlora: does LoRA make an image classifier more robust to adversarial attacks?
 
-The core modules (data, models, lora, train, attacks, metrics) import only torch,
-torchvision, numpy and pandas, so they run in a notebook or on a bare GPU machine.
-Tracking (MLflow) and validation (Great Expectations) live in their own modules.
+Subpackages in the order the data flows, each importing only from those before it (tests/test_layers.py):
+config -> data -> models -> attacks -> training -> evaluation -> defences -> analysis -> reporting -> tracking,
+over the base modules errors, io, layout, formatting and stats. Everything but ``tracking`` (MLflow, DVC) and
+``data.validation`` (Great Expectations) imports only torch, numpy, pandas and pydantic, so it runs in a
+notebook or on a bare GPU machine.
 """
 
 __version__ = "0.1.0"
