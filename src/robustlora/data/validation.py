@@ -6,7 +6,7 @@ do labels agree with the class list, are all images the expected size, and is ev
 (pixel hash) and archive member unique across all splits (a duplicate across train/val is
 leakage). Only the official Tiny ImageNet zip (by md5) must also have the official sizes:
 200 classes of 500 train and 50 val images, 64 x 64 px. All expectations run; failures are
-reported together with a few offending rows. How GX is run quietly is :mod:`robustlora.data.expectations`.
+reported together with a few offending rows. How GX is run quietly is :mod:`robustlora.data.validation_gx`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from robustlora import layout
-from robustlora.data.expectations import (MAX_EXAMPLES, ExpectationOutcome, import_gx, plural, quiet_context,
+from robustlora.data.validation_gx import (MAX_EXAMPLES, ExpectationOutcome, import_gx, plural, quiet_context,
                                           run_suite)
 from robustlora.data.manifest import MANIFEST_COLUMNS, SPLITS, read_manifest
 from robustlora.io import file_digest
