@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from torch import nn
 
+from robustlora import formatting
 from robustlora.analysis import Settings, crosscheck, masking_checks
 from robustlora.evaluation.suite import attack_suite
 from rows import N, first_correct as first, model_rows
@@ -147,7 +148,7 @@ def test_transfer_matrix_marks_the_surrogates_own_arm() -> None:
 def test_attack_names() -> None:
     assert crosscheck.attack_name("transfer_pretrained") == "PGD transfer from pretrained"
     assert crosscheck.attack_name("hopskipjump") == "HopSkipJump"
-    assert crosscheck.eps_text(1.0) == "unbounded" and crosscheck.eps_text(8 / 255) == "8/255"
+    assert formatting.eps_text(1.0) == "unbounded" and formatting.eps_text(8 / 255) == "8/255"
     assert crosscheck.query_curves(model_rows("a", 0, "autoattack", 4 / 255, first(3))).empty  # no query counts
 
 
