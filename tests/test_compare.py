@@ -23,24 +23,43 @@ def outcomes(p: float, seeds: int = 3, n: int = N) -> np.ndarray:
     return RNG.random((seeds, n)) < p
 
 
-def test_compare_is_the_paired_bootstrap_and_mcnemar_in_one_call() -> None:
+def test_compare_is_the_paired_test_in_one_call() -> None:
     a, b, mask = outcomes(0.8), outcomes(0.4, seeds=2), first_correct(30)
     c = compare(a, b, settings(), mask)
-    est = stats.paired_difference(a, b, mask, n_boot=200, seed=0)
-    assert (c.diff, c.ci_low, c.ci_high, c.n_images, c.n_seeds) == (est.value, est.ci_low, est.ci_high, 30, 2)
-    assert (c.p, c.a_only, c.b_only) == stats.mcnemar_paired(a, b, mask)
-    assert c.estimate == est and c.ci_low <= c.diff <= c.ci_high
-    assert c.row() == {"diff": c.diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p": c.p, "n_images": 30}
+    t = stats.paired_test(a, b, mask, alpha=0.05, confidence=0.95)
+    assert (c.diff, c.ci_low, c.ci_high, c.p, c.n_images, c.n_seeds) == (t.diff, t.ci_low, t.ci_high, t.p, 30, 2)
+    assert (c.se, c.mde, c.eq_low, c.eq_high, c.method) == (t.se, t.mde, t.eq_low, t.eq_high, t.method)
+    assert (c.a_only, c.b_only) == stats.mcnemar_paired(a, b, mask)[1:]  # descriptive counts
+    assert c.estimate == stats.Estimate(t.diff, t.ci_low, t.ci_high, 30, 2, t.se)
+    assert c.ci_low <= c.eq_low <= c.diff <= c.eq_high <= c.ci_high
+    assert c.row() == {"diff": c.diff, "ci_low": c.ci_low, "ci_high": c.ci_high, "p": c.p, "n_images": 30,
+                       "mde": c.mde}
     assert math.isnan(c.p_holm) and c.direction == 0  # decided only within its Holm family
+    # the interval and the test agree: 0 is rejected exactly when p < alpha
+    assert c.rejects(0.0) == (c.p < 0.05) and not c.rejects(c.diff)
 
 
-def test_compare_of_the_same_seeds_bootstraps_the_per_image_difference() -> None:
+def test_compare_of_the_same_seeds_pairs_the_seeds_and_can_be_one_sided() -> None:
     a = outcomes(0.7)
     b = a & outcomes(0.5)  # b's True images are a subset of a's: the difference is never negative
-    c = compare(a, b, settings(), same_seeds=True)
-    est = stats.hierarchical_mean(a.astype(float) - b, n_boot=200, seed=0, signed=True)
-    assert (c.diff, c.ci_low, c.ci_high, c.n_seeds) == (est.value, est.ci_low, est.ci_high, 3)
-    assert c.p == stats.mcnemar_paired(a, b)[0] and c.b_only == 0 < c.a_only
+    c = compare(a, b, settings(), same_seeds=True, sided="greater")
+    t = stats.paired_test(a, b, same_seeds=True, sided="greater")
+    assert (c.diff, c.ci_low, c.ci_high, c.p, c.n_seeds) == (t.diff, t.ci_low, t.ci_high, t.p, 3)
+    assert c.ci_high == 1.0 and 0 < c.ci_low < c.diff and c.b_only == 0 < c.a_only
+    assert c.p == pytest.approx(compare(a, b, settings(), same_seeds=True).p / 2)
+    # no gain at all: one-sided [low, 1] with low the one-sided Tango bound of the 40 images (no discordant pair:
+    # no credit for the 3 seeds), not '+0.0 [-8.8, +8.8]'
+    none = compare(a, a.copy(), settings(), same_seeds=True, sided="greater")
+    assert none.diff == 0.0 and none.ci_high == 1.0 and none.p == 0.5
+    assert stats.tango_interval(0, 0, 40, confidence=0.90)[0] == pytest.approx(none.ci_low, rel=1e-6)
+
+
+def test_rejects_and_equivalent() -> None:
+    c = Comparison(0.01, -0.02, 0.04, 0.5, 100, 3, 0, 0, eq_low=-0.015, eq_high=0.035)
+    assert c.rejects(0.05) and c.rejects(-0.03) and not c.rejects(0.0)
+    assert c.equivalent(0.05) and not c.equivalent(0.03)
+    nan = compare(None, outcomes(0.5), settings())
+    assert not nan.rejects(0.0) and not nan.equivalent(1.0) and nan.method == "not evaluated"
 
 
 def test_a_missing_side_or_an_empty_mask_is_not_evaluated() -> None:

@@ -1,4 +1,5 @@
-"""Tests for robustlora.stats against hand-computed values and simulations whose truth is known."""
+"""Tests for robustlora.stats against hand-computed and published values and simulations whose truth is known
+(the paired test's calibration under a simulated null: tests/test_calibration.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 
 import robustlora.stats as stats
 from robustlora.stats import (
-    Estimate, hierarchical_mean, holm_adjust, majority_vote, mcnemar_exact, mcnemar_paired, paired_difference,
-    seed_summary, share_mean, wilson_interval,
+    Estimate, hierarchical_mean, holm_adjust, majority_vote, mcnemar_exact, mcnemar_paired, mde_share, paired_test,
+    seed_summary, share_mean, tango_interval, wilson_interval,
 )
 
 
@@ -113,7 +114,7 @@ def _bernoulli(shape, p, seed):
 
 def test_hierarchical_mean_constant_array_has_zero_width_ci():
     est = hierarchical_mean(np.full((3, 50), 0.25), n_boot=200, seed=0)
-    assert est == Estimate(0.25, 0.25, 0.25, 50, 3)
+    assert est == Estimate(0.25, 0.25, 0.25, 50, 3, 0.0)
     est = hierarchical_mean(np.full((2, 37), 0.3), n_boot=200, seed=0)  # 0.3 is not exact in binary
     assert est.value == pytest.approx(0.3) and est.ci_high - est.ci_low < 1e-12
 
@@ -136,9 +137,8 @@ def test_bootstrap_is_seeded():
     first = hierarchical_mean(x, n_boot=300, seed=7)
     assert hierarchical_mean(x, n_boot=300, seed=7) == first
     assert hierarchical_mean(x, n_boot=300, seed=8) != first
-    y = _bernoulli((3, 120), 0.6, seed=2)
-    assert paired_difference(x, y, n_boot=300, seed=7) == paired_difference(x, y, n_boot=300, seed=7)
-    assert paired_difference(x, y, n_boot=300, seed=7) != paired_difference(x, y, n_boot=300, seed=8)
+    assert hierarchical_mean(x, n_boot=300, seed=7) == hierarchical_mean(x, n_boot=300, seed=7)
+    assert hierarchical_mean(x, n_boot=300, seed=7) != hierarchical_mean(x, n_boot=300, seed=8)
 
 
 def test_ci_covers_training_seed_variation():
@@ -182,43 +182,12 @@ def test_chunked_bootstrap_matches_one_chunk(monkeypatch):
     assert chunked.ci_high == pytest.approx(whole.ci_high, abs=0.02)
 
 
-def test_paired_difference_identical_arms_is_zero_with_the_images_wilson_bound():
-    # no discordant image among 150: the bootstrap sees no variation, but 150 images cannot rule out a discordance
-    # rate up to Wilson's upper bound for 0 of 150, on either side
-    bound = wilson_interval(0, 150)[1]
-    assert bound == pytest.approx(1.96 ** 2 / (150 + 1.96 ** 2), rel=1e-3)
-    x = _bernoulli((1, 150), 0.5, seed=7)
-    assert paired_difference(x, x.copy(), n_boot=300, seed=0) == Estimate(0.0, -bound, bound, 150, 1)
-    same = np.tile(_bernoulli((1, 150), 0.5, seed=8), (3, 1))  # three seeds that agree
-    assert paired_difference(same, same.copy(), n_boot=300, seed=0) == Estimate(0.0, -bound, bound, 150, 3)
-    # every image flipped by one arm only: +1, and the interval stays within [-1, 1]
-    ones, zeros = np.ones((2, 40)), np.zeros((3, 40))
-    assert paired_difference(ones, zeros, n_boot=200, seed=0) == Estimate(1.0, 1 - wilson_interval(0, 40)[1], 1.0, 40, 2)
-
-
-def test_zero_or_full_share_gets_the_wilson_interval_not_zero_width():
-    # e.g. no image fooled (0 / 60 per seed) or every image fooled: the bootstrap alone would say [0, 0] / [1, 1]
-    zero = hierarchical_mean(np.zeros((3, 60)), n_boot=200, seed=0)
-    assert (zero.value, zero.ci_low) == (0.0, 0.0) and zero.ci_high == pytest.approx(wilson_interval(0, 60)[1])
-    full = hierarchical_mean(np.ones((2, 60), dtype=bool), n_boot=200, seed=0)
-    assert (full.value, full.ci_high) == (1.0, 1.0) and full.ci_low == pytest.approx(wilson_interval(60, 60)[0])
-    # per-image differences (-1 / 0 / +1) that are all 0: symmetric bound; a real spread keeps the bootstrap interval
-    diff = hierarchical_mean(np.zeros((1, 30)) - np.zeros((1, 30)), n_boot=200, seed=0, signed=True)
-    assert diff.ci_low == pytest.approx(-wilson_interval(0, 30)[1]) and diff.ci_high == pytest.approx(wilson_interval(0, 30)[1])
-    spread = hierarchical_mean(np.array([[1.0, 0.0, -1.0, 0.0] * 10]), n_boot=200, seed=0, signed=True)
-    assert spread.ci_low < 0 < spread.ci_high and spread.ci_high != pytest.approx(wilson_interval(0, 40)[1])
-    # unsigned, all-zero values are a share of 0: one-sided
-    assert hierarchical_mean(np.zeros((1, 30)), n_boot=200, seed=0).ci_low == 0.0
-    # n_boot = 0 still gives NaN bounds, not a Wilson bound
-    assert math.isnan(hierarchical_mean(np.zeros((1, 10)), n_boot=0, seed=0).ci_high)
-
-
 def test_share_mean_contains_the_wilson_interval_of_the_smallest_count():
     # a share over all images: the hierarchical mean, its interval widened to contain Wilson's at N
     x = _bernoulli((3, 40), 0.3, seed=12).astype(bool)
     est, plain = share_mean(x, n_boot=200, seed=0), hierarchical_mean(x, n_boot=200, seed=0)
     w_lo, w_hi = wilson_interval(plain.value * 40, 40)
-    assert est == Estimate(plain.value, min(plain.ci_low, w_lo), max(plain.ci_high, w_hi), 40, 3)
+    assert est == Estimate(plain.value, min(plain.ci_low, w_lo), max(plain.ci_high, w_hi), 40, 3, plain.se)
     # nothing fooled among each seed's 36, 30 and 20 clean-correct images: [0, Wilson bound at the smallest count, 20]
     among = np.stack([np.arange(40) < k for k in (36, 30, 20)])
     zero = share_mean(np.zeros((3, 40), bool), among, n_boot=200, seed=0)
@@ -236,36 +205,134 @@ def test_share_mean_among_is_the_mean_of_per_seed_ratios():
     assert math.isnan(nothing.value) and (nothing.n_images, nothing.n_seeds) == (0, 0)
 
 
-def test_paired_difference_pairs_images():
-    # a = b + 0.1 on every image: a paired bootstrap sees no image noise, an unpaired one would see lots
-    b = np.random.default_rng(9).normal(size=(1, 300))
-    est = paired_difference(b + 0.1, b, n_boot=500, seed=0)
-    assert est.value == pytest.approx(0.1)
-    assert est.ci_high - est.ci_low < 1e-9
-    assert hierarchical_mean(b, n_boot=500, seed=0).ci_high - hierarchical_mean(b, n_boot=500, seed=0).ci_low > 0.1
-
-
-def test_paired_difference_detects_a_real_difference_and_masks():
-    a = _bernoulli((3, 300), 0.7, seed=10)
-    b = _bernoulli((2, 300), 0.4, seed=11)
-    est = paired_difference(a, b, n_boot=500, seed=0)
-    assert est.value == pytest.approx(a.mean() - b.mean())
-    assert 0 < est.ci_low < est.value < est.ci_high
-    assert (est.n_images, est.n_seeds) == (300, 2)
-    mask = np.arange(300) < 100
-    assert paired_difference(a, b, mask, n_boot=100, seed=0).value == pytest.approx(
-        a[:, :100].mean() - b[:, :100].mean())
-    empty = paired_difference(a, b, np.zeros(300, bool), n_boot=100, seed=0)
-    assert math.isnan(empty.value) and empty.n_images == 0
-    with pytest.raises(ValueError, match="different images"):
-        paired_difference(a, b[:, :10], n_boot=10, seed=0)
-
-
 def test_zero_resamples_give_nan_interval():
     est = hierarchical_mean(np.ones((2, 5)), n_boot=0, seed=0)
     assert est.value == 1.0 and math.isnan(est.ci_low) and math.isnan(est.ci_high)
     with pytest.raises(ValueError, match="n_boot"):
         hierarchical_mean(np.ones((2, 5)), n_boot=-1, seed=0)
+
+
+# --- Tango's score interval and the paired test -------------------------------------------------------------------
+
+def test_tango_matches_published_values():
+    # Fagerland, Lydersen & Laake (2014, Stat Med 33:2850), Cavo et al. (2012): b = 6, c = 16 of 161 pairs,
+    # Tango 95 % CI -0.1240 to -0.0054 (also R contingencytables::Tango_asymptotic_score_CI_paired_2x2 in its tests)
+    assert tango_interval(6, 16, 161) == pytest.approx((-0.1240, -0.0054), abs=5e-5)
+    # all 3 pairs discordant one way: -0.1230 to 1 (the same package's test of the boundary)
+    assert tango_interval(3, 0, 3) == pytest.approx((-0.1230, 1.0), abs=5e-5)
+    assert tango_interval(0, 3, 3) == pytest.approx((-1.0, 0.1230), abs=5e-5)
+    # no discordant pair: the bound solves d / sqrt(d (1 - d) / n) = z, i.e. d = z² / (n + z²), on both sides
+    z2 = 1.959963984540054 ** 2
+    assert tango_interval(0, 0, 120) == pytest.approx((-z2 / (120 + z2), z2 / (120 + z2)), rel=1e-9)
+
+
+def test_tango_is_monotone_in_the_discordant_counts():
+    # the issue's defect: 0 discordant of 120 gave [-3.1, +3.1] %, one gave [0.0, +2.5] %
+    n = 120
+    for c in (0, 1, 3, 10):
+        bounds = np.array([tango_interval(b, c, n) for b in range(0, 40)])
+        assert np.all(np.diff(bounds[:, 0]) > 0) and np.all(np.diff(bounds[:, 1]) > 0)  # more a-only: both rise
+        assert np.all(bounds[:, 1] - bounds[:, 0] > 0)  # never zero width
+    falling = np.array([tango_interval(5, c, n) for c in range(0, 40)])
+    assert np.all(np.diff(falling[:, 0]) < 0) and np.all(np.diff(falling[:, 1]) < 0)
+    lo, hi = tango_interval(0, 0, n), tango_interval(1, 0, n)
+    assert lo[0] < hi[0] < 0 < lo[1] < hi[1]  # one discordant pair moves both bounds up; 0 stays inside
+
+
+def test_tango_one_sided_and_refuses_impossible_counts():
+    lo, hi = tango_interval(10, 2, 100, sided="greater")
+    assert hi == 1.0 and tango_interval(10, 2, 100, confidence=0.90)[0] == pytest.approx(lo, abs=1e-9)
+    assert tango_interval(10, 2, 100, sided="less") == pytest.approx((-1.0, tango_interval(10, 2, 100, 0.90)[1]))
+    with pytest.raises(ValueError, match="b=90, c=20, n=100"):
+        tango_interval(90, 20, 100)
+    with pytest.raises(ValueError, match="sided"):
+        tango_interval(1, 2, 10, sided="both")
+
+
+def _table(b: int, c: int, both: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
+    a = np.r_[np.ones(b), np.zeros(c), np.ones(both), np.zeros(neither)][None]
+    return a, np.r_[np.zeros(b), np.ones(c), np.ones(both), np.zeros(neither)][None]
+
+
+def test_one_seed_is_tango_with_the_mcnemar_score_test():
+    from statsmodels.stats.contingency_tables import mcnemar
+    a, b = _table(6, 16, 59, 80)
+    t = paired_test(a, b)
+    assert (t.ci_low, t.ci_high) == pytest.approx(tango_interval(6, 16, 161), abs=1e-12)
+    assert t.p == pytest.approx(mcnemar([[59, 6], [16, 80]], exact=False, correction=False).pvalue, rel=1e-9)
+    assert t.diff == pytest.approx(-10 / 161) and t.df == math.inf and t.method.startswith("Tango")
+    assert t.se == pytest.approx(math.sqrt((22 / 161 - (10 / 161) ** 2) / 161))
+    # (z_.975 + z_.8) se, from the score interval's wider side (it is skewed away from 0 here)
+    assert (1.959964 + 0.841621) * t.se < t.mde < 1.2 * (1.959964 + 0.841621) * t.se
+    assert paired_test(a, b, same_seeds=True) == t  # one seed: the same analysis either way
+    # the same table at the 1 - 2 alpha level: the TOST interval
+    assert (t.eq_low, t.eq_high) == pytest.approx(tango_interval(6, 16, 161, confidence=0.90), abs=1e-12)
+
+
+@pytest.mark.parametrize(("b", "c"), [(0, 0), (0, 1), (0, 4), (1, 6), (3, 12), (20, 35), (40, 20)])
+def test_interval_and_p_agree(b, c):
+    # p < 0.05 exactly when the 95 % interval excludes 0, on sparse and dense tables, one seed and several
+    a1, b1 = _table(b, c, 30, 50)
+    rng = np.random.default_rng(b * 100 + c)
+    for a, bb in ((a1, b1), (np.vstack([a1, a1, rng.random(a1.shape) < 0.5]), np.vstack([b1, b1]))):
+        t = paired_test(a, bb)
+        assert (t.p < 0.05) == (t.ci_low > 0 or t.ci_high < 0)
+        assert t.ci_low <= t.diff <= t.ci_high
+        assert t.eq_low >= t.ci_low and t.eq_high <= t.ci_high
+
+
+def test_no_discordance_among_several_seeds_is_not_zero_width():
+    # 3 + 3 seeds that all agree on 120 images: no discordant pair says nothing about how much the seeds average
+    # out, so the interval is one pair's Tango bound on the 120 images (no credit for agreeing seeds), never [0, 0]
+    x = np.tile(np.arange(120) < 70, (3, 1))
+    t = paired_test(x, x.copy())
+    one = tango_interval(0, 0, 120)
+    assert t.diff == 0.0 and t.p == 1.0 and t.ci_low == pytest.approx(-t.ci_high)
+    assert t.ci_high == pytest.approx(one[1], rel=1e-6) and t.ci_high > 0
+
+
+def test_seed_shifts_widen_the_interval():
+    # every image the same in both arms but one seed of a is better on 30 images: the seed level counts
+    rng = np.random.default_rng(3)
+    base = rng.random(300) < 0.6
+    a = np.tile(base, (3, 1))
+    a[0, :30] = True
+    b = np.tile(base, (3, 1))
+    agree = paired_test(a, b)
+    c = a.copy()
+    c[1, 30:60], c[2, 60:90] = True, True  # the same gain on other images in every seed: consistent
+    consistent = paired_test(c, b)
+    assert agree.df < 20 and agree.p > 0.05  # one seed's gain is not an arm's gain
+    assert consistent.p < agree.p and consistent.diff > agree.diff
+
+
+def test_one_sided_comparison():
+    a, b = _table(12, 3, 40, 45)
+    two, greater, less = (paired_test(a, b, sided=s) for s in ("two-sided", "greater", "less"))
+    assert greater.ci_high == 1.0 and less.ci_low == -1.0
+    assert greater.ci_low == pytest.approx(two.eq_low) and less.ci_high == pytest.approx(two.eq_high)
+    assert greater.p == pytest.approx(two.p / 2) and less.p == pytest.approx(1 - two.p / 2)
+    with pytest.raises(ValueError, match="sided"):
+        paired_test(a, b, sided="up")
+
+
+def test_paired_test_masks_and_refuses_mismatches():
+    a, b = _table(10, 2, 30, 58)
+    mask = np.arange(100) >= 12  # drops every discordant image
+    t = paired_test(a, b, mask)
+    assert t.diff == 0.0 and t.n_images == 88 and t.p == 1.0
+    empty = paired_test(a, b, np.zeros(100, bool))
+    assert empty.n_images == 0 and math.isnan(empty.diff) and math.isnan(empty.p)
+    with pytest.raises(ValueError, match="different images"):
+        paired_test(a, b[:, :50])
+    with pytest.raises(ValueError, match="different seeds x images"):
+        paired_test(np.vstack([a, a]), b, same_seeds=True)
+
+
+def test_mde_share():
+    assert mde_share(400, 0.5) == pytest.approx((1.959964 + 0.841621) * math.sqrt(0.25 / 400), rel=1e-6)
+    assert mde_share(100, 0.0) > 0 and math.isnan(mde_share(0, 0.5))
+    assert mde_share(100, 0.5, power=0.9) > mde_share(100, 0.5)
 
 
 # --- seed summary -----------------------------------------------------------------------------------------------
@@ -277,3 +344,17 @@ def test_seed_summary():
     assert seed_summary(np.array([1.0, 3.0]))["mean"] == 2.0
     with pytest.raises(ValueError, match="at least one"):
         seed_summary([])
+
+
+def test_paired_test_is_finite_and_consistent_on_small_random_studies():
+    # identical arms, seeds that all agree, one image, one seed vs three: never NaN, p and interval always agree
+    rng = np.random.default_rng(21)
+    for trial in range(300):
+        n, s = int(rng.integers(1, 12)), int(rng.integers(1, 4))
+        a = rng.random((s, n)) < rng.random()
+        b = (a.copy(), np.tile(a[:1], (2, 1)), rng.random((int(rng.integers(1, 4)), n)) < rng.random())[trial % 3]
+        for same in (False, True) if a.shape == b.shape else (False,):
+            t = paired_test(a, b, same_seeds=same)
+            assert np.all(np.isfinite([t.diff, t.ci_low, t.ci_high, t.p, t.eq_low, t.eq_high, t.mde, t.se]))
+            assert t.ci_low <= t.eq_low <= t.diff <= t.eq_high <= t.ci_high and t.ci_low < t.ci_high
+            assert (t.p < 0.05) == (t.ci_low > 0 or t.ci_high < 0)

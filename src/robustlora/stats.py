@@ -1,19 +1,20 @@
-"""Statistics a reviewer accepts: Wilson intervals, exact McNemar, Holm, a hierarchical bootstrap over seeds and images.
+"""Statistics a reviewer accepts: Wilson, McNemar, Holm from scipy / statsmodels; a hierarchical bootstrap of one arm;
+ONE paired test of two arms over images and training seeds together, whose interval and p-value agree.
 
 Conventions shared by every function:
 - per-image outcomes come as an (S, N) array: S training seeds of one arm, N images (the same images for every arm
   and seed); bool outcomes count as 0/1;
 - ``mask`` is an optional (N,) bool array selecting the images a statistic is computed over (None = all);
 - an arm's value is the mean over its seeds of the mean over the masked images;
-- intervals are two-sided at ``confidence`` (0.95 = a 95 % interval); bootstrap intervals are percentile intervals of
-  ``n_boot`` seeded resamples (``n_boot=0`` gives NaN bounds); the same ``seed`` always gives the same interval;
-- an interval of 0/1 outcomes is never zero width, by two rules that live here only: (1) on 0/1 outcomes (or their
-  differences, -1/0/1), where every resample gives the same value (all images alike: no image fooled, or no
-  discordant pair), the bootstrap sees no variation, but N images cannot rule out a share up to the Wilson bound
-  z²/(N + z²) (1.6 % at N = 240, 66 % at N = 2); the interval is then that bound around the value
-  (:func:`_unseen_variation`); (2) a share's interval (:func:`share_mean`) always contains the Wilson interval of
-  the mean share on the smallest per-seed count of images it is over.
-numpy and the standard library only (no scipy): exact binomial tails come from integer arithmetic.
+- intervals are two-sided at ``confidence`` (0.95 = a 95 % interval) unless ``sided`` says otherwise; the same
+  inputs (and ``seed``) always give the same numbers.
+
+One arm (:func:`hierarchical_mean`, :func:`share_mean`): percentile intervals of ``n_boot`` seeded two-level
+resamples (images, and independently seeds; ``n_boot=0`` gives NaN bounds); a share's interval always contains the
+Wilson interval of the mean share on the smallest per-seed count of images it is over, so it is never zero width.
+
+Two arms on the same images (:func:`paired_test`): see its docstring (Tango's score interval for one seed, its
+design-effect extension with a crossed image x seed variance for several).
 """
 
 from __future__ import annotations
@@ -21,89 +22,98 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["Estimate", "wilson_interval", "mcnemar_exact", "holm_adjust", "majority_vote", "mcnemar_paired",
-           "hierarchical_mean", "share_mean", "paired_difference", "seed_summary"]
+from robustlora.errors import DataError
 
+
+class _Lazy:
+    """A module imported on first use: scipy and statsmodels cost a stage ~1 s of start-up that the attack stages
+    (which need only Wilson intervals at their end) should not pay before their work."""
+
+    def __init__(self, name: str) -> None:
+        self._name, self._module = name, None
+
+    def __getattr__(self, attr: str):
+        if self._module is None:
+            import importlib
+
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
+sps = _Lazy("scipy.stats")
+optimize = _Lazy("scipy.optimize")
+
+__all__ = ["Estimate", "PairedTest", "SIDES", "wilson_interval", "mcnemar_exact", "holm_adjust", "majority_vote",
+           "mcnemar_paired", "tango_interval", "paired_test", "paired_pvalues", "mde_share", "hierarchical_mean",
+           "share_mean", "seed_summary"]
+
+SIDES = ("two-sided", "greater", "less")
 _CHUNK_CELLS = 2 ** 20  # bootstrap resamples x images per chunk: bounds memory at ~25 MB whatever n_boot is
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with its bootstrap interval; n_images masked images, n_seeds training seeds."""
+    """A point estimate with its interval; n_images masked images, n_seeds training seeds; se: the bootstrap
+    replicates' standard deviation (NaN with fewer than 2 resamples)."""
 
     value: float
     ci_low: float
     ci_high: float
     n_images: int
     n_seeds: int
+    se: float = math.nan
 
 
 def wilson_interval(successes: int | np.ndarray, n: int | np.ndarray,
                     confidence: float = 0.95) -> tuple[float | np.ndarray, float | np.ndarray]:
-    """Wilson score interval for the proportion successes / n; elementwise over arrays (broadcast).
+    """Wilson score interval for successes / n (statsmodels ``proportion_confint``, method 'wilson'); elementwise.
 
-    Never zero width for n > 0 (at 0 successes the upper bound is > 0, at n the lower bound is < 1);
-    n == 0 gives (nan, nan). Scalars in, floats out.
+    Never zero width for n > 0 (the bounds at 0 and n successes are exactly 0 and 1); n == 0 gives (nan, nan).
+    Scalars in, floats out.
     """
     _check_confidence(confidence)
     k = np.asarray(successes, dtype=np.float64)
     m = np.asarray(n, dtype=np.float64)
     if np.any(m < 0) or np.any(k < 0) or np.any(k > m):
-        raise ValueError(f"wilson_interval needs 0 <= successes <= n, got successes={successes}, n={n}")
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+        raise DataError(f"wilson_interval needs 0 <= successes <= n, got successes={successes}, n={n}")
+    k, m = np.broadcast_arrays(k, m)
+    safe = np.where(m == 0, 1.0, m)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / m
-        shrink = 1 + z * z / m
-        center = (p + z * z / (2 * m)) / shrink
-        half = z / shrink * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m))
-    # the exact bounds at k = 0 and k = n are 0 and 1; rounding would give 6.9e-18 or 0.9999999999999999
-    lo = np.where(k == 0, 0.0, np.clip(center - half, 0.0, 1.0))
-    hi = np.where(k == m, 1.0, np.clip(center + half, 0.0, 1.0))
-    lo, hi = np.where(m == 0, np.nan, lo), np.where(m == 0, np.nan, hi)
+        from statsmodels.stats.proportion import proportion_confint
+
+        lo, hi = proportion_confint(k, safe, alpha=1 - confidence, method="wilson")
+    lo = np.where(m == 0, np.nan, np.where(k == 0, 0.0, np.clip(lo, 0.0, 1.0)))
+    hi = np.where(m == 0, np.nan, np.where(k == m, 1.0, np.clip(hi, 0.0, 1.0)))
     if lo.ndim == 0:
         return float(lo), float(hi)
     return lo, hi
 
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value on the discordant pairs b (only A right) and c (only B right).
-
-    p = min(1, 2 P(X <= min(b, c))) with X ~ Binomial(b + c, 1/2), computed exactly in integers; b + c == 0 gives 1.0.
-    """
+    """Two-sided exact McNemar p on the discordant pairs b (only A right) and c (only B right): scipy's exact
+    binomial test of b successes in b + c trials at 1/2; b + c == 0 gives 1.0."""
     if int(b) != b or int(c) != c or b < 0 or c < 0:
-        raise ValueError(f"mcnemar_exact needs counts >= 0, got b={b}, c={c}")
-    n, k = int(b) + int(c), min(int(b), int(c))
-    if n == 0:
+        raise DataError(f"mcnemar_exact needs counts >= 0, got b={b}, c={c}")
+    if b + c == 0:
         return 1.0
-    term = tail = 1  # C(n, 0); the recurrence C(n, i+1) = C(n, i) (n - i) / (i + 1) stays exact in integers
-    for i in range(k):
-        term = term * (n - i) // (i + 1)
-        tail += term
-    return min(1.0, 2 * tail / 2 ** n)  # int / int is correctly rounded even for huge n
+    return float(sps.binomtest(int(b), int(b) + int(c), 0.5).pvalue)
 
 
 def holm_adjust(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Holm-Bonferroni step-down adjusted p-values, in the input order.
-
-    The i-th smallest of m p-values gets max over j <= i of min(1, (m - j + 1) p_(j)), so adjusted values are
-    monotone in the p-values' order and <= 1. NaN entries stay NaN and do not count in the family size m.
-    """
+    """Holm step-down adjusted p-values (statsmodels ``multipletests``), in the input order. NaN entries stay NaN
+    and do not count in the family size."""
     p = np.asarray(pvalues, dtype=np.float64)
     out = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(p.ravel()))
-    flat = p.ravel()[valid]
-    if np.any((flat < 0) | (flat > 1)):
-        raise ValueError(f"p-values must lie in [0, 1], got {flat[(flat < 0) | (flat > 1)].tolist()}")
-    order = np.argsort(flat, kind="stable")
-    m = len(flat)
-    stepped = np.minimum(1.0, (m - np.arange(m)) * flat[order])
-    adjusted = np.empty(m)
-    adjusted[order] = np.maximum.accumulate(stepped)
-    out.ravel()[valid] = adjusted  # out is a fresh contiguous array, so ravel() is a view
+    valid = ~np.isnan(p)
+    if np.any((p[valid] < 0) | (p[valid] > 1)):
+        raise DataError(f"p-values must lie in [0, 1], got {p[valid][(p[valid] < 0) | (p[valid] > 1)].tolist()}")
+    if valid.any():
+        from statsmodels.stats.multitest import multipletests
+
+        out[valid] = multipletests(p[valid], method="holm")[1]
     return out
 
 
@@ -117,39 +127,256 @@ def majority_vote(outcomes: np.ndarray) -> np.ndarray:
 
 
 def mcnemar_paired(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, int, int]:
-    """Exact McNemar test of arms a (Sa, N) and b (Sb, N) on the same images, on each image's majority vote over seeds.
-
-    Returns (p, n_a_only, n_b_only): images where only a's vote is True, only b's. Images whose vote is tied
-    (an even number of seeds split evenly) in either arm are dropped, as are images outside ``mask``.
-    """
+    """Descriptive: exact McNemar on each image's majority vote over seeds; (p, n_a_only, n_b_only). Tied votes and
+    images outside ``mask`` are dropped. Not the comparison's test (that is :func:`paired_test`)."""
     va, vb = majority_vote(a), majority_vote(b)
     if va.shape != vb.shape:
-        raise ValueError(f"arms cover different images: {va.shape[0]} vs {vb.shape[0]}")
+        raise DataError(f"arms cover different images: {va.shape[0]} vs {vb.shape[0]}")
     keep = _mask(mask, va.shape[0]) & ~np.isnan(va) & ~np.isnan(vb)
     a_only = int(np.sum(keep & (va == 1) & (vb == 0)))
     b_only = int(np.sum(keep & (va == 0) & (vb == 1)))
     return mcnemar_exact(a_only, b_only), a_only, b_only
 
 
+# --- the paired test -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PairedTest:
+    """a - b on the same images: estimate, its interval at the requested side, the test of 0 with the same
+    statistic (p < 1 - confidence iff the interval excludes 0), the 1 - 2 alpha interval (TOST), the minimal
+    detectable |effect| at 80 % power and the pair-averaged discordant counts."""
+
+    diff: float
+    se: float
+    df: float  # degrees of freedom of the t reference; inf: normal (one seed, or no seed-level variance)
+    ci_low: float
+    ci_high: float
+    p: float
+    eq_low: float
+    eq_high: float
+    mde: float
+    n_images: int
+    n_seeds: int
+    method: str
+
+
+def tango_interval(b: float, c: float, n: float, confidence: float = 0.95,
+                   sided: str = "two-sided") -> tuple[float, float]:
+    """Tango's (1998, Stat Med 17:891-908) score interval for p_a - p_b from n pairs, b only-a and c only-b.
+
+    The set of d with |(b - c - n d) / sqrt(n (2 q(d) + d (1 - d)))| <= z, q(d) the restricted ML estimate of the
+    only-b rate; never zero width for n > 0, monotone in b and c. ``sided`` 'greater' gives [lower, 1], 'less'
+    [-1, upper] (one-sided at ``confidence``). Cross-checked against Fagerland et al. (2014, Stat Med 33:2850).
+    """
+    out = _score_interval(b, c, n, 0.0, 1.0, _quantile(confidence, sided, math.inf), sided)
+    return out
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, same_seeds: bool = False,
+                alpha: float = 0.05, confidence: float = 0.95, sided: str = "two-sided",
+                power: float = 0.8) -> PairedTest:
+    """Mean of a (Sa, N) minus mean of b (Sb, N) 0/1 outcomes on the same masked images, tested over images and
+    seeds together; seeds are NOT paired across arms unless ``same_seeds`` (two outcomes of the same models).
+
+    One seed per arm: Tango's score interval and its score test (at 0: McNemar's uncorrected statistic, well
+    calibrated even for few discordant pairs: Fagerland, Lydersen & Laake 2013, BMC Med Res Methodol 13:91).
+    Several seeds: the same score statistic T(d) = (diff - d) / sqrt(deff V_T(d) + V_seed) with
+    - V_T(d) Tango's variance at d for the pair-averaged discordant counts (b, c: the mean over seed pairs of the
+      images only a's / only b's model gets right), scaled by the design effect deff = observed per-image variance of
+      the seed-mean differences / V_T(diff) (Kish's effective sample size: the score interval on b/deff, c/deff,
+      N/deff images), floored at 1 / max(Sa, Sb), the most that averaging over seeds can shrink a pair's variance;
+    - V_seed the variance of whole-seed shifts (a seed's model better on every image), from crossed random effects
+      (images x seeds, one outcome a cell; method of moments per arm, pooled: (MS_seed - MS_residual) (1/Sa + 1/Sb) /
+      N, or / (S N) for same seeds), truncated at 0;
+    - a t reference on Satterthwaite's (1946) degrees of freedom for V_seed (few seeds: few df), normal when it is 0.
+    This is the quasi-F treatment of two crossed random factors (Clark 1973, J Verb Learn Verb Behav 12:335). The
+    interval is the set of d that the test does not reject (so they agree); sided 'greater' gives [lower, 1], 'less'
+    [-1, upper], with a one-sided p. eq_*: the two-sided 1 - 2 alpha interval; mde: the larger half-width of the
+    interval at quantile q_{1-alpha/2} + q_{power}, i.e. (z_{1-alpha/2} + z_power) se where the normal applies.
+    """
+    if sided not in SIDES:
+        raise DataError(f"sided must be one of {SIDES}, got {sided!r}")
+    _check_confidence(confidence)
+    xa, xb = _as_matrix(a, "a"), _as_matrix(b, "b")
+    if xa.shape[1] != xb.shape[1] or (same_seeds and xa.shape != xb.shape):
+        raise DataError(f"arms cover different {'seeds x ' if same_seeds else ''}images: {xa.shape} vs {xb.shape}")
+    keep = _mask(mask, xa.shape[1])
+    sa, sb = _select(xa, keep, "a"), _select(xb, keep, "b")
+    n_img = sa.shape[1]
+    n_seeds = sa.shape[0] if same_seeds else min(sa.shape[0], sb.shape[0])
+    if n_img == 0:
+        nan = math.nan
+        return PairedTest(nan, nan, nan, nan, nan, nan, nan, nan, nan, 0, n_seeds, "not evaluated")
+    diff, bc, cc, deff, v_seed, df = (float(v[0]) for v in _components(sa[None], sb[None], same_seeds))
+    t0 = _score_stat(diff, bc, cc, n_img, deff, v_seed, 0.0)
+    p = _pvalue(t0, df, sided)
+    lo, hi = _score_interval(bc, cc, n_img, v_seed, deff, _quantile(confidence, sided, df), sided, diff)
+    eq_lo, eq_hi = _score_interval(bc, cc, n_img, v_seed, deff, _quantile(1 - 2 * alpha, "two-sided", df),
+                                   "two-sided", diff)
+    q_mde = _quantile(1 - alpha, "two-sided", df) + float(sps.t.ppf(power, df))
+    m_lo, m_hi = _score_interval(bc, cc, n_img, v_seed, deff, q_mde, "two-sided", diff)
+    se = math.sqrt(deff * _tango_var(bc, cc, n_img, diff) + v_seed)
+    single = sa.shape[0] == 1 and (same_seeds or sb.shape[0] == 1)
+    method = ("Tango score interval, McNemar score test" if single else
+              "score test over images and seeds (t, Satterthwaite df)")
+    return PairedTest(diff, se, df, lo, hi, p, eq_lo, eq_hi, max(diff - m_lo, m_hi - diff), n_img, n_seeds, method)
+
+
+def paired_pvalues(a: np.ndarray, b: np.ndarray, *, same_seeds: bool = False, sided: str = "two-sided") -> np.ndarray:
+    """The p-values of :func:`paired_test` for R datasets at once: a (R, Sa, N), b (R, Sb, N), no mask (for
+    simulations of the test's calibration)."""
+    if sided not in SIDES:
+        raise DataError(f"sided must be one of {SIDES}, got {sided!r}")
+    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if xa.ndim != 3 or xb.ndim != 3 or xa.shape[::2] != xb.shape[::2]:
+        raise DataError(f"paired_pvalues needs (R, S, N) arrays on the same R and N, got {xa.shape} and {xb.shape}")
+    diff, bc, cc, deff, v_seed, df = _components(xa, xb, same_seeds)
+    return _pvalue(_score_stat(diff, bc, cc, xa.shape[2], deff, v_seed, 0.0), df, sided)
+
+
+def mde_share(n: int, p: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimal detectable change of a share p estimated on n images, two-sided at alpha with ``power``:
+    (z_{1-alpha/2} + z_power) sqrt(p (1 - p) / n), with p(1 - p) at least that of one image in n (never 0)."""
+    if n <= 0:
+        return math.nan
+    var = max(p * (1 - p), (1 - 1 / n) / n)
+    return float((sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)) * math.sqrt(var / n))
+
+
+def _components(xa: np.ndarray, xb: np.ndarray, same_seeds: bool) -> tuple[np.ndarray, ...]:
+    """Per dataset (leading axis R) of (R, S, N) outcomes: diff, pair-averaged discordant counts b and c, the design
+    effect, the seed-level variance and its Satterthwaite df (inf when that variance is 0)."""
+    n_img = xa.shape[2]
+    if same_seeds:
+        ma, mb = xa.mean(axis=1), xb.mean(axis=1)
+        bc = (xa * (1 - xb)).mean(axis=1).sum(axis=1)
+        cc = ((1 - xa) * xb).mean(axis=1).sum(axis=1)
+        arms, k, floor = [xa - xb], 1 / (xa.shape[1] * n_img), 1 / xa.shape[1]
+    else:
+        ma, mb = xa.mean(axis=1), xb.mean(axis=1)  # (R, N) per-image seed means
+        bc, cc = (ma * (1 - mb)).sum(axis=1), ((1 - ma) * mb).sum(axis=1)
+        arms, k = [xa, xb], (1 / xa.shape[1] + 1 / xb.shape[1]) / n_img
+        floor = 1 / max(xa.shape[1], xb.shape[1])
+    d = ma - mb
+    diff = d.mean(axis=1)
+    v_img = d.var(axis=1) / n_img  # ddof 0: Tango's variance at the estimate for one seed
+    v_img = np.where(v_img < 1e-15, 0.0, v_img)  # rounding noise
+    v_pair = _tango_var(bc, cc, n_img, diff)
+    # no discordant pair: the data say nothing about how much averaging over seeds helps, so no credit for it (the
+    # one-seed interval); crediting 1/S there would let an equivalence claim rest on seeds that merely agree
+    with np.errstate(invalid="ignore", divide="ignore"):
+        deff = np.where(v_pair > 0, v_img / v_pair, 1.0)
+    deff = np.maximum(deff, floor)
+    ms_row = np.zeros_like(diff)
+    ms_res = np.zeros_like(diff)
+    df_row = df_res = 0
+    for x in arms:
+        s = x.shape[1]
+        if s < 2:
+            continue
+        row = x.mean(axis=2, keepdims=True)
+        col = x.mean(axis=1, keepdims=True)
+        resid = x - row - col + x.mean(axis=(1, 2), keepdims=True)
+        ms_row += n_img * row[..., 0].var(axis=1, ddof=1) * (s - 1)
+        ms_res += (resid ** 2).sum(axis=(1, 2))
+        df_row, df_res = df_row + s - 1, df_res + (s - 1) * (n_img - 1)
+    tiny = 1e-12  # rounding noise of means of 0/1 outcomes (a real mean square is >= ~1 / (S N)^2)
+    ms_row, ms_res = np.where(ms_row < tiny, 0.0, ms_row), np.where(ms_res < tiny, 0.0, ms_res)
+    if df_row == 0:
+        v_seed = np.zeros_like(diff)
+        df = np.full_like(diff, np.inf)
+    else:
+        ms_row = ms_row / df_row
+        ms_res = ms_res / df_res if df_res else np.zeros_like(diff)
+        v_seed = k * np.maximum(ms_row - ms_res, 0.0)
+        denom = (k * ms_row) ** 2 / df_row + ((k * ms_res) ** 2 / df_res if df_res else 0.0)
+        # Satterthwaite's df from the mean squares, also where the seed variance truncated at 0: a small MS_seed
+        # from few seeds is no evidence of no seed variance (switching to the normal there rejects ~10 % at 5 %)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = deff * v_pair + v_seed
+            df = np.where((denom > 0) & (total > 0), total ** 2 / np.where(denom > 0, denom, 1.0), np.inf)
+    return diff, bc, cc, deff, v_seed, df
+
+
+def _tango_var(b, c, n, delta):
+    """Tango's variance of (b - c) / n at the hypothesised difference ``delta``: (2 q + delta (1 - delta)) / n, q
+    the restricted ML estimate of the only-b rate (the root of Tango's quadratic); elementwise."""
+    a_ = 2 * n
+    b_ = -b - c + (2 * n - b + c) * delta
+    c_ = -c * delta * (1 - delta)
+    q = (np.sqrt(np.maximum(b_ * b_ - 4 * a_ * c_, 0.0)) - b_) / (2 * a_)
+    return np.maximum(2 * q + delta * (1 - delta), 0.0) / n
+
+
+def _score_stat(diff, b, c, n, deff, v_seed, delta):
+    """(diff - delta) / sqrt(deff V_T(delta) + v_seed); 0 where both are 0 (nothing varies: no evidence)."""
+    var = deff * _tango_var(b, c, n, delta) + v_seed
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(var > 0, (diff - delta) / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
+
+
+def _pvalue(t, df, sided: str):
+    if sided == "greater":
+        p = sps.t.sf(t, df)
+    elif sided == "less":
+        p = sps.t.cdf(t, df)
+    else:
+        p = np.minimum(1.0, 2 * sps.t.sf(np.abs(t), df))
+    return float(p) if np.ndim(p) == 0 else p
+
+
+def _quantile(confidence: float, sided: str, df: float) -> float:
+    _check_confidence(confidence)
+    level = confidence if sided != "two-sided" else 0.5 + confidence / 2
+    return float(sps.t.ppf(level, df))
+
+
+def _score_interval(b: float, c: float, n: float, v_seed: float, deff: float, q: float, sided: str,
+                    diff: float | None = None) -> tuple[float, float]:
+    """The d in [-1, 1] with |T(d)| <= q (one side only for 'greater' / 'less'), by Brent's root finding on each
+    side of the estimate (T is monotone in d: Tango 1998)."""
+    if sided not in SIDES:
+        raise DataError(f"sided must be one of {SIDES}, got {sided!r}")
+    if not (0 <= b and 0 <= c and b + c <= n) or n <= 0:
+        raise DataError(f"tango_interval needs 0 <= b, c and b + c <= n > 0, got b={b}, c={c}, n={n}")
+    est = (b - c) / n if diff is None else diff
+
+    def excess(d: float) -> float:  # > 0 where d is rejected
+        return abs(est - d) - q * math.sqrt(deff * _tango_var(b, c, n, d) + v_seed)
+
+    def bound(end: float) -> float:
+        if est == end or excess(end) <= 0:
+            return end
+        inner = est + (end - est) * 1e-9  # off the estimate, where excess may be 0 (no variance there)
+        if excess(inner) > 0:
+            return est
+        return float(optimize.brentq(excess, min(inner, end), max(inner, end), xtol=1e-12))
+
+    lo = -1.0 if sided == "less" else bound(-1.0)
+    hi = 1.0 if sided == "greater" else bound(1.0)
+    return lo, hi
+
+
+# --- one arm: the hierarchical bootstrap -------------------------------------------------------------------------
+
 def hierarchical_mean(values: np.ndarray, mask: np.ndarray | None = None, *, n_boot: int, seed: int,
-                      confidence: float = 0.95, signed: bool = False) -> Estimate:
+                      confidence: float = 0.95) -> Estimate:
     """Mean over seeds of the mean over masked images of (S, N) values, with a two-level bootstrap interval.
 
     Each resample draws the masked images with replacement and, independently, the S seeds with replacement; its
-    statistic is the mean over the drawn seeds of the mean over the drawn images. With one seed the seed level is
-    degenerate and only images vary. An empty mask gives NaN value and interval, n_images 0.
-    ``signed``: the values are per-image differences of 0/1 outcomes (-1, 0, 1), so an all-zero array is a difference
-    of 0 (interval on both sides), not a share of 0.
+    statistic is the mean over the drawn seeds of the mean over the drawn images (a two-stage bootstrap; Davison &
+    Hinkley 1997, sec. 3.8; scipy.stats.bootstrap resamples one level only). With one seed only images vary. An
+    empty mask gives NaN value and interval, n_images 0.
     """
     x = _as_matrix(values, "values")
     sel = _select(x, _mask(mask, x.shape[1]), "values")
     n_img, n_seeds = sel.shape[1], sel.shape[0]
     if n_img == 0:
         return Estimate(math.nan, math.nan, math.nan, 0, n_seeds)
-    value = float(sel.sum() / sel.size)
-    boot = _bootstrap([sel], n_boot, seed)[0]
-    lo, hi = _unseen_variation(value, *_percentile(boot, confidence), [sel], n_img, confidence, signed)
-    return Estimate(value, lo, hi, n_img, n_seeds)
+    boot = _bootstrap(sel, n_boot, seed)
+    lo, hi = _percentile(boot, confidence)
+    se = float(boot.std(ddof=1)) if boot.size > 1 else math.nan
+    return Estimate(float(sel.sum() / sel.size), lo, hi, n_img, n_seeds, se)
 
 
 def share_mean(outcome: np.ndarray, among: np.ndarray | None = None, *, n_boot: int, seed: int,
@@ -160,8 +387,8 @@ def share_mean(outcome: np.ndarray, among: np.ndarray | None = None, *, n_boot: 
     ratio r_s = Σ (among & outcome) / Σ among, bootstrapped through its delta-method linearisation
     v_si = r_s + among_si (outcome_si - r_s) N / n_s: row means are exactly r_s, and resampling images reproduces
     the ratio's variance to first order. Seeds with no ``among`` image drop out; none left gives NaN, 0 seeds.
-    The hierarchical interval is widened to contain the Wilson interval of the mean share on the smallest per-seed
-    count (rule 2 of the module docstring), so it is never zero width; clipped to [0, 1].
+    The interval is widened to contain the Wilson interval of the mean share on the smallest per-seed count, so it
+    is never zero width; clipped to [0, 1].
     """
     x = np.asarray(outcome, dtype=bool)
     if among is None:
@@ -175,31 +402,7 @@ def share_mean(outcome: np.ndarray, among: np.ndarray | None = None, *, n_boot: 
     w_lo, w_hi = wilson_interval(est.value * n_min, n_min, confidence)
     # clip: the linearised ratio may overshoot [0,1] by rounding-size amounts
     lo, hi = float(np.clip(min(est.ci_low, w_lo), 0, 1)), float(np.clip(max(est.ci_high, w_hi), 0, 1))
-    return Estimate(est.value, lo, hi, est.n_images, est.n_seeds)
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, n_boot: int, seed: int,
-                      confidence: float = 0.95) -> Estimate:
-    """Mean of a (Sa, N) minus mean of b (Sb, N) on the same masked images, with a paired two-level bootstrap interval.
-
-    Each resample draws one set of images for both arms (the pairing) and each arm's seeds independently (seed s of
-    one arm is no more related to seed s of the other than to any other seed). So identical arms whose seeds
-    disagree get a point value of 0 but an interval of nonzero width. n_seeds is the smaller arm's seed count,
-    the one that limits the seed level. An empty mask gives NaN value and interval, n_images 0.
-    """
-    xa, xb = _as_matrix(a, "a"), _as_matrix(b, "b")
-    if xa.shape[1] != xb.shape[1]:
-        raise ValueError(f"arms cover different images: {xa.shape[1]} vs {xb.shape[1]}")
-    keep = _mask(mask, xa.shape[1])
-    sa, sb = _select(xa, keep, "a"), _select(xb, keep, "b")
-    n_img, n_seeds = sa.shape[1], min(sa.shape[0], sb.shape[0])
-    if n_img == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0, n_seeds)
-    value = float(sa.sum() / sa.size - sb.sum() / sb.size)
-    boot_a, boot_b = _bootstrap([sa, sb], n_boot, seed)
-    lo, hi = _unseen_variation(value, *_percentile(boot_a - boot_b, confidence), [sa, sb], n_img, confidence,
-                               signed=True)
-    return Estimate(value, lo, hi, n_img, n_seeds)
+    return Estimate(est.value, lo, hi, est.n_images, est.n_seeds, est.se)
 
 
 def seed_summary(values_per_seed: Sequence[float] | Mapping[object, float] | np.ndarray) -> dict[str, float | int]:
@@ -207,7 +410,7 @@ def seed_summary(values_per_seed: Sequence[float] | Mapping[object, float] | np.
     vals = values_per_seed.values() if isinstance(values_per_seed, Mapping) else values_per_seed
     x = np.asarray(list(vals) if not isinstance(vals, np.ndarray) else vals, dtype=np.float64).ravel()
     if x.size == 0:
-        raise ValueError("seed_summary needs at least one seed's value")
+        raise DataError("seed_summary needs at least one seed's value")
     return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
             "min": float(x.min()), "max": float(x.max()), "n_seeds": int(x.size)}
 
@@ -225,21 +428,19 @@ def _ratio_values(outcome: np.ndarray, among: np.ndarray) -> tuple[np.ndarray | 
     return rate[:, None] + correct * (success - rate[:, None]) * correct.shape[1] / kept[:, None], n
 
 
-def _bootstrap(arms: list[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:
-    """(n_boot,) replicate means per arm: images drawn once per resample for all arms, seeds per arm independently."""
+def _bootstrap(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot,) replicate means of (S, N) x: images and seeds drawn with replacement, independently."""
     if n_boot < 0:
-        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-    n_img = arms[0].shape[1]
+        raise DataError(f"n_boot must be >= 0, got {n_boot}")
+    n_img = x.shape[1]
     rng = np.random.default_rng(seed)
-    out = [np.empty(n_boot) for _ in arms]
+    out = np.empty(n_boot)
     chunk = max(1, _CHUNK_CELLS // n_img)
     for start in range(0, n_boot, chunk):
         k = min(chunk, n_boot - start)
         img_counts = _draw_counts(rng, k, n_img)  # (k, N) multiplicity of each image
-        for x, o in zip(arms, out):
-            seed_counts = _draw_counts(rng, k, x.shape[0])  # (k, S)
-            # Σ_s u_s Σ_i w_i x_si / (S N): integer-exact for 0/1 outcomes, so equal arms give equal replicates
-            o[start:start + k] = np.einsum("ks,ks->k", seed_counts, img_counts @ x.T) / x.size
+        seed_counts = _draw_counts(rng, k, x.shape[0])  # (k, S)
+        out[start:start + k] = np.einsum("ks,ks->k", seed_counts, img_counts @ x.T) / x.size
     return out
 
 
@@ -247,22 +448,6 @@ def _draw_counts(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
     """(k, n) float counts of n draws with replacement from n items, one row per resample."""
     idx = rng.integers(0, n, size=(k, n)) + n * np.arange(k)[:, None]
     return np.bincount(idx.ravel(), minlength=k * n).reshape(k, n).astype(np.float64)
-
-
-def _unseen_variation(value: float, lo: float, hi: float, arms: list[np.ndarray], n_img: int,
-                      confidence: float, signed: bool) -> tuple[float, float]:
-    """(lo, hi), or where the bootstrap saw no variation (lo == hi) on 0/1 outcomes (``signed``: on arms of 0/1
-    outcomes compared, or on their per-image differences), the Wilson bound of ``n_img`` images around ``value``:
-    with nothing differing among N images, a share up to z²/(N + z²) is not ruled out. Bounds stay within [0, 1]
-    for a share and [-1, 1] for a difference; continuous values that all agree keep their zero width."""
-    if not lo == hi or n_img == 0:  # a real interval, or NaN bounds (n_boot = 0)
-        return lo, hi
-    levels = (-1.0, 0.0, 1.0) if signed else (0.0, 1.0)
-    if not all(np.isin(x, levels).all() for x in arms):
-        return lo, hi
-    floor, ceil = (-1.0, 1.0) if signed else (0.0, 1.0)
-    bound = float(wilson_interval(0, n_img, confidence)[1])
-    return max(value - bound, floor), min(value + bound, ceil)
 
 
 def _percentile(boot: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -279,7 +464,7 @@ def _as_matrix(values: np.ndarray, name: str) -> np.ndarray:
     """An (S, N) float64 array with S >= 1."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"{name} must be a (seeds, images) array with at least one seed, got shape {x.shape}")
+        raise DataError(f"{name} must be a (seeds, images) array with at least one seed, got shape {x.shape}")
     return x
 
 
@@ -287,7 +472,7 @@ def _select(x: np.ndarray, keep: np.ndarray, name: str) -> np.ndarray:
     """The masked columns of x, which must be finite (values outside the mask may be anything, NaN included)."""
     sel = x[:, keep]
     if not np.all(np.isfinite(sel)):
-        raise ValueError(f"{name} holds non-finite values on masked images")
+        raise DataError(f"{name} holds non-finite values on masked images")
     return sel
 
 
@@ -297,10 +482,10 @@ def _mask(mask: np.ndarray | None, n: int) -> np.ndarray:
         return np.ones(n, dtype=bool)
     m = np.asarray(mask)
     if m.dtype != bool or m.shape != (n,):
-        raise ValueError(f"mask must be a bool array of shape ({n},), got {m.dtype} {m.shape}")
+        raise DataError(f"mask must be a bool array of shape ({n},), got {m.dtype} {m.shape}")
     return m.copy()
 
 
 def _check_confidence(confidence: float) -> None:
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise DataError(f"confidence must be in (0, 1), got {confidence}")

@@ -1,12 +1,14 @@
 """Paired comparisons of two arms on the same images: the one engine, its Holm family, the table vs the baseline.
 
 `compare(a, b, settings, mask)` is the only place where an effect of arm a over arm b is estimated and tested. It
-returns a `Comparison`: the difference of the arms' means (shares in [0,1], so a difference in [-1, 1]) with its
-paired bootstrap interval (robustlora.stats: one draw of images for both arms, seeds drawn per arm; or, for two
-outcomes of the same seeds, the per-seed per-image difference bootstrapped directly), the exact McNemar p on the
-per-image majority votes over seeds and its discordant counts. `holm_family` adjusts the p-values of one family
-(Holm) and gives each comparison its direction: +1 / -1 when the CI excludes 0 on that side AND the Holm p < alpha,
-else 0. A comparison with no image left is 'not evaluated'.
+returns a `Comparison`: the difference of the arms' means (shares in [0,1], so a difference in [-1, 1]), and ONE
+paired analysis over images and training seeds together (robustlora.stats.paired_test: Tango's score interval and
+test for one seed per arm, its crossed image x seed extension for several), so the interval and the p-value agree
+(p < 1 - confidence iff the interval excludes 0), with its standard error, the 1 - 2 alpha interval (TOST) and the
+minimal detectable effect. ``sided='greater'`` / ``'less'`` gives a one-sided bound and p for a quantity that
+cannot be negative / positive by construction. `holm_family` adjusts the p-values of one family (Holm) and gives
+each comparison its direction: +1 / -1 when the CI excludes 0 on that side AND the Holm p < alpha, else 0. A
+comparison with no image left is 'not evaluated'. a_only / b_only are descriptive (majority votes over seeds).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ __all__ = ["DIRECTION_WORDS", "COMPARISON_COLUMNS", "Comparison", "compare", "di
 
 DIRECTION_WORDS = {1: "higher", -1: "lower", 0: "inconclusive"}
 COMPARISON_COLUMNS = ["arm", "attack", "eps", "metric", "diff", "ci_low", "ci_high", "p", "p_holm", "n_images",
-                      "verdict"]
+                      "verdict", "mde"]
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,20 @@ class Comparison:
     """Arm a minus arm b on the same images, tested; p_holm and direction are set by `holm_family`."""
 
     diff: float  # mean of a minus mean of b; NaN when not evaluated
-    ci_low: float
+    ci_low: float  # at settings.confidence; one-sided comparisons: [low, 1] ('greater') or [-1, high] ('less')
     ci_high: float
-    p: float  # two-sided exact McNemar on per-image majority votes over seeds; NaN when no image is left
+    p: float  # stats.paired_test's p of diff = 0 (one-sided when the comparison is); NaN when no image is left
     n_images: int
     n_seeds: int  # the smaller arm's seed count (the one that limits the seed level)
-    a_only: int  # images whose majority vote is True for a only
+    a_only: int  # images whose majority vote over seeds is True for a only (descriptive)
     b_only: int  # ... for b only
     p_holm: float = math.nan
     direction: int = 0
+    se: float = math.nan  # standard error of diff
+    mde: float = math.nan  # minimal detectable |effect| at 80 % power, two-sided at settings.alpha, for this n
+    eq_low: float = math.nan  # the two-sided 1 - 2 alpha interval: equivalence (TOST) iff inside +-margin
+    eq_high: float = math.nan
+    method: str = ""  # the test and interval, in one short phrase
 
     @property
     def verdict(self) -> str:
@@ -53,35 +60,41 @@ class Comparison:
 
     @property
     def estimate(self) -> stats.Estimate:
-        return stats.Estimate(self.diff, self.ci_low, self.ci_high, self.n_images, self.n_seeds)
+        return stats.Estimate(self.diff, self.ci_low, self.ci_high, self.n_images, self.n_seeds, self.se)
+
+    def rejects(self, effect: float) -> bool:
+        """True when ``effect`` lies outside [ci_low, ci_high] (the test rejects it); False for a NaN interval."""
+        return bool(effect < self.ci_low or effect > self.ci_high)
+
+    def equivalent(self, margin: float) -> bool:
+        """True when the 1 - 2 alpha interval lies within (-margin, margin) (TOST at alpha); False when NaN."""
+        return bool(self.eq_low > -margin and self.eq_high < margin)
 
     def row(self) -> dict[str, Any]:
-        """The columns a comparison table shows: diff, ci_low, ci_high, p, n_images."""
+        """The columns a comparison table shows: diff, ci_low, ci_high, p, n_images, mde."""
         return {"diff": self.diff, "ci_low": self.ci_low, "ci_high": self.ci_high, "p": self.p,
-                "n_images": self.n_images}
+                "n_images": self.n_images, "mde": self.mde}
 
 
-NOT_COMPARED = Comparison(math.nan, math.nan, math.nan, math.nan, 0, 0, 0, 0)
+NOT_COMPARED = Comparison(math.nan, math.nan, math.nan, math.nan, 0, 0, 0, 0, method="not evaluated")
 
 
 def compare(a: np.ndarray | None, b: np.ndarray | None, settings: Settings, mask: np.ndarray | None = None, *,
-            same_seeds: bool = False) -> Comparison:
+            same_seeds: bool = False, sided: str = "two-sided") -> Comparison:
     """a − b of (Sa, N) and (Sb, N) 0/1 outcomes on the same images (``mask``: (N,) bool subset, None = all).
 
-    Interval: stats.paired_difference (images drawn once for both arms, each arm's seeds independently); with
-    ``same_seeds`` (two outcomes of the same seeds, e.g. a classifier with and without its detector) the per-seed
-    per-image difference is bootstrapped directly (stats.hierarchical_mean). A side that is None gives NaNs and no
-    image ('not evaluated').
+    stats.paired_test at settings.confidence and settings.alpha: seeds unpaired across arms, or, with
+    ``same_seeds`` (two outcomes of the same models, e.g. a classifier with and without its detector), paired.
+    ``sided``: 'two-sided', 'greater' (a quantity >= 0 by construction: [low, 1]) or 'less'. A side that is None
+    gives NaNs and no image ('not evaluated').
     """
     if a is None or b is None:
         return NOT_COMPARED
-    if same_seeds:
-        est = stats.hierarchical_mean(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), mask, signed=True,
-                                      **settings.bootstrap)
-    else:
-        est = stats.paired_difference(a, b, mask, **settings.bootstrap)
-    p, a_only, b_only = stats.mcnemar_paired(a, b, mask) if est.n_images else (math.nan, 0, 0)
-    return Comparison(est.value, est.ci_low, est.ci_high, p, est.n_images, est.n_seeds, a_only, b_only)
+    t = stats.paired_test(a, b, mask, same_seeds=same_seeds, alpha=settings.alpha, confidence=settings.confidence,
+                          sided=sided)
+    _, a_only, b_only = stats.mcnemar_paired(a, b, mask) if t.n_images else (math.nan, 0, 0)
+    return Comparison(t.diff, t.ci_low, t.ci_high, t.p, t.n_images, t.n_seeds, a_only, b_only, se=t.se, mde=t.mde,
+                      eq_low=t.eq_low, eq_high=t.eq_high, method=t.method)
 
 
 def direction(ci_low: float, ci_high: float, p_holm: float | None, alpha: float) -> int:
@@ -107,7 +120,7 @@ def holm_family(comparisons: Sequence[Comparison], alpha: float) -> list[Compari
 def comparison_table(rows: Sequence[tuple[Mapping[str, Any], Comparison]], columns: Sequence[str],
                      alpha: float) -> pd.DataFrame:
     """One Holm family as a table: per row its keys (the first mapping) and its comparison's diff, ci_low, ci_high,
-    p, p_holm, n_images and verdict; `columns` in that order."""
+    p, p_holm, n_images, verdict and mde; `columns` in that order."""
     family = holm_family([c for _, c in rows], alpha)
     table = pd.DataFrame([{**keys, **c.row()} for (keys, _), c in zip(rows, family)],
                          columns=[c for c in columns if c not in ("p_holm", "verdict")])
@@ -131,8 +144,8 @@ def paired_comparisons(rs: ResultSet, settings: Settings, arms: Sequence[str] | 
     """Every arm (default: all but the baseline) minus the baseline, per attack x ε of the grid, paired on images.
 
     metric `robust_accuracy`: over all attacked images; `attack_success_rate`: on the common-correct images of
-    `common_arms` (default: every arm). CI: stats.paired_difference (images and seeds); p: exact McNemar on the
-    per-image majority votes; p_holm: ONE Holm correction over the whole table. verdict: 'higher' / 'lower' (CI
+    `common_arms` (default: every arm). CI and p: stats.paired_test (images and seeds together); p_holm: ONE Holm
+    correction over the whole table; mde: the minimal detectable |effect| (80 % power). verdict: 'higher' / 'lower' (CI
     excludes 0 and p_holm < alpha) or 'inconclusive'; 'not evaluated' when no image is left.
     Columns: COMPARISON_COLUMNS.
     """
