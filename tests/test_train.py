@@ -35,6 +35,8 @@ def test_fit_learns_and_reports(tmp_path):
     assert accuracy(model, holdout) == pytest.approx(result.best_holdout_accuracy)
     assert result.best_holdout_accuracy > 0.8
     assert result.images_per_second > 0
+    # patience 10 never ran out in 4 epochs: the cap ended the run
+    assert result.stop_reason == "max_epochs" and not result.stopped_early
 
 
 def test_same_seed_same_weights():
@@ -88,6 +90,38 @@ def test_early_stopping_keeps_the_best_epoch():
     assert result.epochs_run < 30
     assert result.best_holdout_accuracy == max(accs) and accs[result.best_epoch - 1] == max(accs)
     assert all(a <= max(accs) for a in accs[result.best_epoch:]) and len(accs) - result.best_epoch == 2
+    assert result.stop_reason == "patience" and result.stopped_early
+
+
+def test_lr_factor_schedules():
+    from robustlora.training.loop import lr_factor
+
+    cfg = CFG.model_copy(update=dict(max_epochs=5, warmup_epochs=1, schedule="cosine"))
+    assert [lr_factor(e, cfg) for e in range(5)] == pytest.approx([0.5, 1.0, 0.8535534, 0.5, 0.1464466])
+    step = cfg.model_copy(update=dict(schedule="step", step_size=2, gamma=0.5))
+    assert [lr_factor(e, step) for e in range(5)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.5])
+    plateau = cfg.model_copy(update=dict(schedule="plateau"))  # no tie to max_epochs: the decays so far
+    assert [lr_factor(e, plateau) for e in range(5)] == [0.5, 1.0, 1.0, 1.0, 1.0]
+    assert lr_factor(40, plateau, decay=0.01) == 0.01 and lr_factor(0, plateau, decay=0.01) == 0.5
+
+
+def test_plateau_schedule_decays_on_a_plateau_and_patience_ends_the_run(tmp_path):
+    """A model that cannot change (lr ~ 0, frozen BatchNorm) has a flat holdout score from epoch 1 on: the lr decays
+    by gamma every decay_patience epochs and early stopping, not the cap of 30, ends the run; resumption is exact."""
+    train, holdout = toy_split(32, 0), toy_split(16, 1)
+    cfg = CFG.model_copy(update=dict(lr=1e-30, max_epochs=30, patience=5, decay_patience=2, gamma=0.5,
+                                     schedule="plateau", warmup_epochs=0))
+    result = fit(make_model(), train, holdout, cfg, device=torch.device("cpu"), progress=False, train_batchnorm=False)
+    assert len({h["holdout_accuracy"] for h in result.history}) == 1
+    assert [h["lr"] / 1e-30 for h in result.history] == pytest.approx([1, 1, 1, 0.5, 0.5, 0.25])
+    assert (result.epochs_run, result.best_epoch, result.stop_reason) == (6, 1, "patience") and result.stopped_early
+    ckpt = tmp_path / "ckpt.pt"
+    fit(make_model(), train, holdout, cfg, device=torch.device("cpu"), progress=False, train_batchnorm=False,
+        checkpoint_path=ckpt, fingerprint="p", stop_after_epochs=4)
+    resumed = fit(make_model(), train, holdout, cfg, device=torch.device("cpu"), progress=False,
+                  train_batchnorm=False, checkpoint_path=ckpt, fingerprint="p")
+    assert resumed.resumed_from_epoch == 4 and resumed.stop_reason == "patience"
+    assert [h["lr"] for h in resumed.history] == [h["lr"] for h in result.history]
 
 
 def test_lora_training_moves_only_factors_and_keeps_batchnorm_statistics():
@@ -155,12 +189,33 @@ def test_adversarial_fit_crafts_in_eval_mode_and_trains_in_train_mode():
     model.bn1.register_forward_pre_hook(lambda m, _: modes.append(m.training) if torch.is_grad_enabled() else None)
     cfg = _at_cfg(select="clean").model_copy(update=dict(max_epochs=1, batch_size=16))
     fit(model, train, holdout, cfg, device=torch.device("cpu"), progress=False)
-    # 2 batches, then the holdout's PGD accuracy (1 batch, eval mode); clean evaluation runs without grad
-    assert modes == [False, False, True] * 2 + [False, False]
+    # 2 batches, then on the holdout (1 batch, eval mode) the selection PGD (select_steps 10) and the training
+    # attack (2 steps); clean evaluation runs without grad
+    assert modes == [False, False, True] * 2 + [False] * 10 + [False, False]
+
+
+def test_adversarial_fit_selects_on_multistep_pgd_not_the_training_attack():
+    """At ε = 0.3 one training step (1.25·ε from a random start) leaves every holdout image correct after epoch 1,
+    while PGD-10 (0.25·ε steps, the strongest iterate) fools half or more: the selection score is PGD-10's."""
+    from robustlora.training.loop import adversarial_config, robust_accuracy, selection_attack
+
+    train, holdout = toy_split(48, 0), toy_split(16, 1)
+    cfg = _at_cfg(eps=0.3, steps=1, rel_step_size=1.25).model_copy(update=dict(max_epochs=1))
+    result = fit(make_model(), train, holdout, cfg, device=torch.device("cpu"), progress=False)
+    (epoch,) = result.history
+    robust = epoch["holdout_robust_accuracy"]
+    assert epoch["holdout_train_attack_accuracy"] == 1.0 and robust <= 0.5
+    assert result.best_holdout_accuracy == robust
+    model = make_model()
+    model.load_state_dict(result.best_state)
+    at, sel = adversarial_config(cfg.adversarial), selection_attack(cfg.adversarial)
+    assert (sel.steps, sel.step, sel.random_start) == (10, pytest.approx(0.075), True)
+    assert robust_accuracy(model, holdout, sel, 64, torch.device("cpu"), seed=cfg.seed, keep="best") == robust
+    assert robust_accuracy(model, holdout, at, 64, torch.device("cpu"), seed=cfg.seed) == 1.0
 
 
 def test_adversarial_fit_selects_on_holdout_robust_accuracy_and_resumes_exactly(tmp_path):
-    from robustlora.training.loop import adversarial_config, robust_accuracy
+    from robustlora.training.loop import robust_accuracy, selection_attack
 
     train, holdout = toy_split(48, 0), toy_split(16, 1)
     cfg = _at_cfg()
@@ -169,8 +224,8 @@ def test_adversarial_fit_selects_on_holdout_robust_accuracy_and_resumes_exactly(
     assert full.best_holdout_accuracy == max(robust) and robust[full.best_epoch - 1] == max(robust)
     model = make_model()
     model.load_state_dict(full.best_state)
-    assert robust_accuracy(model, holdout, adversarial_config(cfg.adversarial), 64, torch.device("cpu"),
-                           seed=cfg.seed) == full.best_holdout_accuracy
+    assert robust_accuracy(model, holdout, selection_attack(cfg.adversarial), 64, torch.device("cpu"),
+                           seed=cfg.seed, keep="best") == full.best_holdout_accuracy
     assert all(h["holdout_robust_accuracy"] <= h["holdout_accuracy"] for h in full.history)
     ckpt = tmp_path / "ckpt.pt"
     fit(make_model(), train, holdout, cfg, device=torch.device("cpu"), progress=False, checkpoint_path=ckpt,
@@ -183,3 +238,47 @@ def test_adversarial_fit_selects_on_holdout_robust_accuracy_and_resumes_exactly(
     standard = fit(make_model(), train, holdout, CFG.model_copy(update=dict(max_epochs=3)), device=torch.device("cpu"),
                    progress=False)
     assert not torch.equal(standard.best_state["fc.weight"], full.best_state["fc.weight"])
+
+
+def test_selection_settings_are_validated():
+    from pydantic import ValidationError
+
+    from robustlora.config import AdversarialSettings
+
+    with pytest.raises(ValidationError, match="select_steps"):
+        AdversarialSettings(select_steps=0)
+    with pytest.raises(ValidationError, match="select_rel_step_size"):
+        AdversarialSettings(select_rel_step_size=0)
+    assert (AdversarialSettings().select_steps, AdversarialSettings().select_rel_step_size) == (10, 0.25)
+
+
+def test_train_variant_reports_what_ended_training(tmp_path):
+    """The train metrics say whether early stopping (patience) or the cap (max_epochs) ended each run."""
+    import numpy as np
+
+    from robustlora import layout
+    from robustlora.config import ModelConfig, VariantSpec
+    from robustlora.io import write_json
+    from robustlora.models.resnet import save_checkpoint
+    from robustlora.training.study import train_variant
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    write_json(prepared / layout.CLASSES, {"wnids": ["n0", "n1"]})
+    for name, (split, seed) in {"train": (16, 0), "holdout": (8, 1), "val": (8, 2)}.items():
+        s = toy_split(split, seed)
+        images, labels = layout.split_arrays(prepared, name)
+        np.save(images, s.images.numpy())
+        np.save(labels, s.labels.numpy())
+    backbone = tmp_path / "backbone.pt"
+    save_checkpoint(backbone, make_model().state_dict(), ["n0", "n1"])
+    spec = VariantSpec(name="lora_fc", adaptation="lora", targets=("fc",))
+    kwargs = dict(backbone_path=backbone, prepared_dir=prepared, model_cfg=ModelConfig(input_size=16), seed=0)
+    capped, _ = train_variant(spec, CFG.model_copy(update=dict(max_epochs=1)), out_path=tmp_path / "a.pt", **kwargs)
+    assert (capped["epochs_run"], capped["stop_reason"], capped["stopped_early"]) == (1, "max_epochs", False)
+    flat = CFG.model_copy(update=dict(lr=1e-30, max_epochs=20, patience=1, schedule="plateau"))
+    stopped, history = train_variant(spec, flat, out_path=tmp_path / "b.pt", **kwargs)
+    assert (stopped["epochs_run"], stopped["stop_reason"], stopped["stopped_early"]) == (2, "patience", True)
+    assert len(history) == 2
+    untrained, _ = train_variant(VariantSpec(name="p", adaptation="none"), None, out_path=tmp_path / "c.pt", **kwargs)
+    assert untrained["epochs_run"] == 0 and "stop_reason" not in untrained

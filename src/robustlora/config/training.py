@@ -44,6 +44,10 @@ class AdversarialSettings(Schema):
     random_start: bool = True  # pgd only (TRADES starts at x + 0.001·N(0, 1))
     beta: Number = Field(6.0, ge=0)  # TRADES only: weight of KL(p(x) ‖ p(x'))
     select: Literal["robust", "clean"] = "robust"  # the best epoch by holdout PGD accuracy (Rice et al. 2020) or clean
+    # select: robust scores the holdout with multi-step PGD, not the training attack: a 1-step training attack's
+    # accuracy is what rises during catastrophic overfitting while PGD accuracy collapses (Wong et al. 2020)
+    select_steps: int = Field(10, ge=1)  # PGD steps of the holdout attack that selects the best epoch
+    select_rel_step_size: Number = Field(0.25, gt=0)  # its step = select_rel_step_size·ε (random start, best iterate)
 
     @property
     def step_size(self) -> float:
@@ -66,9 +70,12 @@ class _Loop(Schema):
     """The training loop shared by ``pretrain`` and ``train``."""
 
     momentum: Number = Field(0.9, ge=0, lt=1)
-    schedule: Literal["cosine", "step"] = "cosine"
+    # cosine: to 0 at max_epochs (the cap decides when it converges); step: ×gamma every step_size epochs;
+    # plateau: constant after warm-up, ×gamma after decay_patience epochs without a better holdout score (early
+    # stopping, not the cap, ends the run)
+    schedule: Literal["cosine", "step", "plateau"] = "cosine"
     step_size: int = Field(10, ge=1)  # epochs between decays, for schedule: step
-    gamma: Number = Field(0.1, gt=0, le=1)
+    gamma: Number = Field(0.1, gt=0, le=1)  # the decay factor of schedule step and plateau
     batch_size: int = Field(64, ge=1)
     max_epochs: int = Field(50, ge=1)
     warmup_epochs: int = Field(0, ge=0)  # linear lr warm-up before the decay (fine-tuning: keeps epoch 1 gentle)
@@ -77,6 +84,7 @@ class _Loop(Schema):
     flip: bool = True
     device: Device = "auto"  # auto = cuda, then mps, then cpu
     eval_batch_size: int = Field(256, ge=1)
+    decay_patience: int = Field(2, ge=1)  # schedule plateau: epochs without a better holdout score before lr ×gamma
 
 
 class TrainConfig(_Loop):

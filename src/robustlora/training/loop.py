@@ -1,4 +1,4 @@
-"""The training loop: SGD with momentum, lr decay, early stopping on holdout accuracy, resumable checkpoints.
+"""The training loop: SGD with momentum, lr schedule, early stopping on holdout accuracy, resumable checkpoints.
 
 The uint8 dataset lives on the training device and is augmented there (random crop with padding, horizontal flip),
 so a GPU epoch is not input-bound. All randomness of the loop comes from one seeded generator whose state is saved
@@ -6,10 +6,19 @@ in every checkpoint: a killed run resumed from its last epoch ends with the same
 Training steps run under bfloat16 autocast on CUDA; the holdout accuracy that selects the best epoch is
 evaluated in float32 on every device (robustlora.models.resnet.accuracy).
 
+The optimizer is robustlora.training.optim.SGD (torch.optim.SGD's arithmetic) and the lr is set per epoch from
+:func:`lr_factor`: constructing a torch.optim optimizer imports torch._dynamo, seconds of every stage's start-up.
+Schedules: ``cosine`` (to 0 at max_epochs: the cap, not convergence, ends the run), ``step``, and ``plateau``
+(constant after warm-up, ×gamma after ``decay_patience`` epochs without a better holdout score): early stopping after
+``patience`` such epochs ends the run, and :attr:`FitResult.stop_reason` says which ended it.
+
 Adversarial fine-tuning (``cfg.adversarial``): every batch is replaced by its PGD examples (Madry) or gets the
-TRADES loss (robustlora.training.adversarial), crafted in eval mode; the best epoch is then chosen by the holdout accuracy
-under the same PGD (``select: robust``, Rice et al. 2020) unless ``select: clean``. The random starts come from a
-generator seeded once per epoch from the loop's generator, so resumption stays exact.
+TRADES loss (robustlora.training.adversarial), crafted in eval mode. The best epoch is chosen (``select: robust``,
+Rice et al. 2020) by the holdout accuracy under multi-step PGD (``select_steps``, step ``select_rel_step_size``·ε,
+random start, each image's strongest iterate, a fixed seed): not under the training attack, whose accuracy rises
+during catastrophic overfitting while PGD accuracy collapses (Wong et al. 2020). Both are in the history:
+``holdout_robust_accuracy`` (the selection PGD) and ``holdout_train_attack_accuracy``. The training attack's random
+starts come from a generator seeded once per epoch from the loop's generator, so resumption stays exact.
 """
 
 from __future__ import annotations
@@ -26,10 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlora.attacks.gradient import pgd
 from robustlora.data.dataset import Split
 from robustlora.io import atomic_path
 from robustlora.models.resnet import accuracy, eval_mode, prepare_input
 from robustlora.training.adversarial import AdversarialConfig, adversarial_loss, pgd_examples
+from robustlora.training.optim import SGD
 
 if TYPE_CHECKING:
     from robustlora.config import TrainConfig
@@ -45,6 +56,12 @@ class FitResult:
     train_seconds: float = 0.0
     images_per_second: float = 0.0
     resumed_from_epoch: int = 0
+    # what ended the run: "patience" (early stopping), "max_epochs" (the cap) or "interrupted" (stop_after_epochs)
+    stop_reason: str = "max_epochs"
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stop_reason == "patience"
 
 
 def draw_augmentation(n: int, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -84,16 +101,19 @@ def _set_batchnorm_eval(model: nn.Module) -> None:
             m.eval()
 
 
-def lr_factor(epoch: int, cfg: TrainConfig) -> float:
+def lr_factor(epoch: int, cfg: TrainConfig, decay: float = 1.0) -> float:
     """The lr of ``epoch`` (0-based) as a fraction of ``cfg.lr``: linear warm-up over ``cfg.warmup_epochs``
-    (epoch e < w gets (e+1)/(w+1)), then cosine decay to 0 at ``max_epochs`` or step decay by ``gamma``."""
+    (epoch e < w gets (e+1)/(w+1)), then cosine decay to 0 at ``max_epochs``, step decay by ``gamma``, or (plateau)
+    ``decay``: the product of the plateau decays so far, which the loop keeps in its state."""
     warm = cfg.warmup_epochs
     if epoch < warm:
         return (epoch + 1) / (warm + 1)
     e = epoch - warm
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * e / max(cfg.max_epochs - warm, 1)))
-    return cfg.gamma ** (e // cfg.step_size)
+    if cfg.schedule == "step":
+        return cfg.gamma ** (e // cfg.step_size)
+    return decay
 
 
 def adversarial_config(settings: Any) -> AdversarialConfig | None:
@@ -104,10 +124,18 @@ def adversarial_config(settings: Any) -> AdversarialConfig | None:
                              step_size=settings.step_size, random_start=settings.random_start, beta=settings.beta)
 
 
+def selection_attack(settings: Any) -> AdversarialConfig:
+    """The holdout attack that selects an adversarially trained arm's best epoch: PGD of ``select_steps`` steps of
+    ``select_rel_step_size``·ε from a random start at the training ε (params' AdversarialSettings)."""
+    return AdversarialConfig(method="pgd", eps=settings.eps, steps=settings.select_steps,
+                             step_size=settings.select_rel_step_size * settings.eps, random_start=True)
+
+
 def robust_accuracy(model: nn.Module, split: Split, at: AdversarialConfig, batch_size: int, device: torch.device,
-                    seed: int = 0) -> float:
-    """Share of ``split`` still classified correctly after PGD with the training attack's settings (the last
-    iterate, as in training), in float32 and eval mode; the random starts are seeded by ``seed``. NaN if empty."""
+                    seed: int = 0, keep: str = "last") -> float:
+    """Share of ``split`` still classified correctly after PGD with ``at``'s settings (``keep='last'``: the last
+    iterate, as in training; ``'best'``: each image's strongest iterate, as the attack stage), in float32 and eval
+    mode; the random starts are seeded by ``seed``. NaN if empty."""
     if len(split) == 0:
         return float("nan")
     generator = torch.Generator(device).manual_seed(seed)
@@ -115,15 +143,14 @@ def robust_accuracy(model: nn.Module, split: Split, at: AdversarialConfig, batch
     for i in range(0, len(split), batch_size):
         x = prepare_input(split.images[i:i + batch_size].to(device), device)
         y = split.labels[i:i + batch_size].to(device)
-        x_adv = pgd_examples(model, x, y, at, generator)
+        if keep == "last":
+            x_adv = pgd_examples(model, x, y, at, generator)
+        else:
+            x_adv = pgd(model, x, y, at.eps, at.step, at.steps, random_start=at.random_start, generator=generator,
+                        keep="best").detach()
         with torch.no_grad(), eval_mode(model):
             correct += int((model(x_adv).float().argmax(1) == y).sum())
     return correct / len(split)
-
-
-def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    # a plain function (not a closure object) keeps the scheduler's state_dict to last_epoch and base_lrs
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, cfg))
 
 
 def fit(
@@ -157,16 +184,18 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("fit: the model has no trainable parameters")
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = _make_scheduler(optimizer, cfg)
+    optimizer = SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     images, labels = train.images.to(device), train.labels.to(device)
     holdout_dev = Split(holdout.images.to(device), holdout.labels)
     at = adversarial_config(cfg.adversarial)
+    select_at = selection_attack(cfg.adversarial) if at is not None else None
     select_robust = at is not None and cfg.adversarial.select == "robust"
 
+    # lr_decay / since_decay: schedule plateau's decays so far and the epochs since the last better score or decay
     state: dict[str, Any] = {"epoch": 0, "best_state": None, "best_acc": -1.0, "best_epoch": 0, "bad_epochs": 0,
-                             "history": [], "train_seconds": 0.0, "images_seen": 0}
+                             "history": [], "train_seconds": 0.0, "images_seen": 0, "lr_decay": 1.0,
+                             "since_decay": 0}
     start_epoch = 0
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt is not None and ckpt.exists():
@@ -174,7 +203,6 @@ def fit(
         if saved.get("fingerprint") == fingerprint:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
             generator.set_state(saved["generator"])
             state = saved["loop"]
             start_epoch = state["epoch"]
@@ -192,6 +220,7 @@ def fit(
         model.train()
         if not train_batchnorm:
             _set_batchnorm_eval(model)
+        optimizer.lr = lr = cfg.lr * lr_factor(epoch, cfg, state["lr_decay"])
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=generator).to(device)
         aug = draw_augmentation(n, cfg.crop_padding, cfg.flip, generator).to(device)
@@ -214,7 +243,7 @@ def fit(
                     loss = F.cross_entropy(logits.float(), y)
                 else:  # the logits of the inputs trained on: PGD examples (pgd) or clean (trades)
                     loss, logits = adversarial_loss(model, x, y, at, at_generator)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
@@ -222,35 +251,45 @@ def fit(
             seen += len(idx)
         loss_sum, correct = loss_sum.item(), correct.item()  # also waits for the device
         seconds = time.perf_counter() - t0
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
         holdout_acc = accuracy(model, holdout_dev, cfg.eval_batch_size, device)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                    "holdout_accuracy": holdout_acc, "lr": lr, "epoch_seconds": seconds,
                    "images_per_second": seen / seconds if seconds > 0 else 0.0}
-        if at is not None:
-            metrics["holdout_robust_accuracy"] = robust_accuracy(model, holdout_dev, at, cfg.eval_batch_size, device,
-                                                                 seed=cfg.seed)
+        if at is not None:  # the selection PGD (each image's strongest iterate) and the training attack
+            t1 = time.perf_counter()
+            metrics["holdout_robust_accuracy"] = robust_accuracy(model, holdout_dev, select_at, cfg.eval_batch_size,
+                                                                 device, seed=cfg.seed, keep="best")
+            metrics["holdout_train_attack_accuracy"] = robust_accuracy(model, holdout_dev, at, cfg.eval_batch_size,
+                                                                       device, seed=cfg.seed)
+            metrics["holdout_attack_seconds"] = time.perf_counter() - t1
             holdout_acc = metrics["holdout_robust_accuracy"] if select_robust else holdout_acc
         state["history"].append(metrics)
         state["train_seconds"] += seconds
         state["images_seen"] += seen
         # strict '>' keeps the earliest best epoch; NaN (empty holdout) always counts as "no worse"
         if holdout_acc > state["best_acc"] or math.isnan(holdout_acc) or state["best_state"] is None:
-            state.update(best_acc=holdout_acc, best_epoch=epoch + 1, bad_epochs=0,
+            state.update(best_acc=holdout_acc, best_epoch=epoch + 1, bad_epochs=0, since_decay=0,
                          best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         else:
             state["bad_epochs"] += 1
+            state["since_decay"] += 1
+            if cfg.schedule == "plateau" and epoch + 1 >= cfg.warmup_epochs and \
+                    state["since_decay"] >= cfg.decay_patience:
+                state.update(lr_decay=state["lr_decay"] * cfg.gamma, since_decay=0)
         state["epoch"] = epoch + 1
         epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", holdout=f"{metrics['holdout_accuracy']:.3f}",
                            **({"robust": f"{metrics['holdout_robust_accuracy']:.3f}"} if at is not None else {}))
         if on_epoch is not None:
             on_epoch(metrics)
         if ckpt is not None:
-            _save_resume_point(ckpt, fingerprint, model, optimizer, scheduler, generator, state)
+            _save_resume_point(ckpt, fingerprint, model, optimizer, generator, state)
+        if state["bad_epochs"] >= cfg.patience:
+            break
         if stop_after_epochs is not None and epoch + 1 - resumed_from >= stop_after_epochs:
             break
     epochs.close()
+    stop_reason = ("patience" if state["bad_epochs"] >= cfg.patience else
+                   "max_epochs" if state["epoch"] >= cfg.max_epochs else "interrupted")
     return FitResult(
         best_state=state["best_state"],
         best_epoch=state["best_epoch"],
@@ -260,15 +299,15 @@ def fit(
         train_seconds=state["train_seconds"],
         images_per_second=state["images_seen"] / state["train_seconds"] if state["train_seconds"] > 0 else 0.0,
         resumed_from_epoch=resumed_from,
+        stop_reason=stop_reason,
     )
 
 
-def _save_resume_point(path: Path, fingerprint: str, model: nn.Module, optimizer, scheduler, generator, state) -> None:
+def _save_resume_point(path: Path, fingerprint: str, model: nn.Module, optimizer: SGD, generator, state) -> None:
     payload = {
         "fingerprint": fingerprint,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": _to_cpu(optimizer.state_dict()),
-        "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
         "loop": state,
     }

@@ -74,6 +74,7 @@ def pretrain_backbone(model_cfg: ModelConfig, cfg: TrainConfig, source_dir: Path
                "val_accuracy": accuracy(model, val, cfg.eval_batch_size, device),
                "holdout_accuracy": result.best_holdout_accuracy, "best_epoch": result.best_epoch,
                "epochs_run": result.epochs_run, "max_epochs": cfg.max_epochs,
+               "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
                "train_seconds": round(result.train_seconds, 2), "images_per_second": round(result.images_per_second, 1)}
     save_checkpoint(out_path, result.best_state, wnids, source="pretrain", input_size=model_cfg.input_size)
     return metrics, result.history
@@ -101,6 +102,7 @@ def train_variant(spec: VariantSpec, cfg: TrainConfig | None, *, backbone_path: 
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     best_epoch, epochs_run, train_seconds, ips, holdout_acc, robust_acc = 0, 0, 0.0, 0.0, None, None
+    train_attack_acc, stop_reason = None, None
     if trainable and cfg is not None:
         result = fit(model, train, holdout, cfg, device=dev, checkpoint_path=checkpoint_path,
                      train_batchnorm=adaptation.trains_batchnorm(spec),
@@ -111,19 +113,25 @@ def train_variant(spec: VariantSpec, cfg: TrainConfig | None, *, backbone_path: 
         history = result.history
         best_epoch, epochs_run, train_seconds, ips = (result.best_epoch, result.epochs_run, result.train_seconds,
                                                       result.images_per_second)
-        holdout_acc = result.history[result.best_epoch - 1]["holdout_accuracy"] if result.history else None
-        robust_acc = result.history[result.best_epoch - 1].get("holdout_robust_accuracy") if result.history else None
+        best = result.history[result.best_epoch - 1] if result.history else {}
+        holdout_acc = best.get("holdout_accuracy")
+        robust_acc = best.get("holdout_robust_accuracy")  # adversarial training: the selection PGD's accuracy
+        train_attack_acc = best.get("holdout_train_attack_accuracy")
+        stop_reason = result.stop_reason
     model.to(dev)
     metrics = {
         "val_accuracy": accuracy(model, val, eval_bs, dev),
         "holdout_accuracy": holdout_acc if holdout_acc is not None else accuracy(model, holdout, eval_bs, dev),
         **({"holdout_robust_accuracy": robust_acc} if robust_acc is not None else {}),
+        **({"holdout_train_attack_accuracy": train_attack_acc} if train_attack_acc is not None else {}),
         "train_accuracy": accuracy(model, train, eval_bs, dev),
         "trainable_params": trainable,
         "total_params": total,
         "best_epoch": best_epoch,
         "epochs_run": epochs_run,
         "max_epochs": cfg.max_epochs if cfg is not None else 0,
+        # what ended training: "patience" (early stopping), "max_epochs" (the cap); absent for an untrained arm
+        **({"stopped_early": stop_reason == "patience", "stop_reason": stop_reason} if stop_reason else {}),
         "train_seconds": round(train_seconds, 2),
         "images_per_second": round(ips, 1),
         "wall_seconds": round(time.perf_counter() - t0, 2),
