@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from robustlora.analysis.checks import STATUSES, Check, attack_checks, count, run_checks, training_checks
+from robustlora.errors import DataError
 from rows import GRID, SANITY, SUCCESS, arm_frame, first_correct, study
 
 
@@ -109,3 +110,73 @@ def test_run_checks_and_count() -> None:
     assert list(counts) == list(STATUSES) and counts["failed"] == 1 and counts["passed"] == len(checks) - 1
     with pytest.raises(ValueError, match="status must be one of"):
         Check("best_epoch", "baseline", 0, "FAILED", "")
+
+
+# ----------------------------------------------------------------------------- catastrophic overfitting
+
+def history(robust: list[float], train: list[float]) -> pd.DataFrame:
+    """A per-epoch history as the train stage writes it (plots/train/<arm>/seed_<s>.csv)."""
+    n = len(robust)
+    return pd.DataFrame({"epoch": np.arange(1, n + 1), "train_loss": np.linspace(2, 1, n), "train_accuracy": train,
+                         "holdout_accuracy": 0.8, "holdout_robust_accuracy": robust, "lr": 0.01})
+
+
+# Wong et al. 2020's pattern: holdout PGD accuracy collapses at epoch 5 while the training attack's accuracy jumps
+COLLAPSING = history([0.30, 0.38, 0.42, 0.45, 0.05, 0.02], [0.40, 0.45, 0.50, 0.52, 0.85, 0.92])
+HEALTHY = history([0.30, 0.38, 0.42, 0.45, 0.43, 0.46], [0.40, 0.45, 0.50, 0.52, 0.55, 0.57])
+
+
+def test_catastrophic_overfitting_is_flagged_on_a_collapsing_history_only() -> None:
+    from robustlora.analysis.checks import catastrophic_overfitting
+
+    c = catastrophic_overfitting(COLLAPSING)
+    assert c.flagged and (c.best_epoch, c.epoch) == (4, 6) and c.best == pytest.approx(0.45)
+    assert (c.robust, c.train_before, c.train_after) == (pytest.approx(0.02), pytest.approx(0.52), pytest.approx(0.92))
+    healthy = catastrophic_overfitting(HEALTHY)
+    assert not healthy.flagged and (healthy.best_epoch, healthy.epoch) == (4, 5)  # a 2-point dip: noise
+    # PGD accuracy falling while the training attack's accuracy falls too is not this failure mode
+    assert not catastrophic_overfitting(history([0.45, 0.10], [0.60, 0.40])).flagged
+    # 20 points below the best, or below half of a small best; 15 points from 0.5 is neither
+    assert catastrophic_overfitting(history([0.50, 0.30], [0.4, 0.5])).flagged
+    assert not catastrophic_overfitting(history([0.50, 0.35], [0.4, 0.5])).flagged
+    assert catastrophic_overfitting(history([0.16, 0.07], [0.4, 0.5])).flagged
+    # an early collapse from a small best is not hidden by a larger, unflagged dip later
+    late = catastrophic_overfitting(history([0.20, 0.09, 0.60, 0.45], [0.3, 0.4, 0.5, 0.6]))
+    assert late.flagged and late.epoch == 2
+    with pytest.raises(DataError, match="holdout_robust_accuracy"):
+        catastrophic_overfitting(COLLAPSING.drop(columns="holdout_robust_accuracy"))
+
+
+def test_overfitting_checks_per_adversarially_trained_arm_and_seed() -> None:
+    from robustlora.analysis.checks import overfitting_checks
+
+    histories = {"at": {0: COLLAPSING, 1: HEALTHY, 2: COLLAPSING, 3: COLLAPSING.iloc[:1]},
+                 "std": {0: COLLAPSING}}
+    train = {"at": {"seeds": {"0": {"best_epoch": 6}, "2": {"best_epoch": 4}}}}
+    checks = {(c.arm, c.seed): c for c in overfitting_checks(histories, ["at", "at_missing"], train)}
+    assert ("std", 0) not in checks  # only the arms named as adversarially trained
+    assert checks[("at", 0)].status == "failed" and "45.0 % at epoch 4 → 2.0 % at epoch 6" in checks[("at", 0)].detail
+    assert "52.0 → 92.0 %" in checks[("at", 0)].detail
+    assert checks[("at", 1)].status == "passed" and "largest fall 2.0 points" in checks[("at", 1)].detail
+    assert checks[("at", 2)].status == "warning" and "selected epoch 4 precedes" in checks[("at", 2)].detail
+    assert checks[("at", 3)].status == "not evaluated"
+    assert checks[("at_missing", None)].status == "not evaluated"
+    assert overfitting_checks({"at": {0: COLLAPSING}}, ["at"])[0].status == "failed"  # no metrics: the last epoch
+
+
+def test_not_informative_is_a_status_of_its_own() -> None:
+    assert "not informative" in STATUSES
+    check = Check("convergence", "a", None, "not informative", "2 informative pairs, the test needs 5")
+    assert check.flagged and count([check])["not informative"] == 1 and count([check])["passed"] == 0
+
+
+def test_the_report_lists_not_informative_checks_apart_and_before_the_passes() -> None:
+    from robustlora.reporting.appendix import checks_section
+
+    checks = [Check("best_epoch", "a", 0, "passed", "fine"),
+              Check("convergence", "a", None, "not informative", "2 informative pairs, the test needs 5"),
+              Check("zero_gradients", "a", 0, "failed", "zero")]
+    md = checks_section(checks)
+    assert "**2 of 3 checks flagged: 1 failed, 1 not informative.**" in md
+    assert md.index("**FAILED**") < md.index("**NOT INFORMATIVE**") < md.index("| passed |")
+    assert "neither is a pass" in md

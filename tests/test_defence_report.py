@@ -35,6 +35,10 @@ def attack_frame(arm: str, clean: np.ndarray, robust_by_eps: dict[float, np.ndar
 
 @pytest.fixture(scope="module")
 def results() -> pd.DataFrame:
+    return results_frame()
+
+
+def results_frame() -> pd.DataFrame:
     """std: 36 clean-correct, 8 robust; at: 34 clean-correct, 30 robust; twin: a copy of std under another name."""
     std = attack_frame("std", first(36), {e: first(8) for e in GRID})
     at = attack_frame("at", first(34), {e: first(30) for e in GRID})
@@ -128,7 +132,9 @@ def test_adversarial_arms_of_params_find_their_standard_twins() -> None:
     from robustlora.config import parse_params
     from robustlora.analysis import adversarial_arms
 
-    raw = yaml.safe_load(open("params.yaml"))
+    from conftest import defence_params
+
+    raw = defence_params()
     raw["variants"]["lora_fc_at"] = {"adaptation": "lora", "targets": ["fc"], "rank": 8, "adversarial": True}
     arms = {a.name: a for a in adversarial_arms(parse_params(raw).variants)}
     assert arms["baseline_at"].standard == "baseline" and arms["lora_fc_conv1_at"].standard == "lora_fc_conv1"
@@ -202,6 +208,39 @@ def test_switching_worst_case_metrics_and_comparisons(results: pd.DataFrame) -> 
     assert comp.loc[("robust", "robust_accuracy"), "diff"] == pytest.approx((12 - 20) / K)
     assert comp.loc[("robust", "robust_accuracy"), "verdict"] == "lower"
     assert comp.loc[("standard", "clean_accuracy"), "diff"] == pytest.approx((18 - 20) / K)
+
+
+def test_the_adapters_worst_case_over_attacks_is_the_reference_when_present(results: pd.DataFrame) -> None:
+    """With worst-case rows in the attack results, the robust adapter is judged on them, not on PGD alone."""
+    from robustlora.analysis.tables import WORST_CASE
+
+    pgd_at = results[(results["variant"] == "at") & (results["attack"] == "pgd")]
+    worst = pgd_at.assign(attack=WORST_CASE, adv_correct=pgd_at["adv_correct"] & (pgd_at["image"] < 10))
+    comp = switching_comparisons(switching_frame(), pd.concat([results, worst]), settings())
+    robust = comp.set_index(["role", "quantity"]).loc[("robust", "robust_accuracy")]
+    assert robust["diff"] == pytest.approx((12 - 10) / K)  # vs (12 - 20) / K against PGD alone
+
+
+def test_an_adapter_that_dominates_the_switching_system_is_said_with_numbers(defences) -> None:
+    from robustlora.analysis.switching import DOMINANCE_COLUMNS, switching_dominance
+
+    dom = switching_dominance(defences.switching_comparisons, 0.05)
+    assert list(dom.columns) == DOMINANCE_COLUMNS
+    dom = dom.set_index("role")
+    # the robust adapter: 20/20 robust vs the system's worst case 12/20, clean 20/20 vs the system's 18/20
+    assert bool(dom.loc["robust", "dominates"]) and not bool(dom.loc["standard", "dominates"])
+    assert dom.loc["robust", "robust_gain"] == pytest.approx(8 / K)
+    assert dom.loc["robust", "robust_ci_low"] > 0 and dom.loc["robust", "clean_diff"] == pytest.approx(-2 / K)
+    shows = defences_section(defences, settings(), {}).split("### What this shows")[1]
+    assert ("the robust adapter at alone dominates the switching system — its robust accuracy is +40.0 [" in shows
+            and "switching buys nothing here" in shows)
+    # a system whose worst case matches the robust adapter's: nothing dominates it
+    even = switching_frame()
+    even.loc[even["attack"] == "worst", "adv_correct"] = True
+    d = analyse_defences(results_frame(), settings(), switching=even)
+    assert not switching_dominance(d.switching_comparisons, 0.05)["dominates"].any()
+    assert "no adapter alone is shown to dominate it" in defences_section(d, settings(), {})
+    assert switching_dominance(d.switching_comparisons.iloc[:0], 0.05).empty
 
 
 # ----------------------------------------------------------------------------- markdown and figure

@@ -87,7 +87,9 @@ def test_switching_routes_by_the_detector_and_worst_is_every_attack_at_once() ->
 
 
 def test_squeeze_and_switching_params_name_the_bad_key() -> None:
-    raw = yaml.safe_load(open("params.yaml"))
+    from conftest import defence_params
+
+    raw = defence_params()
     raw["switching"]["robust"] = "nope"
     with pytest.raises(ParamError, match=r"^params.yaml: switching.robust names no variant 'nope'"):
         parse_params(raw)

@@ -6,9 +6,12 @@ grows; PGD at a huge ε (attack.pgd.sanity_eps, default 1: unbounded, any image 
 essentially every image; the clean prediction of an image is the same in every attack row (the same model); after
 the attack no more images are right than before; the correct flags agree with the predictions. Tolerance: one image.
 Training checks read metrics/train/<arm>.json: no trained arm's best epoch is its first (it never learned), and a
-best epoch at max_epochs is a warning (still improving when the budget ran out).
+best epoch at max_epochs is a warning (still improving when the budget ran out). `overfitting_checks` reads the
+per-epoch histories of the adversarially trained arms for catastrophic overfitting (Wong et al. 2020): holdout PGD
+accuracy collapsing while the training attack's accuracy rises (`catastrophic_overfitting`).
 
-Statuses: 'passed', 'failed', 'warning', 'not evaluated' (the inputs for the check are absent — never a pass).
+Statuses: 'passed', 'failed', 'warning', 'not informative' (the check ran on too few informative pairs to detect
+anything — never a pass), 'not evaluated' (the inputs for the check are absent — never a pass).
 The gradient-masking checks (their titles are in TITLES too) are robustlora.analysis.masking.
 """
 
@@ -22,16 +25,19 @@ import pandas as pd
 
 from robustlora.analysis.names import ATTACK_NAMES, convergence_title
 from robustlora.analysis.tables import validate_results
+from robustlora.errors import DataError
 from robustlora.formatting import eps_key, format_eps, format_pct
 
-__all__ = ["STATUSES", "TITLES", "MIN_SANITY_SUCCESS", "SLACK_IMAGES", "MAX_ZERO_GRADIENT_SHARE", "LARGE_EPS", "Check",
-           "attack_checks", "training_checks", "run_checks", "count"]
+__all__ = ["STATUSES", "TITLES", "MIN_SANITY_SUCCESS", "SLACK_IMAGES", "MAX_ZERO_GRADIENT_SHARE", "LARGE_EPS",
+           "COLLAPSE_POINTS", "Check", "attack_checks", "training_checks", "Collapse", "catastrophic_overfitting",
+           "overfitting_checks", "run_checks", "count"]
 
-STATUSES = ("passed", "failed", "warning", "not evaluated")
+STATUSES = ("passed", "failed", "warning", "not informative", "not evaluated")
 MIN_SANITY_SUCCESS = 0.99
 SLACK_IMAGES = 1
 MAX_ZERO_GRADIENT_SHARE = 0.01  # more clean images with an all-zero input gradient than this fails the check
 LARGE_EPS = 0.5  # an ε at which every attack must (almost) always succeed
+COLLAPSE_POINTS = 0.20  # catastrophic overfitting: holdout PGD accuracy this far below its best (or below half of it)
 TITLES = {  # check name -> what it asserts, for the report
     "pgd_vs_fgsm": "PGD success ≥ FGSM success at every ε",
     "monotone_fgsm": "FGSM success non-decreasing in ε",
@@ -41,10 +47,14 @@ TITLES = {  # check name -> what it asserts, for the report
     "adv_not_above_clean": "accuracy after the attack ≤ clean accuracy",
     "flags_match_predictions": "correct flags agree with predictions and labels",
     "best_epoch": "best epoch neither the first nor max_epochs",
+    "catastrophic_overfitting": (f"holdout PGD accuracy never falls {100 * COLLAPSE_POINTS:.0f} points below its best "
+                                 "(or below half of it) while the training attack's accuracy rises"),
     # gradient masking (Carlini et al. 2019, section 5; fra31/auto-attack's checks.py)
     "blackbox_vs_pgd": "black-box success ≤ PGD success on the same images (paired, within the noise)",
     "transfer_vs_pgd": "transfer success ≤ the target's PGD success on the same images (paired, within the noise)",
     "autoattack_vs_pgd": "AutoAttack robust accuracy ≤ PGD robust accuracy on the same images (within the noise)",
+    "pgd_vs_autoattack": ("AutoAttack fools no more images than PGD on the same images: PGD converged (within the "
+                          "noise)"),
     "convergence": convergence_title(),  # with params' default attack.convergence
     "zero_gradients": "the input gradient at the clean input is non-zero",
     "outputs_are_logits": "the model returns logits, not probabilities",
@@ -74,7 +84,7 @@ class Check:
 
     @property
     def flagged(self) -> bool:
-        """Anything but a pass: a failure, a warning or a check that could not run."""
+        """Anything but a pass: a failure, a warning, a check without enough data or one that could not run."""
         return self.status != "passed"
 
 
@@ -249,6 +259,102 @@ def _best_epoch(arm: str, seed: int, metrics: Mapping[str, Any]) -> Check:
         return Check("best_epoch", arm, seed, "warning",
                      f"{of} = max_epochs {budget}: still improving when the budget ran out (raise train.max_epochs)")
     return Check("best_epoch", arm, seed, "passed", f"{of} (max_epochs {budget})")
+
+
+# ----------------------------------------------------------------------------- catastrophic overfitting
+
+_HISTORY_COLUMNS = ("epoch", "train_accuracy", "holdout_robust_accuracy")
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """The sharpest fall of holdout PGD accuracy below its best so far while the training attack's accuracy rose;
+    accuracies in [0, 1]. `flagged`: a fall of at least min(COLLAPSE_POINTS, half the best) — catastrophic."""
+
+    flagged: bool
+    epoch: int | None  # the epoch of the fall (None: no fall with the training accuracy rising)
+    best_epoch: int | None  # the epoch of the best holdout PGD accuracy before it
+    best: float
+    robust: float  # holdout PGD accuracy at `epoch`
+    train_before: float  # the training attack's accuracy at `best_epoch` ...
+    train_after: float  # ... and at `epoch`
+
+
+def catastrophic_overfitting(history: pd.DataFrame, *, points: float = COLLAPSE_POINTS) -> Collapse:
+    """Catastrophic overfitting (Wong et al. 2020) in one run's per-epoch history.
+
+    ``history``: columns epoch, train_accuracy (the training attack's accuracy on its adversarial examples) and
+    holdout_robust_accuracy (holdout PGD accuracy), in [0, 1]; epochs with a NaN robust accuracy are skipped. At
+    each epoch t the fall is the best holdout PGD accuracy of the epochs before t minus its value at t; it counts
+    only if the training accuracy at t is above its value at that best epoch (the training attack got easier while
+    PGD got harder). Flagged when a counted fall is at least min(``points``, best / 2): ``points`` (20) below the
+    best, or below half of a best under 2·``points``. Returns the flagged fall (else the largest counted one; the
+    largest of several flagged). A DataError names a missing column.
+    """
+    missing = [c for c in _HISTORY_COLUMNS if c not in history.columns]
+    if missing:
+        raise DataError(f"training history lacks column(s) {', '.join(missing)}; expected "
+                        f"{', '.join(_HISTORY_COLUMNS)} (rerun the train stage)")
+    h = history.dropna(subset=["holdout_robust_accuracy"]).sort_values("epoch")
+    epochs = h["epoch"].astype(int).to_numpy()
+    robust, train = h["holdout_robust_accuracy"].to_numpy(float), h["train_accuracy"].to_numpy(float)
+    worst, worst_key = Collapse(False, None, None, math.nan, math.nan, math.nan, math.nan), (False, 0.0)
+    for t in range(1, len(h)):
+        b = int(robust[:t].argmax())
+        drop = float(robust[b] - robust[t])
+        flagged = bool(drop >= min(points, robust[b] / 2) - 1e-12)
+        if drop > 0 and train[t] > train[b] and (flagged, drop) > worst_key:  # a flagged fall first, then the largest
+            worst_key = (flagged, drop)
+            worst = Collapse(flagged, int(epochs[t]), int(epochs[b]), float(robust[b]), float(robust[t]),
+                             float(train[b]), float(train[t]))
+    return worst
+
+
+def overfitting_checks(histories: Mapping[str, Mapping[int, pd.DataFrame]], arms: Iterable[str],
+                       train_metrics: Mapping[str, Mapping[str, Any]] | None = None, *,
+                       points: float = COLLAPSE_POINTS) -> list[Check]:
+    """Per adversarially trained arm (``arms``) x seed: `catastrophic_overfitting` of its per-epoch history.
+
+    ``histories``: arm -> seed -> plots/train/<arm>/seed_<s>.csv as a DataFrame. 'failed' when flagged and the
+    selected epoch (train metrics' best_epoch; unknown: assumed the last) is at or after the fall, 'warning' when
+    flagged but model selection picked an epoch before it, 'passed' otherwise; 'not evaluated' when an arm has no
+    history or a history has fewer than two epochs with holdout PGD accuracy.
+    """
+    checks = []
+    for arm in arms:
+        runs = histories.get(arm) or {}
+        if not runs:
+            checks.append(Check("catastrophic_overfitting", arm, None, "not evaluated",
+                                f"no per-epoch history of {arm}; rerun train@{arm}"))
+            continue
+        seeds = ((train_metrics or {}).get(arm) or {}).get("seeds") or {}
+        for seed in sorted(runs):
+            history = runs[seed]
+            n = int(history["holdout_robust_accuracy"].notna().sum()) if "holdout_robust_accuracy" in history else 0
+            if n < 2:
+                checks.append(Check("catastrophic_overfitting", arm, int(seed), "not evaluated",
+                                    f"{n} epoch(s) with holdout PGD accuracy; the check needs two"))
+                continue
+            c = catastrophic_overfitting(history, points=points)
+            if not c.flagged:
+                worst = ("no fall" if c.epoch is None else
+                         f"largest fall {100 * (c.best - c.robust):.1f} points (epoch {c.best_epoch} → {c.epoch})")
+                checks.append(Check("catastrophic_overfitting", arm, int(seed), "passed",
+                                    f"{n} epochs; {worst} with the training attack's accuracy rising"))
+                continue
+            selected = (seeds.get(str(seed)) or seeds.get(seed) or {}).get("best_epoch")
+            detail = (f"holdout PGD accuracy {format_pct(c.best)} % at epoch {c.best_epoch} → {format_pct(c.robust)} "
+                      f"% at epoch {c.epoch} while the training attack's accuracy rose {format_pct(c.train_before)} "
+                      f"→ {format_pct(c.train_after)} %")
+            if selected is not None and int(selected) < c.epoch:
+                checks.append(Check("catastrophic_overfitting", arm, int(seed), "warning",
+                                    f"{detail}; the selected epoch {selected} precedes the collapse"))
+            else:
+                chosen = "the last epoch" if selected is None else f"the selected epoch {selected}"
+                checks.append(Check("catastrophic_overfitting", arm, int(seed), "failed",
+                                    f"{detail}: catastrophic overfitting, and {chosen} is not before it — use "
+                                    "more attack steps (or a smaller step) in training, or select on holdout PGD"))
+    return checks
 
 
 # ----------------------------------------------------------------------------- all checks

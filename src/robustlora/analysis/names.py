@@ -20,7 +20,7 @@ WHITE_BOX = ("autoattack", "pgd_strong")
 BLACK_BOX = BLACKBOX_ATTACKS
 TRANSFER_PREFIX = "transfer_"
 _NAMES = {**ATTACK_NAMES, "autoattack": "AutoAttack", "square": "Square", "hopskipjump": "HopSkipJump",
-          "boundary": "Boundary", "zoo": "ZOO"}
+          "boundary": "Boundary", "zoo": "ZOO", "worst_case": "Worst case over attacks"}
 
 
 def strong_pgd_name(convergence: Any = None) -> str:

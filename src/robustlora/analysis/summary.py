@@ -1,7 +1,9 @@
 """Per-arm summaries beside the per-image estimates: the training table and the headline figures of one run.
 
 `train_table` reads metrics/train/<arm>.json (val/holdout accuracy over seeds, parameters, best epochs); `headline`
-picks, per arm, the figures a sweep compares from the report's own estimates, each with its 95 % interval.
+picks, per arm, the figures a sweep compares from the report's own estimates, each with its 95 % interval: the
+robust accuracy and success rate of the per-image worst case over every attack (robustlora.analysis.tables
+.worst_case_rows, when the estimates hold it) first, each attack's own figure beside it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from typing import Any, Mapping
 import pandas as pd
 
 from robustlora import stats
+from robustlora.analysis.tables import WORST_CASE
 from robustlora.errors import DataError
 from robustlora.formatting import eps_key
 
 __all__ = ["HEADLINE", "train_table", "headline"]
 
-HEADLINE = ("clean_acc", "pgd_robust_acc", "pgd_asr", "fgsm_asr", "autoattack_robust_acc")
+HEADLINE = ("clean_acc", "worst_robust_acc", "worst_asr", "pgd_robust_acc", "pgd_asr", "fgsm_asr",
+            "autoattack_robust_acc")
 
 
 def train_table(train_metrics: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -55,12 +59,15 @@ def headline(arm_table: pd.DataFrame, versus: pd.DataFrame | None, train_metrics
     """Per arm, the figures a sweep compares, at ``report_eps``, each with its 95 % interval (``_lo``, ``_hi``).
 
     From the report's own estimates (hierarchical bootstrap over seeds and images): clean accuracy on the attacked
-    images, PGD robust accuracy and success rate, FGSM success rate, and AutoAttack's robust accuracy on its subset
+    images, the worst case's robust accuracy and success rate (attack `worst_case`: per image the worst over every
+    attack that ran on it; left out when the estimates have no such rows), PGD robust accuracy and success rate,
+    FGSM success rate, and AutoAttack's robust accuracy on its subset
     (``autoattack_n_images``); plus the val accuracy (mean ± sd over seeds), trainable parameters and seeds. Flat
     keys, so ``dvc exp show`` / ``dvc metrics diff`` print ``lora_fc.pgd_robust_acc``; NaN values are left out.
     """
     eps = eps_key(report_eps)
-    sources = {"clean_acc": ("pgd", "clean_accuracy"), "pgd_robust_acc": ("pgd", "robust_accuracy"),
+    sources = {"clean_acc": ("pgd", "clean_accuracy"), "worst_robust_acc": (WORST_CASE, "robust_accuracy"),
+               "worst_asr": (WORST_CASE, "attack_success_rate"), "pgd_robust_acc": ("pgd", "robust_accuracy"),
                "pgd_asr": ("pgd", "attack_success_rate"), "fgsm_asr": ("fgsm", "attack_success_rate")}
     out: dict[str, Any] = {"eps_255": round(report_eps * 255, 4)}
     at_eps = arm_table[arm_table["eps"].map(eps_key) == eps]

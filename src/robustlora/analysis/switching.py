@@ -4,7 +4,9 @@ each of its adapters alone.
 Input: the defences stage's switching table (one row per system x seed x attack x ε x image; `system`, `standard`,
 `robust`, `seed` and the columns of robustlora.defences.evaluation.SWITCHING_COLUMNS), on the first images of the
 attack stage's subset. Shares in [0, 1] (robustlora.stats.share_mean); the comparisons with the adapters are paired
-on the switching images (robustlora.analysis.compare), one Holm family over the table.
+on the switching images (robustlora.analysis.compare), one Holm family over the table. `switching_dominance` says
+from them when one adapter alone dominates the system: no worse clean accuracy within the noise and a better
+robust accuracy than the system's worst case.
 """
 
 from __future__ import annotations
@@ -15,18 +17,21 @@ import numpy as np
 import pandas as pd
 
 from robustlora import stats
-from robustlora.analysis.compare import comparison_table, compare
+from robustlora.analysis.compare import comparison_table, compare, direction
 from robustlora.analysis.settings import Settings
-from robustlora.analysis.tables import Cell, Outcomes, ResultSet, result_set, table_cells, validate_table
+from robustlora.analysis.tables import (WORST_CASE, Cell, Outcomes, ResultSet, result_set, table_cells,
+                                       validate_table)
 from robustlora.errors import DataError
 
 __all__ = ["SWITCHING_TABLE_COLUMNS", "SWITCHING_COMPARISON_COLUMNS", "switching_cells", "switching_table",
-           "switching_comparisons"]
+           "switching_comparisons", "DOMINANCE_COLUMNS", "switching_dominance"]
 
 SWITCHING_TABLE_COLUMNS = ["system", "standard", "robust", "attack", "eps", "quantity", "value", "ci_low", "ci_high",
                            "n_images", "n_seeds"]
 SWITCHING_COMPARISON_COLUMNS = ["system", "versus", "role", "quantity", "eps", "diff", "ci_low", "ci_high", "p",
                                 "p_holm", "n_images", "verdict"]
+DOMINANCE_COLUMNS = ["system", "eps", "adapter", "role", "clean_diff", "clean_ci_low", "clean_ci_high", "clean_p_holm",
+                     "robust_gain", "robust_ci_low", "robust_ci_high", "robust_p_holm", "dominates"]
 
 
 def switching_cells(switching: pd.DataFrame) -> tuple[dict[str, tuple[str, str]], dict[tuple[str, str, float], Cell]]:
@@ -73,7 +78,8 @@ def switching_comparisons(switching: pd.DataFrame, attack_results: pd.DataFrame 
                           settings: Settings) -> pd.DataFrame:
     """Per system x ε with 'worst' rows: system − each adapter alone, paired on the switching images.
 
-    robust_accuracy: the system's worst case minus the adapter's PGD robust accuracy (attack stage); clean_accuracy:
+    robust_accuracy: the system's worst case minus the adapter's robust accuracy in the attack stage's results — its
+    per-image worst case over attacks (attack `worst_case`) where the results hold it, else PGD's; clean_accuracy:
     system minus adapter on the clean images. role: 'standard' / 'robust'. Holm over the table; a missing adapter
     cell gives a 'not evaluated' row. Columns: SWITCHING_COMPARISON_COLUMNS.
     """
@@ -81,7 +87,7 @@ def switching_comparisons(switching: pd.DataFrame, attack_results: pd.DataFrame 
     rows = []
     for (system, attack, eps), c in cells.items():
         for role, arm in zip(("standard", "robust"), adapters[system]) if attack == "worst" else ():
-            ref = rs.get(arm, "pgd", eps) if arm in rs.arms else None
+            ref = (rs.get(arm, WORST_CASE, eps) or rs.get(arm, "pgd", eps)) if arm in rs.arms else None
             ref = _restrict(ref, c.images, arm) if ref is not None else None
             for quantity, mine, theirs in (
                     ("robust_accuracy", c.x["clean_correct"] & c.x["adv_correct"], None if ref is None else ref.robust),
@@ -89,3 +95,30 @@ def switching_comparisons(switching: pd.DataFrame, attack_results: pd.DataFrame 
                 rows.append(({"system": system, "versus": arm, "role": role, "quantity": quantity, "eps": eps},
                              compare(mine, theirs, settings)))
     return comparison_table(rows, SWITCHING_COMPARISON_COLUMNS, settings.alpha)
+
+
+def switching_dominance(comparisons: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Per system x ε x adapter, from `switching_comparisons`: does that adapter alone dominate the system?
+
+    Dominates: the system is not significantly more accurate on clean images (system − adapter clean accuracy is
+    not 'higher': CI above 0 and Holm p < ``alpha``) and the adapter's robust accuracy is significantly above the
+    system's worst case (system − adapter robust accuracy CI below 0 and Holm p < ``alpha``) — always serving that
+    adapter costs no clean accuracy within the noise and is more robust. clean_diff: system − adapter;
+    robust_gain: adapter − system (its CI flipped). Points in [0, 1]. Columns: DOMINANCE_COLUMNS; rows lacking
+    either comparison are left out.
+    """
+    rows = []
+    if comparisons.empty:
+        return pd.DataFrame(columns=DOMINANCE_COLUMNS)
+    for (system, eps, adapter, role), g in comparisons.groupby(["system", "eps", "versus", "role"], sort=False):
+        by = {r.quantity: r for r in g.itertuples()}
+        clean, robust = by.get("clean_accuracy"), by.get("robust_accuracy")
+        if clean is None or robust is None or not (np.isfinite(clean.diff) and np.isfinite(robust.diff)):
+            continue
+        worse_clean = direction(clean.ci_low, clean.ci_high, clean.p_holm, alpha) == 1
+        more_robust = direction(robust.ci_low, robust.ci_high, robust.p_holm, alpha) == -1
+        rows.append({"system": system, "eps": eps, "adapter": adapter, "role": role, "clean_diff": clean.diff,
+                     "clean_ci_low": clean.ci_low, "clean_ci_high": clean.ci_high, "clean_p_holm": clean.p_holm,
+                     "robust_gain": -robust.diff, "robust_ci_low": -robust.ci_high, "robust_ci_high": -robust.ci_low,
+                     "robust_p_holm": robust.p_holm, "dominates": bool(more_robust and not worse_clean)})
+    return pd.DataFrame(rows, columns=DOMINANCE_COLUMNS)

@@ -4,7 +4,8 @@ Every attack, cross-check and defence stage writes one row per arm (or switching
 ε x image, ε in [0,1] pixel units. `validate_table` is the one check of such a table (columns, ε range, one row per
 key); `pivot_seeds` turns the rows of one arm x attack x ε into (S, N) arrays, seeds and images ascending, and refuses
 a seed that lacks an image. `ResultSet` holds the attack stage's table (`RESULT_COLUMNS`) as `Outcomes` cells, all on
-the same images, so every comparison of arms is paired on images.
+the same images, so every comparison of arms is paired on images. `worst_case_rows` / `with_worst_case` add attack
+`worst_case`: per image the worst outcome over every attack that ran on it (RobustBench's convention).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from robustlora.formatting import EPS_DECIMALS, eps_key, format_eps
 
 __all__ = ["RESULT_COLUMNS", "with_eps_key", "validate_table", "validate_results", "pivot_seeds", "Cell",
            "table_cells", "Outcomes", "ResultSet", "result_set", "lookup_key",
-           "row_index"]
+           "row_index", "WORST_CASE", "WORST_CASE_NAME", "worst_case_rows", "with_worst_case",
+           "beyond_pgd"]
 
 RESULT_COLUMNS = ("variant", "seed", "attack", "eps", "image", "label", "clean_pred", "adv_pred", "clean_correct",
                   "adv_correct", "clean_max_prob", "adv_max_prob")
@@ -133,7 +135,8 @@ _OUTCOME_COLUMNS = {"clean_correct": bool, "adv_correct": bool, "clean_max_prob"
 
 
 class ResultSet:
-    """The per-image results split into `Outcomes` cells, one per arm x attack x ε, all on the same images."""
+    """The per-image results split into `Outcomes` cells, one per arm x attack x ε; at one attack x ε every arm
+    covers the same images, a subset of `images` (the largest cell's: PGD off attack.full_eps covers fewer)."""
 
     def __init__(self, results: pd.DataFrame) -> None:
         table = validate_results(results)
@@ -144,11 +147,15 @@ class ResultSet:
             seeds, images, x = pivot_seeds(group, _OUTCOME_COLUMNS, where, "attack")
             self._cells[(arm, attack, key)] = Outcomes(str(arm), str(attack), float(key), seeds, images,
                                                        *x.values())
-        first = next(iter(self._cells.values()))
+        # every arm and seed attacked the same images at one attack x ε (so comparisons are paired); PGD may cover
+        # only the first images of the subset at some ε (attack.grid_images), so the cells may differ in size
+        first = max(self._cells.values(), key=lambda c: len(c.images))
+        same: dict[tuple[str, float], Outcomes] = {}
         for cell in self._cells.values():
-            if not np.array_equal(cell.images, first.images):
+            other = same.setdefault((cell.attack, cell.eps), cell)
+            if not np.array_equal(cell.images, other.images) or not np.isin(cell.images, first.images).all():
                 raise DataError(f"{cell.arm} {cell.attack} ε = {format_eps(cell.eps)} covers other images than "
-                                f"{first.arm} {first.attack} ε = {format_eps(first.eps)}; every arm and seed must "
+                                f"{other.arm} {other.attack} ε = {format_eps(other.eps)}; every arm and seed must "
                                 "attack the same images (attack.n_images, attack.seed)")
         self.images: np.ndarray = first.images
 
@@ -199,3 +206,111 @@ def row_index(table: pd.DataFrame | None, keys: Sequence[str]) -> dict[tuple, An
         return {}
     return {tuple(lookup_key(v) for v in k): r
             for k, r in zip(table[list(keys)].itertuples(index=False, name=None), table.itertuples())}
+
+
+# ----------------------------------------------------------------------------- the worst case over attacks
+
+WORST_CASE = "worst_case"  # the attack name of the per-image worst case
+WORST_CASE_NAME = "Worst case over attacks"
+_WORST_KEY = ["variant", "seed", "eps_key", "image"]
+_EXTRA_NEEDS = ("variant", "seed", "attack", "eps", "image", "adv_correct")
+
+
+def _attack_rank(attack: str) -> int:
+    """Tie-break order of the attacks: PGD, FGSM, PGD with more effort, AutoAttack, then the rest."""
+    order = ("pgd", "fgsm", "pgd_strong", "autoattack")
+    return order.index(attack) if attack in order else len(order)
+
+
+def worst_case_rows(results: pd.DataFrame, extra: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows of attack `worst_case`: per arm x seed x ε x image, the worst outcome over every attack that ran there.
+
+    ``results``: the attack stage's rows (fgsm, pgd, pgd_strong: RESULT_COLUMNS and the probability, margin and
+    diagnostic columns); ``extra``: AutoAttack's, the black-box attacks' and transfer's rows (attack names as
+    robustlora.analysis.names; at least variant, seed, attack, eps, image, adv_correct). The ε grid is PGD's: every ε
+    at which PGD ran (attack.eps and its sanity ε), on PGD's images and seeds, so the rows form one more attack of a
+    ResultSet; another attack's rows count where their (variant, seed, ε, image) match one of PGD's (AutoAttack,
+    the black-box attacks and transfer run on the first images and some on the first seed only: elsewhere the worst
+    case is over the attacks that did run, at least FGSM and PGD; an ε where PGD did not run is left out).
+
+    Per row: the clean columns are PGD's (the same model); `adv_correct` is True only if every attack left the
+    image correct; the other `adv_*` columns come from the `decisive` attack: PGD when PGD fooled the image, else
+    the attack that fooled it with the lowest true-class probability, else (no attack fooled it) the attack that
+    left the lowest true-class probability (ties: PGD, FGSM, pgd_strong, AutoAttack, then by name).
+    `n_attacks`: how many attacks ran on that image. Columns: those of ``results`` plus decisive, n_attacks.
+    Earlier worst-case rows in either input are ignored.
+    """
+    missing = [c for c in RESULT_COLUMNS if c not in results.columns]
+    if missing:
+        raise DataError(f"per-image results lack column(s) {', '.join(missing)}; the worst case needs the attack "
+                        "stage's columns")
+    base = with_eps_key(results[results["attack"].astype(str) == "pgd"])
+    if base.empty:
+        raise DataError("per-image results have no PGD rows; the worst case covers the ε where PGD ran (rerun the "
+                        "attack stage)")
+    frames = [results[results["attack"].astype(str) != WORST_CASE]]
+    if extra is not None and len(extra):
+        missing = [c for c in _EXTRA_NEEDS if c not in extra.columns]
+        if missing:
+            raise DataError(f"the cross-check rows lack column(s) {', '.join(missing)}; the worst case needs "
+                            f"{', '.join(_EXTRA_NEEDS)}")
+        frames.append(extra[extra["attack"].astype(str) != WORST_CASE])
+    adv_columns = [c for c in base.columns if c.startswith("adv_")]
+    candidates = with_eps_key(pd.concat([f[[c for c in ["variant", "seed", "attack", "eps", "image", *adv_columns]
+                                            if c in f.columns]] for f in frames], ignore_index=True))
+    candidates["variant"], candidates["attack"] = candidates["variant"].astype(str), candidates["attack"].astype(str)
+    candidates["seed"], candidates["image"] = candidates["seed"].astype(int), candidates["image"].astype(int)
+    keys = base[_WORST_KEY].assign(variant=base["variant"].astype(str), seed=base["seed"].astype(int),
+                                   image=base["image"].astype(int))
+    candidates = candidates.merge(keys, on=_WORST_KEY, how="inner")
+    fooled = ~candidates["adv_correct"].astype(bool)
+    # 0: PGD fooled it; 1: another attack fooled it; 2: not fooled
+    candidates["_class"] = np.where(fooled, np.where(candidates["attack"] == "pgd", 0, 1), 2)
+    candidates["_prob"] = (candidates["adv_true_prob"].astype(float).fillna(np.inf)
+                           if "adv_true_prob" in candidates.columns else 0.0)
+    candidates["_rank"] = candidates["attack"].map(_attack_rank)
+    ordered = candidates.sort_values([*_WORST_KEY, "_class", "_prob", "_rank", "attack"], kind="mergesort")
+    grouped = ordered.groupby(_WORST_KEY, sort=False)
+    decisive = grouped.head(1).set_index(_WORST_KEY)
+    n_attacks = grouped["attack"].nunique()
+    out = base.assign(variant=keys["variant"], seed=keys["seed"], image=keys["image"]).set_index(_WORST_KEY)
+    for column in adv_columns:
+        values = decisive[column].reindex(out.index)
+        out[column] = values.astype(out[column].dtype) if values.notna().all() else values
+    out["adv_correct"] = decisive["_class"].reindex(out.index).to_numpy() == 2
+    out["decisive"] = decisive["attack"].reindex(out.index)
+    out["n_attacks"] = n_attacks.reindex(out.index).astype(int)
+    out["attack"] = WORST_CASE
+    out = out.reset_index()
+    for column in ("seed", "image"):
+        out[column] = out[column].astype(results[column].dtype)
+    kept = [c for c in results.columns if c not in ("decisive", "n_attacks")]
+    return out[[*kept, "decisive", "n_attacks"]].reset_index(drop=True)
+
+
+def with_worst_case(results: pd.DataFrame, extra: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``results`` (without any earlier worst-case rows) followed by `worst_case_rows(results, extra)`."""
+    kept = results[results["attack"].astype(str) != WORST_CASE]
+    return pd.concat([kept, worst_case_rows(results, extra)], ignore_index=True)
+
+
+def beyond_pgd(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per arm x ε x attack: the clean-correct seed·image pairs PGD left correct that the worst case counts as fooled,
+    by the decisive attack (`worst_case_rows`' rows, other attacks' rows ignored). Columns: variant, eps, attack,
+    pairs, of (the arm's clean-correct pairs at that ε); ε ascending, most pairs first."""
+    columns = ["variant", "eps", "attack", "pairs", "of"]
+    worst = rows[rows["attack"].astype(str) == WORST_CASE] if "decisive" in rows.columns else rows.iloc[:0]
+    if worst.empty:
+        return pd.DataFrame(columns=columns)
+    worst = with_eps_key(worst)
+    correct = worst[worst["clean_correct"].astype(bool)]
+    of = correct.groupby(["variant", "eps_key"], sort=False).size()
+    beyond = correct[~correct["adv_correct"].astype(bool) & (correct["decisive"].astype(str) != "pgd")]
+    counts = beyond.groupby(["variant", "eps_key", "decisive"], sort=False).size().rename("pairs").reset_index()
+    counts["of"] = [int(of[(v, e)]) for v, e in zip(counts["variant"], counts["eps_key"])]
+    counts = counts.rename(columns={"eps_key": "eps", "decisive": "attack"})
+    counts["variant"] = counts["variant"].astype(str)
+    order = {v: i for i, v in enumerate(dict.fromkeys(worst["variant"].astype(str)))}
+    counts = counts.assign(_o=counts["variant"].map(order)).sort_values(["_o", "eps", "pairs"],
+                                                                        ascending=[True, True, False])
+    return counts[columns].reset_index(drop=True)

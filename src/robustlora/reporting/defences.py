@@ -3,7 +3,8 @@ and one clean-vs-robust trade-off figure.
 
 Pure functions of robustlora.analysis.Defences (the numbers) and robustlora.formatting (how they are written):
 shares in % as 'value [95 % CI]', differences in signed percentage points, ε as k/255; each table is its own Holm
-family, and 'What this shows' repeats only what a table's verdicts say.
+family, and 'What this shows' repeats only what a table's verdicts say — including, for the switching system, when
+one adapter alone dominates it (robustlora.analysis.switching.switching_dominance).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from robustlora.analysis import ATTACK_NAMES, Defences, Settings, lookup_key, row_index
+from robustlora.analysis.switching import switching_dominance
 from robustlora.formatting import (MISSING, difference_cell, eps_key, format_eps, format_p, format_pct, interval_cell,
                                    md_table, p_phrase)
 from robustlora.reporting.figures import arm_colors, new_figure, save_figure
@@ -172,7 +174,28 @@ def _cost_md(cost: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
     return parts, shows
 
 
-def _switching_md(d: Defences) -> tuple[list[str], list[str]]:
+def _dominance_lines(d: Defences, settings: Settings) -> list[str]:
+    """Per system and ε: which adapter alone dominates the system, with the numbers, or that none is shown to."""
+    dom = switching_dominance(d.switching_comparisons, settings.alpha)
+    lines = []
+    for (system, eps), g in dom.groupby(["system", "eps"], sort=False):
+        winners = [r for r in g.itertuples() if r.dominates]
+        where = f"Switching system {system} at ε = {format_eps(eps)}"
+        if not winners:
+            lines.append(f"{where}: no adapter alone is shown to dominate it (none has a significantly higher robust "
+                         "accuracy than the system's worst case without a significant clean-accuracy cost).")
+        for r in winners:
+            lines.append(
+                f"{where}: the {r.role} adapter {r.adapter} alone dominates the switching system — its robust "
+                f"accuracy is {difference_cell(r.robust_gain, r.robust_ci_low, r.robust_ci_high)} points above the "
+                f"system's worst case ({p_phrase('Holm p', r.robust_p_holm)}) and the system's clean accuracy differs "
+                f"from it by {difference_cell(r.clean_diff, r.clean_ci_low, r.clean_ci_high)} points (not "
+                f"significantly higher): always serving {r.adapter} is no worse on clean images within the noise "
+                "and more robust, so switching buys nothing here.")
+    return lines
+
+
+def _switching_md(d: Defences, settings: Settings) -> tuple[list[str], list[str]]:
     if d.switching.empty:
         return ["Not evaluated: no switching results. Enable it with the `switching` section of params.yaml (the "
                 "standard and the robust adapter, the detector that routes)."], []
@@ -191,7 +214,9 @@ def _switching_md(d: Defences) -> tuple[list[str], list[str]]:
         parts.append("No comparison with the adapters alone: the switching results hold no 'worst' rows.")
     else:
         parts += [f"System minus each adapter alone on the switching images, points [95% paired CI]; robust "
-                  f"accuracy: the system's worst case vs the adapter under PGD. Holm over the {len(c)} rows.",
+                  f"accuracy: the system's worst case vs the adapter's worst case over attacks (PGD where that is "
+                  f"absent). Holm over the {len(c)} rows. An adapter dominates the system when its robust accuracy "
+                  f"is significantly higher and the system's clean accuracy is not significantly higher.",
                   md_table(["System", "Versus", "Quantity", "ε", "Difference (points) [95% CI]", "p", "Holm p",
                             "n images", "Verdict"],
                            [[r.system, f"{r.versus} ({r.role})", r.quantity.replace("_", " "), format_eps(r.eps),
@@ -203,6 +228,7 @@ def _switching_md(d: Defences) -> tuple[list[str], list[str]]:
             shows.append(f"Switching system {system} at ε = {format_eps(eps)}: worst-case robust accuracy "
                          f"{_ci(idx.get((system, 'worst', lookup_key(eps), 'robust_accuracy')))} %"
                          + "".join(f"; {s}" for s in said) + ".")
+        shows += _dominance_lines(d, settings)
     cost, cost_shows = _cost_md(d.cost)
     return parts + ["#### Serving cost"] + cost, shows + cost_shows
 
@@ -214,7 +240,7 @@ def defences_section(d: Defences, settings: Settings, figures: Mapping[str, str]
     figures: figure key -> path relative to the report (key 'defences_tradeoff'); *_settings: a line each on how
     the defence ran (squeezers and target holdout FPR; adapters and router), written by the caller from params.
     """
-    (adv, s1), (sq, s2), (sw, s3) = _adversarial_md(d, settings), _squeeze_md(d, settings), _switching_md(d)
+    (adv, s1), (sq, s2), (sw, s3) = _adversarial_md(d, settings), _squeeze_md(d, settings), _switching_md(d, settings)
     parts = ["## Defences",
              "Every share in %, mean over training seeds [95% hierarchical-bootstrap CI over seeds and images]; "
              "differences in percentage points on the same images. Each table is its own Holm family.",

@@ -2,7 +2,9 @@
 
 Per attack: success rate, robust accuracy and certainty per arm and ε (mean over seeds [hierarchical 95 % CI]
 (across-seed sd)), and per seed at the report's ε with Wilson intervals; then every arm minus the baseline, paired on
-images, with its McNemar and Holm p. Pure functions of robustlora.analysis.Analysis; shares in % with one decimal,
+images, with its McNemar and Holm p. The worst case over attacks (attack `worst_case`, robustlora.analysis.tables
+.worst_case_rows) gets its own section with every attack's robust accuracy beside it and, when given, the pairs it
+fooled beyond PGD by attack. Pure functions of robustlora.analysis.Analysis; shares in % with one decimal,
 differences in signed percentage points, ε in [0,1] pixel units as k/255.
 """
 
@@ -12,11 +14,17 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from robustlora.analysis import ATTACK_NAMES, Analysis, Settings
+from robustlora.analysis import ATTACK_NAMES, Analysis, Settings, attack_name
+from robustlora.analysis.tables import WORST_CASE, WORST_CASE_NAME
 from robustlora.formatting import MISSING, difference_cell, eps_key, format_eps, format_p, interval_cell, md_table
 from robustlora.reporting.cells import estimate_cell, figure_link, find_row
 
-__all__ = ["attack_section", "comparisons_section"]
+__all__ = ["attack_section", "comparisons_section", "display_name"]
+
+
+def display_name(attack: str) -> str:
+    """'FGSM', 'PGD', 'Worst case over attacks', 'AutoAttack', ..."""
+    return WORST_CASE_NAME if attack == WORST_CASE else ATTACK_NAMES.get(attack, attack_name(attack))
 
 
 def _eps_table(table: pd.DataFrame, arms: Sequence[str], attack: str, metric: str) -> str:
@@ -52,14 +60,51 @@ def _seed_table(seeds: pd.DataFrame, arms: Sequence[str], attack: str, eps: floa
                      "Success rate (%) [Wilson]"], rows)
 
 
-def attack_section(a: Analysis, attack: str, settings: Settings, figures: Mapping[str, str]) -> str:
-    """'## FGSM' (or PGD, ...): the attack's tables per arm and ε, their figures, and its per-seed table."""
-    name = ATTACK_NAMES.get(attack, attack)
+def _beside_table(a: Analysis, arms: Sequence[str], eps: float) -> str:
+    """Per arm at ε: the worst case's robust accuracy, then each attack's own, from the arm table."""
+    table = a.arm_table
+    attacks = [x for x in dict.fromkeys(table["attack"]) if x != WORST_CASE]
+    rows = [[arm] + [estimate_cell(find_row(table, arm, x, eps, "robust_accuracy")) for x in [WORST_CASE, *attacks]]
+            for arm in arms]
+    return md_table(["Arm", "Worst case"] + [display_name(x) for x in attacks], rows)
+
+
+def _beyond_lines(beyond: pd.DataFrame | None, arms: Sequence[str], eps: float) -> str:
+    """Per arm at ε: clean-correct seed·image pairs PGD left correct that other attacks fooled, by attack."""
+    if beyond is None:
+        return ""
+    at = beyond[beyond["eps"].map(eps_key) == eps_key(eps)]
+    lines = []
+    for arm in arms:
+        g = at[at["variant"] == arm]
+        said = ", ".join(f"{display_name(r.attack)} {int(r.pairs)}" for r in g.itertuples())
+        lines.append(f"- {arm}: " + (f"{int(g['pairs'].sum())} of {int(g['of'].iloc[0])} clean-correct seed·image "
+                                     f"pairs ({said})" if len(g) else "none"))
+    return ("Pairs PGD left correct that another attack fooled (the decisive attack; PGD counts first when it "
+            f"fooled the image), ε = {format_eps(eps)}:\n\n" + "\n".join(lines))
+
+
+def attack_section(a: Analysis, attack: str, settings: Settings, figures: Mapping[str, str],
+                   beyond: pd.DataFrame | None = None) -> str:
+    """'## FGSM' (or PGD, ...): the attack's tables per arm and ε, their figures, and its per-seed table.
+
+    The worst case (attack `worst_case`) opens with how it is made, every attack's robust accuracy beside it at
+    the report's ε and, with ``beyond`` (robustlora.analysis.tables.beyond_pgd), the pairs it fooled beyond PGD."""
+    name = display_name(attack)
     table = a.arm_table
     arms = [arm for arm in a.arms if ((table["arm"] == arm) & (table["attack"] == attack)).any()]
     eps = format_eps(settings.report_eps)
+    intro = [] if attack != WORST_CASE else [
+        "The headline robust accuracy and success rate (RobustBench's convention): an image counts as robust only if "
+        "every attack that ran on it at that ε left it correct — FGSM and PGD on every image; the convergence "
+        "check, AutoAttack, the black-box attacks and transfer on the first images (some on the first seed only), "
+        "so elsewhere the worst case is over FGSM and PGD. ε: the grid where PGD ran. Each attack's own figure "
+        "below and in its section; AutoAttack, black-box and transfer on their own images in 'Beyond FGSM and PGD'.",
+        f"### Robust accuracy (%) at ε = {eps}: worst case and each attack alone, on all attacked images",
+        _beside_table(a, arms, settings.report_eps),
+        _beyond_lines(beyond, arms, settings.report_eps)]
     return "\n\n".join(p for p in [
-        f"## {name}",
+        f"## {name}", *intro,
         "### Attack success rate (%), mean over seeds [95% CI] (across-seed sd)",
         "Each seed's rate is over that seed's clean-correct images.",
         _eps_table(table, arms, attack, "attack_success_rate"),
