@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustlora.analysis import analyse, train_table
+from robustlora.analysis import VERDICTS, analyse, train_table
 from robustlora.analysis import checks as checks_mod
+from robustlora.analysis.settings import Scope
 from robustlora.formatting import MISSING
 from robustlora.reporting import cells, figures, report
 from robustlora.reporting.overview import ArmInfo, ThreatModel
@@ -31,7 +32,10 @@ RESULTS = study(
 )
 
 
-ANALYSIS = analyse(RESULTS, settings())
+# the default's kind of configuration: synthetic data, a 32 px model input, 40 of the 500 val images attacked
+SCOPE = Scope(source="synthetic", classes=10, image_size=64, input_size=32, weights="pretrain", max_epochs=15,
+              n_val=500)
+SETTINGS = settings(scope=SCOPE)
 
 
 def seed_metrics(best: int, run: int, val: float) -> dict[str, Any]:
@@ -47,6 +51,7 @@ TRAIN = {
     "lora_fc": {"seeds": {str(s): seed_metrics(7, 12, 0.95) for s in SEEDS}},
     "lora_fc_conv1": {"seeds": {str(s): seed_metrics(6 + s, 12, 0.96) for s in SEEDS}},
 }
+ANALYSIS = analyse(RESULTS, SETTINGS, train_metrics=TRAIN)
 HISTORIES = {arm: {s: pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.5, 1.0, 0.8 + 0.01 * s],
                                     "holdout_accuracy": [0.6, 0.8, 0.85 + 0.01 * s]}) for s in SEEDS}
              for arm in ("baseline", "lora_fc", "lora_fc_conv1")} | {"pretrained": {}}
@@ -67,7 +72,7 @@ def build(tmp: Path) -> tuple[str, dict[str, Path]]:
     found = checks_mod.run_checks(RESULTS, TRAIN, eps_grid=GRID, sanity_eps=SANITY)
     figs = figures.write_figures(tmp / "figures", arm_table=result.arm_table, comparisons=result.comparisons,
                                  histories=HISTORIES, arms=result.arms, report_eps=8 / 255, baseline="baseline")
-    text = render(ReportInputs(analysis=result, settings=settings(), checks=found, train=train_table(TRAIN),
+    text = render(ReportInputs(analysis=result, settings=SETTINGS, checks=found, train=train_table(TRAIN),
                                arm_info=INFO, threat=THREAT, params=PARAMS,
                                figures={k: f"figures/{p.name}" for k, p in figs.items()}))
     return text, figs
@@ -95,21 +100,44 @@ def table_cells(block: str) -> list[list[str]]:
 
 # ----------------------------------------------------------------------------- markdown
 
-def test_findings_come_first_with_bold_verdicts(built: tuple[str, dict]) -> None:
+def test_the_report_opens_with_the_scope_then_the_findings(built: tuple[str, dict]) -> None:
     text, _ = built
-    assert text.startswith(f"# {report.TITLE}\n\n## Findings\n")
-    assert re.findall(r"^## .*", text, flags=re.M)[0] == "## Findings"
+    assert text.startswith(f"# {report.TITLE}\n\n## Scope of the data\n")
+    assert re.findall(r"^## .*", text, flags=re.M)[:2] == ["## Scope of the data", "## Findings"]
+    scope = section(text, "## Scope of the data")
+    assert ("the synthetic miniature of ImageNet → Tiny ImageNet the pipeline generates "
+            "(data.source: synthetic)") in scope
+    assert "Model input: 32 px (model.input_size); the paper: 64 px." in scope
+    assert "one backbone: every figure is conditional on it" in scope
+    assert "Evaluated: 40 of the 500 val images" in scope and "up to 15 epochs" in scope
+    assert "Claims about absolute levels (b) are not testable in this configuration (synthetic data;" in scope
+
+
+def test_every_finding_has_estimate_interval_paper_effect_equivalence_and_mde(built: tuple[str, dict]) -> None:
+    text, _ = built
     findings = section(text, "## Findings")
     lines = [ln for ln in findings.splitlines() if ln.startswith("- ")]
     assert len(lines) == 2 + 1 + 4 + 6  # (a) x 2, (b), (c) x 4, (d) x 3 arms x 2 attacks
-    assert all(re.match(r"- \*\*(supported|contradicted|inconclusive|not evaluated)\*\* \(", ln) for ln in lines)
+    verdicts = "|".join(re.escape(v) for v in VERDICTS)
+    assert all(re.match(rf"- \*\*({verdicts})\*\* \(", ln) for ln in lines)
+    for ln in lines:
+        assert re.search(r"[+-]?\d+\.\d (points|%) \[[+-]?\d+\.\d, [+-]?\d+\.\d\]", ln), ln  # estimate + interval
+        assert "Paper's effect (" in ln and re.search(r": (not )?excluded", ln), ln
+        assert re.search(r"(Equivalent within ±5\.0 points|Within 55\.0–75\.0 %)[^:]*: (yes|no) \(90 % interval", ln)
+        assert re.search(r"MDE \(80 % power\)[^:]*: \d+\.\d points", ln), ln
     c1 = next(ln for ln in lines if "(c1) lora_fc lowers the PGD" in ln)
-    # the common-correct set is the unadapted arm's 24 images: the baseline's PGD flips all, lora_fc's none. The
-    # bootstrap sees no variation; the interval is Wilson's bound for 24 images, 1.96² / (24 + 1.96²) = 13.8 points
-    assert c1.startswith("- **supported**") and ": -100.0 [-100.0, -86.2] points; p < 0.001, Holm p < 0.001" in c1
-    assert "on the 24 common-correct images (correct in every seed of every adapted arm)" in c1
+    # the paper arms' common-correct set: baseline's 36 images (the unadapted arm's 24 do not shrink it); the
+    # baseline's PGD flips 28 of them, lora_fc's none
+    assert c1.startswith("- **supported**") and "Difference -77.8 points [" in c1 and "p < 0.001, Holm p < 0.001" in c1
+    assert "on the 36 images every paper arm (baseline, lora_fc, lora_fc_conv1) classifies correctly" in c1
+    assert "Sensitivity, on each arm's own clean-correct images: 0.0 % vs 77.8 %" in c1
+    b = next(ln for ln in lines if "(b)" in ln)
+    assert b.startswith("- **not testable in this configuration**") and "FGSM success 55.6 % [" in b
+    a = next(ln for ln in lines if "(a) lora_fc reaches" in ln)
+    assert "on 40 of the 500 val images (attack.n_images)" in a and "Paper's effect (+6.0 points)" in a
     # one baseline seed has best epoch 1: the failed check is flagged above the findings
     assert "**Sanity checks: 1 failed" in findings
+    assert "TOST at α = 0.05" in findings and "report.equivalence_margin" in findings
 
 
 def test_every_estimate_cell_carries_its_interval(built: tuple[str, dict]) -> None:
@@ -156,7 +184,9 @@ def test_checks_definitions_and_params_are_all_shown(built: tuple[str, dict]) ->
     assert "**1 of 79 checks flagged: 1 failed.**" in checks
     definitions = section(text, "## Definitions")
     assert "correctly before AND after the attack" in definitions and "Wilson" in definitions
-    assert "McNemar" in definitions and "Holm" in definitions and "hierarchical" in definitions
+    assert "Holm" in definitions and "hierarchical" in definitions
+    for verdict in VERDICTS:  # the verdicts are defined once, under Definitions
+        assert f"- Verdict '{verdict}': " in definitions, verdict
     params = section(text, "## Parameters").splitlines()
     for line in ["  n_images: 300", "    steps: 10", "    rel_step_size: 0.25", "  n_boot: 200", "  rank: 4"]:
         assert line in params, line
@@ -164,13 +194,16 @@ def test_checks_definitions_and_params_are_all_shown(built: tuple[str, dict]) ->
 
 def test_not_evaluated_is_kept_apart_from_failed(tmp_path: Path) -> None:
     result = analyse(RESULTS, settings(arms={"baseline": "baseline", "lora_fc": "lora_fc", "lora_fc_conv1": None}))
+    # no scope given: no scope section, the findings come first
     found = checks_mod.attack_checks(RESULTS, eps_grid=GRID, sanity_eps=None)
     text = render(ReportInputs(analysis=result, settings=settings(), checks=found, train=train_table(TRAIN),
                                arm_info=INFO, threat=THREAT, params=PARAMS, figures={}))
     findings = section(text, "## Findings")
     assert "- **not evaluated** (a) lora_fc_conv1 reaches higher clean accuracy" in findings
-    assert "Report.arms.lora_fc_conv1 is null." in findings
-    assert "**Sanity checks: 0 failed, 0 warning(s), 10 not evaluated**" in findings
+    assert ("reaches higher clean accuracy than baseline (paper: 98 vs 90 %): not evaluated: "
+            "report.arms.lora_fc_conv1 is null.") in findings
+    assert text.startswith(f"# {report.TITLE}\n\n## Findings\n")
+    assert "**Sanity checks: 0 failed, 0 warning(s), 0 not informative, 10 not evaluated**" in findings
     assert "| **NOT EVALUATED** | PGD success ≥ 99 % at the sanity ε |" in text and "**FAILED**" not in text
     assert "![" not in text  # no figures passed, no dangling links
 
@@ -207,7 +240,8 @@ def test_figures_are_pngs_and_byte_identical_across_runs(built: tuple[str, dict]
 def test_markdown_is_deterministic(built: tuple[str, dict]) -> None:
     text, figs = built
     found = checks_mod.run_checks(RESULTS, TRAIN, eps_grid=GRID, sanity_eps=SANITY)
-    again = render(ReportInputs(analysis=analyse(RESULTS, settings()), settings=settings(), checks=found,
+    again = render(ReportInputs(analysis=analyse(RESULTS, SETTINGS, train_metrics=TRAIN), settings=SETTINGS,
+                                checks=found,
                                 train=train_table(TRAIN), arm_info=INFO, threat=THREAT, params=PARAMS,
                                 figures={k: f"figures/{p.name}" for k, p in figs.items()}))
     assert again == text

@@ -18,7 +18,7 @@ from robustlora.config import load_params
 from robustlora.errors import DataError
 from robustlora import layout
 from robustlora.reporting import figures, study
-from robustlora.reporting.inputs import InputPaths, need
+from robustlora.reporting.inputs import InputPaths, need, read_inputs
 from robustlora.reporting.report import TITLE
 from test_report import HISTORIES, PNG_MAGIC, RESULTS, TRAIN
 
@@ -60,7 +60,8 @@ def stage_inputs(root: Path) -> dict[str, Path]:
         for seed, history in HISTORIES[arm].items():
             (paths["histories_dir"] / arm).mkdir(parents=True, exist_ok=True)
             history.to_csv(paths["histories_dir"] / arm / f"seed_{seed}.csv", index=False)
-    (paths["prepared"] / "info.json").write_text(json.dumps({"image_size": 64}))
+    (paths["prepared"] / "info.json").write_text(json.dumps({"image_size": 64, "classes": 10,
+                                                             "counts": {"train": 960, "holdout": 240, "val": 500}}))
     # the attacks beyond PGD, on the first images: PGD's own rows renamed (exactly as strong as PGD)
     pgd = RESULTS[RESULTS["attack"] == "pgd"]
     first = pgd[pgd["image"].isin(sorted(pgd["image"].unique())[:10])]
@@ -111,14 +112,15 @@ def built(inputs: dict[str, Path]) -> study.StudyReport:
 
 def test_build_report_reads_analyses_and_renders(built: study.StudyReport, inputs: dict[str, Path]) -> None:
     text = built.text
-    assert text.startswith(f"# {TITLE}\n\n## Findings")
+    assert text.startswith(f"# {TITLE}\n\n## Scope of the data\n")
+    assert "- Evaluated: 40 of the 500 val images" in text and "Model input: 32 px (model.input_size)" in text
     assert "## Defences" in text and "### Dynamic adapter switching" in text
     assert "images of 64 px are resized to 32 px" in text and "LoRA r=4, α=1 on fc+conv1 (fc, conv1)" in text
     assert "## Beyond FGSM and PGD" in text and "| Square | baseline |" in text and "Transfer: PGD examples" in text
     assert built.findings["verdicts"]["c1/pgd"] == "supported" and built.findings["checks"]["failed"] == 1
     assert list(built.tables) == [layout.COMPARISONS, layout.VERSUS_PGD, layout.QUERY_CURVES, layout.TRANSFER_MATRIX]
     comparisons = built.tables[layout.COMPARISONS]
-    assert len(comparisons) == 3 * 2 * 2 * 2 and set(comparisons["verdict"]) <= {"higher", "lower", "inconclusive"}
+    assert len(comparisons) == 3 * 3 * 2 * 2 and set(comparisons["verdict"]) <= {"higher", "lower", "inconclusive"}
     versus = built.tables[layout.VERSUS_PGD]
     assert set(versus["attack"]) >= {"autoattack", "square", "transfer_baseline"} and (versus["diff"] == 0).all()
     # every figure lies in out/figures and is linked relatively from the text
@@ -133,17 +135,31 @@ def test_build_report_reads_analyses_and_renders(built: study.StudyReport, input
     assert built.experiment_metrics()["lora_fc/pgd_robust_acc"] == pgd
     # what the stage logs
     assert built.run_tags()["finding.c1/pgd"] == "supported"
-    assert built.verdict_counts() == {"supported": 8, "contradicted": 2, "inconclusive": 3, "not evaluated": 0}
+    # synthetic data at a 32 px input: claim (b) is not testable; (a) on 40 images is underpowered
+    assert built.verdict_counts() == {"supported": 8, "contradicted": 2, "equivalent": 0, "underpowered": 2,
+                                      "not testable in this configuration": 1, "not converged": 0,
+                                      "not evaluated": 0}
     assert built.run_metrics() == {"sanity_checks_flagged": len(built.flagged), "sanity_checks_failed": 1,
-                                   "findings_supported": 8, "findings_contradicted": 2, "findings_inconclusive": 3,
-                                   "findings_not_evaluated": 0}
+                                   "findings_supported": 8, "findings_contradicted": 2, "findings_equivalent": 0,
+                                   "findings_underpowered": 2, "findings_not_testable_in_this_configuration": 1,
+                                   "findings_not_converged": 0, "findings_not_evaluated": 0}
+    assert built.findings["scope"]["n_val"] == 500 and built.findings["scope"]["source"] == "synthetic"
+    assert built.findings["scope"]["max_epochs"] == 15 and built.findings["settings"]["equivalence_margin"] == 0.05
 
 
 def test_settings_and_threat_model_come_from_params(inputs: dict[str, Path]) -> None:
     p = load_params(inputs["params"])
     settings = study.study_settings(p)
-    assert settings.eps_grid == (2 / 255, 8 / 255) and settings.n_boot == 100
+    assert settings.eps_grid == (2 / 255, 8 / 255) and settings.n_boot == 100 and settings.scope is None
     assert settings.report_eps == p.report.eps and settings.arms == dict(p.report.arms)
+    assert settings.equivalence_margin == p.report.equivalence_margin == 0.05
+    # the scope: data.source and model.* from params, classes and the val split from info.json, the cap from train
+    data = read_inputs(p, InputPaths(**{k: inputs[k] for k in INPUTS}))
+    scope = study.study_scope(p, data)
+    assert (scope.source, scope.classes, scope.image_size, scope.input_size, scope.weights) == (
+        "synthetic", 10, 64, 32, "pretrain")
+    assert scope.max_epochs == 15 and scope.n_val == 500 and scope.backbones == 1
+    assert study.study_settings(p, scope).scope == scope
     threat = study.threat_model(p, 64)
     assert threat.image_size == 64 and threat.input_size == 32 and threat.n_images_requested == 40
     assert threat.pgd_step_sizes == tuple(p.attack.pgd.step_for(e) for e in p.attack.eps)
@@ -191,15 +207,14 @@ def test_stage_writes_every_output_and_logs_one_run(inputs: dict[str, Path], bui
 
     logged: dict[str, Any] = {"artifacts": [], "metrics": {}}
 
-    @contextmanager
-    def fake_run(experiment: str, name: str, params: Any = None, tags: Any = None, repo_root: Any = None):
-        logged.update(experiment=experiment, name=name, params=params, tags=tags)
-        yield None
+    def publish(rec: Any) -> None:  # what the stage would log, after its outputs are written
+        (run,) = rec.runs
+        logged.update(experiment=rec.experiment, name=run.name, params=run.params, tags=run.tags,
+                      headline=rec.experiment_metrics, outputs_written=(inputs["out"] / "report.md").is_file())
+        logged["artifacts"] += [Path(path).name for path, _, _ in run.artifacts]
+        logged["metrics"].update({key: value for key, value, _, _ in run.metrics})
 
-    monkeypatch.setattr(tracking, "start_run", fake_run)
-    monkeypatch.setattr(tracking, "log_artifact", lambda path, where=None: logged["artifacts"].append(Path(path).name))
-    monkeypatch.setattr(tracking, "log_metrics", lambda metrics, step=None: logged["metrics"].update(metrics))
-    monkeypatch.setattr(tracking, "log_to_experiment_run", lambda experiment, metrics: logged.update(headline=metrics))
+    monkeypatch.setattr(tracking.Recorder, "publish", publish)
     stage = stage_module()
     called = {}
 
@@ -216,20 +231,21 @@ def test_stage_writes_every_output_and_logs_one_run(inputs: dict[str, Path], bui
     findings = json.loads((out / "findings.json").read_text())
     assert findings["verdicts"]["c1/pgd"] == "supported" and findings["checks"]["failed"] == 1
     comparisons = pd.read_csv(out / "comparisons.csv")
-    assert len(comparisons) == 3 * 2 * 2 * 2 and set(comparisons["verdict"]) <= {"higher", "lower", "inconclusive"}
+    assert len(comparisons) == 3 * 3 * 2 * 2 and set(comparisons["verdict"]) <= {"higher", "lower", "inconclusive"}
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(
         n for n in logged["artifacts"] if n.endswith(".png"))
     assert logged["artifacts"][:6] == ["report.md", "findings.json", "comparisons.csv", "attacks_vs_pgd.csv",
                                        "success_vs_queries.csv", "transfer_matrix.csv"]
     versus = pd.read_csv(out / "attacks_vs_pgd.csv")
     assert set(versus["attack"]) >= {"autoattack", "square", "transfer_baseline"} and (versus["diff"] == 0).all()
-    assert logged["name"] == "report" and logged["tags"]["stage"] == "report"
+    assert logged["name"] == "report" and logged["tags"]["stage"] == "report" and logged["outputs_written"]
     assert logged["tags"]["finding.c1/pgd"] == "supported" and logged["metrics"]["sanity_checks_failed"] == 1
     assert inputs["summary"].read_text() == json.dumps(built.headline, indent=2) + "\n"
     assert logged["headline"]["lora_fc/pgd_robust_acc"] == built.headline["lora_fc"]["pgd_robust_acc"]
     assert "baseline/clean_acc_hi" in logged["headline"]
     printed = capsys.readouterr().out
-    assert "(findings: 8 supported, 2 contradicted, 3 inconclusive, 0 not evaluated;" in printed
+    assert ("(findings: 8 supported, 2 contradicted, 0 equivalent, 2 underpowered, 1 not testable in this "
+            "configuration, 0 not converged, 0 not evaluated;") in printed
     assert "FAILED baseline seed 0: best epoch neither the first nor max_epochs" in printed
 
 

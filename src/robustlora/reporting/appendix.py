@@ -1,8 +1,9 @@
 """The study report's closing sections: the sanity checks, the definitions of every number, the parameters used.
 
-Sanity checks are listed flagged first (a problem is never buried below a list of passes), 'not evaluated' kept apart
-from 'failed'; the definitions state the estimators and intervals with the settings' bootstrap size, confidence
-and α; the parameters are every params.yaml value as resolved, so the report names what produced it.
+Sanity checks are listed flagged first (a problem is never buried below a list of passes), 'not informative' and
+'not evaluated' kept apart from 'failed'; the definitions state the estimators and intervals with the settings'
+bootstrap size, confidence and α; the parameters are every params.yaml value as resolved, so the report names what
+produced it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from robustlora.formatting import format_pct, md_table
 
 __all__ = ["checks_section", "definitions_section", "params_section"]
 
-_MARKERS = {"passed": "passed", "failed": "**FAILED**", "warning": "**WARNING**", "not evaluated": "**NOT EVALUATED**"}
+_MARKERS = {"passed": "passed", "failed": "**FAILED**", "warning": "**WARNING**",
+            "not informative": "**NOT INFORMATIVE**", "not evaluated": "**NOT EVALUATED**"}
 
 
 def checks_section(checks: Sequence[Check]) -> str:
@@ -26,15 +28,18 @@ def checks_section(checks: Sequence[Check]) -> str:
     summary = (f"All {len(checks)} checks passed." if not flagged else
                f"**{flagged} of {len(checks)} checks flagged: " +
                ", ".join(f"{counts[s]} {s}" for s in STATUSES if s != "passed" and counts[s]) + ".**")
-    # flagged checks first, so a problem is never buried below a long list of passes
-    ordered = sorted(checks, key=lambda c: c.status == "passed")
+    # flagged checks first (failed, warning, not informative, not evaluated), never buried below a list of passes
+    order = {s: i for i, s in enumerate(("failed", "warning", "not informative", "not evaluated", "passed"))}
+    ordered = sorted(checks, key=lambda c: order.get(c.status, len(order)))
     rows = [[_MARKERS[c.status], c.title, c.arm, "—" if c.seed is None else str(c.seed), c.detail] for c in ordered]
     return "\n\n".join([
         "## Sanity checks",
         summary,
         md_table(["Result", "Check", "Arm", "Seed", "Detail"], rows) if rows else "No checks ran.",
         "After Carlini et al. 2019, “On Evaluating Adversarial Robustness”: per arm and seed, on the same images; "
-        "tolerance one image. 'Not evaluated' means the inputs for the check are missing, never that it passed.",
+        "tolerance one image. 'Not informative' means the check had too few informative seed·image pairs for its "
+        "test to ever reach significance (it cannot detect anything there), 'not evaluated' that the inputs for the "
+        "check are missing; neither is a pass.",
     ])
 
 
@@ -57,15 +62,17 @@ def definitions_section(settings: Settings) -> str:
         "drawing seeds and images with replacement; a success rate's per-seed ratio is bootstrapped through its "
         "first-order linearisation. A share's interval is widened to contain the Wilson interval of the arm's mean "
         "share on its smallest per-seed n, so it never has zero width at 0 % or 100 %.",
-        "- Paired differences: the same images drawn for both arms, each arm's seeds drawn independently. Where no "
-        "image differs (the bootstrap sees no variation), the interval is the Wilson bound of the N images, "
-        "±1.96²/(N + 1.96²): never zero width.",
-        "- McNemar: exact two-sided binomial test on the images whose majority vote over seeds differs between the "
-        "two arms (ties dropped).",
+        "- Paired differences (arm a minus arm b on the same images): one score test and the interval that "
+        "inverts it, so p < α exactly when the interval excludes 0. One seed per arm: Tango's score interval for "
+        "paired proportions with its score test (McNemar's uncorrected statistic at 0). Several seeds: the same "
+        "statistic on the per-image seed means, its image term scaled by the observed design effect (never below "
+        "1/seeds; no credit for seeds when no image differs) plus a whole-seed variance component from the crossed "
+        "images x seeds layout, on a t reference with Satterthwaite's degrees of freedom (Clark 1973). One-sided "
+        "where the quantity cannot be negative by construction.",
+        "- MDE: the smallest |difference| this run detects with 80 % power at α (two-sided); equivalence: the "
+        "1 − 2α interval lies inside ± the margin (TOST).",
         f"- Holm: step-down correction over a family of p-values; findings and the comparisons table are separate "
         f"families; significance at α = {settings.alpha:g}.",
-        f"- Claim (b): supported when the whole CI lies within {format_pct(settings.reference_fgsm_asr)} ± "
-        f"{format_pct(settings.tolerance)} % (equivalence band), contradicted when it lies entirely outside.",
     ])
 
 

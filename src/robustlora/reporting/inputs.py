@@ -2,8 +2,9 @@
 
 `read_inputs(p, paths)` reads what the attack, AutoAttack, black-box, transfer, defences, train and preprocess
 stages wrote (the folders dvc.yaml passes, named in `InputPaths`; the files inside them: `<variant>.parquet`,
-`<variant>.json`, robustlora.layout) into one `StudyData`. A missing file is a one-line DataError naming the stage
-that writes it and the `dvc repro` that does.
+`<variant>.json`, robustlora.layout) into one `StudyData`; the prepared data's info gives the image size, the
+classes and the val split's size. A missing file is a one-line DataError naming the stage that writes it and the
+`dvc repro` that does.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class StudyData:
     histories: dict[str, dict[int, pd.DataFrame]]  # variant -> seed -> per-epoch curves (trained seeds only)
     image_size: int  # H of the attacked H x H images
     results: pd.DataFrame  # FGSM and PGD rows of attack_rows: the findings' inputs (pgd_strong: a check on a subset)
+    classes: int | None = None  # classes of the prepared target domain (its info.json); None when not recorded
+    n_val: int | None = None  # images in its val split
 
 
 def need(path: Path, stage: str, show: Callable[[Path], str] = str) -> Path:
@@ -82,12 +85,14 @@ def read_inputs(p: Any, paths: InputPaths) -> StudyData:
     extra = pd.concat([autoattack, *(read_table(layout.per_name(paths.blackbox_dir, a, ".parquet"), f"blackbox@{a}")
                                      for a in BLACKBOX_ATTACKS),
                        read_table(paths.transfer, "transfer")], ignore_index=True)
-    image_size = read_metrics(paths.prepared / layout.DATA_INFO, "preprocess")["image_size"]
+    info = read_metrics(paths.prepared / layout.DATA_INFO, "preprocess")
+    n_val = (info.get("counts") or {}).get("val")
     attack_rows = pd.concat(frames, ignore_index=True)
     return StudyData(
         attack_rows=attack_rows, extra=extra, autoattack=autoattack,
         squeeze=read_table(paths.defences_dir / layout.SQUEEZE_RESULTS, "defences"),
         switching=read_table(paths.defences_dir / layout.SWITCHING_RESULTS, "defences"),
         switching_cost=read_metrics(paths.defences_metrics, "defences").get("switching_cost"),
-        train_metrics=train_metrics, histories=histories, image_size=image_size,
-        results=attack_rows[attack_rows["attack"].isin(["fgsm", "pgd"])])
+        train_metrics=train_metrics, histories=histories, image_size=info["image_size"],
+        results=attack_rows[attack_rows["attack"].isin(["fgsm", "pgd"])], classes=info.get("classes"),
+        n_val=None if n_val is None else int(n_val))

@@ -1,8 +1,9 @@
-"""The study report's opening sections: Findings, Threat model, Table 1 (the arms) and the training curves.
+"""The study report's opening sections: Scope of the data, Findings, Threat model, Table 1 (the arms) and the
+training curves; and the verdicts' definitions.
 
-What was claimed and found, under which attack settings, on which arms: pure functions from robustlora.analysis's
-findings, train table and arm table (shares in [0,1], shown in %) and the settings the report states (ε and step
-sizes in [0,1] pixel units, shown as k/255) to markdown.
+What the data are, what was claimed and found, under which attack settings, on which arms: pure functions from
+robustlora.analysis's scope, findings, train table and arm table (shares in [0,1], shown in %) and the settings the
+report states (ε and step sizes in [0,1] pixel units, shown as k/255) to markdown.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from robustlora.analysis import Analysis, Finding, Settings
+from robustlora.analysis import VERDICTS, Analysis, Finding, Settings
 from robustlora.analysis.checks import Check, count
-from robustlora.formatting import MISSING, difference_cell, format_eps, format_pct, interval_cell, md_table, p_phrase
+from robustlora.analysis.findings import VERDICT_DEFINITIONS
+from robustlora.analysis.settings import PAPER, Scope
+from robustlora.formatting import MISSING, format_eps, format_pct, md_table
 from robustlora.reporting.cells import attacks_in_order, estimate_cell, figure_link, find_row, step_text
 
-__all__ = ["ThreatModel", "ArmInfo", "findings_section", "threat_section", "arms_section", "training_section"]
+__all__ = ["ThreatModel", "ArmInfo", "scope_section", "findings_section", "verdict_definitions", "threat_section",
+           "arms_section", "training_section"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class ThreatModel:
     sanity_eps: float | None
     n_images_requested: int  # attack.n_images
     attack_seed: int  # attack.seed: which val images are drawn
+    pgd_targets: int = 0  # attack.pgd.targets: targeted margin runs on the images cross-entropy PGD left correct
+    pgd_target_steps: int | None = None
+    full_eps: tuple[float, ...] | None = None  # attack.full_eps: PGD on every image there, else grid_images
+    grid_images: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,33 +54,73 @@ class ArmInfo:
     trains_batchnorm: bool | None
 
 
-def _effect(f: Finding) -> str:
-    if f.verdict == "not evaluated":
+def scope_section(scope: Scope | None, a: Analysis) -> str:
+    """'## Scope of the data': what the data, model input, backbone, training and evaluation are, against the paper's
+    configuration, and which claims that leaves testable; '' without a scope."""
+    if scope is None:
         return ""
-    if f.claim == "b":
-        return f"{interval_cell(f.effect, f.ci_low, f.ci_high)} %"
-    return f"{difference_cell(f.effect, f.ci_low, f.ci_high)} points"
+    data = ("the synthetic miniature of ImageNet → Tiny ImageNet the pipeline generates (data.source: synthetic)"
+            if scope.synthetic else f"a Tiny ImageNet-layout archive (data.source: {scope.source})")
+    size = f", {scope.image_size} px images" if scope.image_size else ""
+    classes = f", {scope.classes} classes" if scope.classes else ""
+    backbone = {"pretrain": "pretrained on the synthetic source domain (model.weights: pretrain)",
+                "imagenet": "with torchvision's ImageNet weights (model.weights: imagenet)"}.get(
+        scope.weights, f"from the checkpoint {scope.weights} (model.weights)")
+    backbones = ("one backbone: every figure is conditional on it (the intervals cover training seeds and images, "
+                 "not the backbone)" if scope.backbones == 1 else
+                 f"{scope.backbones} backbones, the intervals cover them")
+    epochs = (f"up to {scope.max_epochs} epochs with early stopping (train.max_epochs)" if scope.max_epochs
+              else "no trained arm")
+    counts = sorted({len(s) for s in a.seeds.values() if len(s) > 1} or {len(s) for s in a.seeds.values()})
+    seeds = "/".join(str(n) for n in counts) + " training seeds per trained arm"
+    of = (f"all {a.n_images} val images" if scope.n_val == a.n_images
+          else f"{a.n_images} of the {scope.n_val} val images" if scope.n_val else f"{a.n_images} val images")
+    diffs = scope.differences()
+    verdict = (f"Claims about absolute levels (b) are not testable in this configuration ({'; '.join(diffs)}); "
+               "comparisons between arms (a, c, d) are judged, and hold for this configuration."
+               if diffs else "The configuration matches the paper's in data, classes, input size and backbone: every "
+               "claim is judged.")
+    paper = PAPER  # the paper's configuration
+    return "\n".join([
+        "## Scope of the data",
+        "",
+        f"- Data: {data}{classes}{size}; the paper: {paper['dataset']}, {paper['classes']} classes.",
+        f"- Model input: {scope.input_size} px (model.input_size); the paper: {paper['input_size']} px.",
+        f"- Backbone: ResNet18 {backbone}; {backbones}.",
+        f"- Training: {epochs}; the paper: up to {paper['max_epochs']} epochs with early stopping.",
+        f"- Evaluated: {of}, attacked and judged; {seeds}.",
+        f"- {verdict}",
+    ])
 
 
-def findings_section(found: Sequence[Finding], checks: Sequence[Check]) -> str:
-    """'## Findings': a bold verdict per claim with its effect and p-values; flagged sanity checks called out first."""
+def findings_section(found: Sequence[Finding], checks: Sequence[Check], settings: Settings) -> str:
+    """'## Findings': per claim its bold verdict, effect with interval and test, the paper's effect, the equivalence
+    test and the minimal detectable effect; flagged sanity checks called out first."""
     counts = count(checks)
     lines = ["## Findings"]
-    if counts["failed"] or counts["warning"] or counts["not evaluated"]:
+    if counts["failed"] or counts["warning"] or counts["not evaluated"] or counts.get("not informative"):
         lines.append(f"**Sanity checks: {counts['failed']} failed, {counts['warning']} warning(s), "
-                     f"{counts['not evaluated']} not evaluated** (see Sanity checks); read the findings with that "
-                     "in mind.")
-    items = []
-    for f in found:
-        effect = _effect(f)
-        tested = f"; {p_phrase('p', f.p)}, {p_phrase('Holm p', f.p_holm)}" if f.p is not None else ""
-        numbers = f": {effect}{tested}" if effect else ""
-        items.append(f"- **{f.verdict}** ({f.claim}) {f.statement}{numbers}. {f.detail[:1].upper()}{f.detail[1:]}.")
+                     f"{counts.get('not informative', 0)} not informative, {counts['not evaluated']} not "
+                     "evaluated** (see Sanity checks); read the findings with that in mind.")
+    items = [f"- **{f.verdict}** ({f.claim}) {f.statement}: {f.evidence}" for f in found]
     lines.append("\n".join(items) if items else "No claims could be evaluated.")
-    lines.append("Effects are arm minus reference (or clean minus adversarial for certainty) in percentage points, "
-                 "95 % hierarchical-bootstrap CIs over seeds and images; p: exact McNemar on per-image majority "
-                 "votes, Holm-corrected over every finding with a p-value. Every line is generated from the data.")
+    tests = list(dict.fromkeys(f.test for f in found if f.p is not None))
+    level = f"{100 * settings.confidence:.0f} %"
+    lines.append(
+        f"Effects: arm minus reference (certainty: clean minus adversarial) in percentage points, {level} intervals "
+        f"over seeds and images. Tests: {' / '.join(tests) if tests else 'none ran'}. p-values are Holm-corrected "
+        f"over every finding with one (α = {settings.alpha:g}). Equivalence: TOST at α = {settings.alpha:g} (the "
+        f"{100 * (1 - 2 * settings.alpha):.0f} % interval inside ±{100 * settings.equivalence_margin:.1f} points, "
+        "report.equivalence_margin; claim (b): inside its band). MDE: the smallest |effect| this run detects with "
+        f"{100 * settings.power:.0f} % power at α = {settings.alpha:g}. The paper's effect is excluded when the "
+        f"{level} interval excludes it. Verdicts are defined under Definitions. Every line is generated from the "
+        "data.")
     return "\n\n".join(lines)
+
+
+def verdict_definitions() -> str:
+    """The verdicts of the Findings, one line each (robustlora.analysis.findings.VERDICT_DEFINITIONS)."""
+    return "\n".join(f"- Verdict '{v}': {VERDICT_DEFINITIONS[v]}." for v in VERDICTS)
 
 
 def threat_section(t: ThreatModel, a: Analysis) -> str:
@@ -93,7 +141,13 @@ def threat_section(t: ThreatModel, a: Analysis) -> str:
         f"- Input: {size}.",
         "- FGSM: one signed-gradient step of size ε.",
         f"- PGD: {t.pgd_steps} steps, step size{rel}: {steps}; random start: {'yes' if t.pgd_random_start else 'no'};"
-        f" restarts: {t.pgd_restarts}; per image the iterate with the highest loss is kept; {sanity}.",
+        f" restarts: {t.pgd_restarts}; per image the iterate with the highest loss is kept; {sanity}."
+        + (f" Then, on the images cross-entropy PGD left correct, a targeted margin run (z_target − z_true) towards "
+           f"each of the {t.pgd_targets} most likely wrong classes, {t.pgd_target_steps or t.pgd_steps} steps with "
+           "the same travel (as AutoAttack's APGD-T); PGD's row is the strongest of all runs." if t.pgd_targets else "")
+        + (f" PGD covers all attacked images at ε = {', '.join(format_eps(e) for e in t.full_eps)} and the first "
+           f"{t.grid_images} at the other ε (attack.grid_images); FGSM covers all."
+           if t.full_eps and t.grid_images else ""),
         "- Model under attack: eval mode (BatchNorm uses its running statistics), evaluated in float32.",
         f"- Images: {a.n_images} val images (attack.n_images = {t.n_images_requested}), a fixed subset drawn with "
         f"attack.seed = {t.attack_seed}, the same for every arm and seed.",

@@ -19,8 +19,10 @@ import pandas as pd
 
 from robustlora.analysis import (VERDICTS, Analysis, Settings, adversarial_arms, analyse, analyse_defences,
                                  attack_name, findings_json, headline, masking_checks, train_table)
-from robustlora.analysis.checks import Check, count, run_checks
+from robustlora.analysis.checks import Check, count, overfitting_checks, run_checks
 from robustlora.analysis.crosscheck import query_curves, settings_lines, transfer_matrix, versus_pgd
+from robustlora.analysis.settings import Scope
+from robustlora.analysis.tables import beyond_pgd, worst_case_rows
 from robustlora.models import adaptation
 from robustlora.reporting.crosscheck import CrossCheck
 from robustlora.reporting.defences import defences_section, write_defence_figures
@@ -30,7 +32,7 @@ from robustlora.reporting.overview import ArmInfo, ThreatModel
 from robustlora.layout import COMPARISONS, FIGURES, QUERY_CURVES, TRANSFER_MATRIX, VERSUS_PGD
 from robustlora.reporting.report import ReportInputs, render
 
-__all__ = ["CROSSCHECK_BOOT", "StudyReport", "study_settings", "threat_model",
+__all__ = ["CROSSCHECK_BOOT", "StudyReport", "study_settings", "study_scope", "threat_model",
            "arm_info", "squeeze_settings", "switching_settings", "build_report"]
 
 # the cross-checks' intervals need less resolution than the findings': at most this many bootstrap resamples
@@ -73,11 +75,24 @@ class StudyReport:
                 for key, value in row.items()}
 
 
-def study_settings(p: Any) -> Settings:
-    """The analysis settings from params (robustlora.config.Params): attack.eps and the report section."""
+def study_settings(p: Any, scope: Scope | None = None) -> Settings:
+    """The analysis settings from params (robustlora.config.Params): attack.eps and the report section; `scope`
+    (`study_scope`) decides which claims are testable."""
     return Settings(eps_grid=tuple(p.attack.eps), report_eps=p.report.eps, arms=dict(p.report.arms),
                     reference_fgsm_asr=p.report.reference_fgsm_asr, tolerance=p.report.tolerance,
-                    alpha=p.report.alpha, n_boot=p.report.n_boot, seed=p.report.seed)
+                    alpha=p.report.alpha, n_boot=p.report.n_boot, seed=p.report.seed,
+                    equivalence_margin=p.report.equivalence_margin, scope=scope)
+
+
+def study_scope(p: Any, data: StudyData) -> Scope:
+    """What the figures hold for: data.source and model.* from params, classes, image size and val split from the
+    prepared data's info, the epoch cap from the train metrics (the largest over trained seeds; None if none)."""
+    caps = [m.get("max_epochs") or 0 for metrics in data.train_metrics.values()
+            for m in ((metrics or {}).get("seeds") or {}).values()]
+    classes = data.classes if data.classes is not None else (
+        p.data.classes if isinstance(p.data.classes, int) else len(p.data.classes))
+    return Scope(source=p.data.source, classes=classes, image_size=data.image_size, input_size=p.model.input_size,
+                 weights=str(p.model.weights), max_epochs=max(caps) if any(caps) else None, n_val=data.n_val)
 
 
 def threat_model(p: Any, image_size: int | None) -> ThreatModel:
@@ -87,7 +102,8 @@ def threat_model(p: Any, image_size: int | None) -> ThreatModel:
         eps=tuple(p.attack.eps), image_size=image_size, input_size=p.model.input_size, pgd_steps=pgd.steps,
         pgd_step_sizes=tuple(pgd.step_for(e) for e in p.attack.eps), pgd_rel_step_size=pgd.rel_step_size,
         pgd_random_start=pgd.random_start, pgd_restarts=pgd.restarts, sanity_eps=pgd.sanity_eps,
-        n_images_requested=p.attack.n_images, attack_seed=p.attack.seed)
+        n_images_requested=p.attack.n_images, attack_seed=p.attack.seed, pgd_targets=pgd.targets,
+        pgd_target_steps=pgd.target_steps, full_eps=p.attack.full_eps, grid_images=p.attack.grid_images)
 
 
 def arm_info(p: Any) -> dict[str, ArmInfo]:
@@ -127,15 +143,21 @@ def _crosscheck(p: Any, data: StudyData, settings: Settings) -> CrossCheck:
 def build_report(p: Any, paths: InputPaths, out_dir: Path) -> StudyReport:
     """Read, analyse and render the study for params `p` (robustlora.config.Params); figures go to out_dir/figures.
 
-    Success rates are compared on the images every adapted arm classifies correctly in every seed (the unadapted
-    model would shrink that set to what it happens to get right)."""
+    The comparisons table compares success rates on the images every adapted arm classifies correctly in every seed
+    (the unadapted model would shrink that set to what it happens to get right); the findings on the images every
+    paper arm (report.arms) gets right."""
     data = read_inputs(p, paths)
-    settings = study_settings(p)
+    scope = study_scope(p, data)
+    settings = study_settings(p, scope)
     adapted = [name for name, spec in p.variants.items() if spec.kind.trains] or None
-    result = analyse(data.results, settings, common_arms=adapted)
+    # the headline: per image the worst case over every attack that ran on it (robustlora.analysis.tables)
+    worst = worst_case_rows(data.attack_rows, data.extra)
+    results = pd.concat([data.results, worst], ignore_index=True)
+    result = analyse(results, settings, common_arms=adapted, train_metrics=data.train_metrics)
     checks = run_checks(data.results, data.train_metrics, eps_grid=settings.eps_grid,
                         sanity_eps=p.attack.pgd.sanity_eps)
     checks += masking_checks(data.attack_rows, data.extra, alpha=p.report.alpha)
+    checks += overfitting_checks(data.histories, [a.name for a in adversarial_arms(p.variants)], data.train_metrics)
     cross = _crosscheck(p, data, settings)
     figures_dir = Path(out_dir) / FIGURES
     figs = write_figures(figures_dir, arm_table=result.arm_table, comparisons=result.comparisons,
@@ -145,7 +167,7 @@ def build_report(p: Any, paths: InputPaths, out_dir: Path) -> StudyReport:
         figures_dir, versus=cross.versus, curves=cross.curves, matrix=cross.matrix, arms=result.arms,
         report_eps=settings.report_eps, names={a: attack_name(a) for a in set(data.extra["attack"])}))
     defences = analyse_defences(
-        data.results, settings, at_arms=adversarial_arms(p.variants), arms=list(p.variants),
+        results, settings, at_arms=adversarial_arms(p.variants), arms=list(p.variants),
         train_metrics=data.train_metrics, autoattack=data.autoattack, squeeze=data.squeeze,
         switching=data.switching, cost=data.switching_cost)
     figs.update(write_defence_figures(figures_dir, defences.points, settings.report_eps))
@@ -153,7 +175,7 @@ def build_report(p: Any, paths: InputPaths, out_dir: Path) -> StudyReport:
     text = render(ReportInputs(
         analysis=result, settings=settings, checks=checks, train=train_table(data.train_metrics),
         arm_info=arm_info(p), threat=threat_model(p, data.image_size), params=p.model_dump(mode="json"),
-        figures=links, crosscheck=cross,
+        figures=links, crosscheck=cross, beyond_pgd=beyond_pgd(worst),
         defences=defences_section(defences, settings, links, squeeze_settings=squeeze_settings(p),
                                   switching_settings=switching_settings(p))))
     return StudyReport(
