@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # the stages import the library lazily, so that `--help` stay
 
     from robustlora.config import AttackConfig, Params
     from robustlora.evaluation.rowcache import RowCache
+    from robustlora.tracking import Recorder
 
 
 def model_file(variant_dir: Path, variant: str, seed: int) -> Path:
@@ -71,12 +72,13 @@ def print_reused(cache: RowCache, name: str | None = None) -> None:
 
 
 def write_attack_outputs(table: pd.DataFrame, results: Path, metrics: Path, models: Path, cache: RowCache,
-                         name: str | None = None) -> dict:
-    """Per-image rows of several variants and seeds -> results parquet, metrics JSON {variant: metrics_json} and the
-    MLflow runs: each seed's figures into its training run, the across-seed means into the variant's run. The
-    clean accuracy of an attack's image subset is not logged (the attack stage logs it on all its images); rows
-    the row cache handed back are not logged again (their runs got these figures when the rows were made)."""
-    from robustlora import layout, tracking
+                         recorder: Recorder, name: str | None = None) -> dict:
+    """Per-image rows of several variants and seeds -> results parquet, metrics JSON {variant: metrics_json}, then
+    the MLflow figures recorded in ``recorder`` (the stage publishes them after all its outputs): each seed's figures
+    into its training run, the across-seed means into the variant's run. The clean accuracy of an attack's image
+    subset is not logged (the attack stage logs it on all its images); rows the row cache handed back are not logged
+    again (their runs got these figures when the rows were made)."""
+    from robustlora import layout
     from robustlora.evaluation.suite import flat_metrics, mean_metrics, metrics_json
     from robustlora.io import atomic_path, write_json
 
@@ -88,12 +90,11 @@ def write_attack_outputs(table: pd.DataFrame, results: Path, metrics: Path, mode
     for variant, rows in table.groupby("variant", sort=False):
         new = [(seed, seed_rows) for seed, seed_rows in rows.groupby("seed", sort=True) if cache.is_new(seed_rows)]
         for seed, seed_rows in new:
-            tracking.log_into_run(layout.seed_run(models / variant, seed),
-                                  {k: v for k, v in flat_metrics(seed_rows).items() if k != "clean_accuracy"})
+            recorder.into(layout.seed_run(models / variant, seed),
+                          {k: v for k, v in flat_metrics(seed_rows).items() if k != "clean_accuracy"})
         if new:
-            tracking.log_into_run(layout.variant_run(models / variant),
-                                  {f"mean/{k}": v for k, v in mean_metrics(summary[variant]).items()
-                                   if k != "clean_accuracy"})
+            recorder.into(layout.variant_run(models / variant),
+                          {f"mean/{k}": v for k, v in mean_metrics(summary[variant]).items() if k != "clean_accuracy"})
     return summary
 
 

@@ -23,7 +23,8 @@ def main(
 ) -> None:
     """Attack every seed's model of VARIANT on the same images; write one row per seed x attack x ε x image.
 
-    MLflow: each seed's metrics go into that seed's training run, the across-seed means into the variant's run.
+    MLflow: each seed's metrics go into that seed's training run, the across-seed means into the variant's run, logged
+    after the results, metrics and plots are written.
     """
     import pandas as pd
 
@@ -36,6 +37,7 @@ def main(
     p = load_params(params)
     frames = []
     seeds = training_seeds(p.variant(variant), p.train.seeds)
+    _common.started()
     for seed in seeds:
         cfg = p.attack
         if seed != seeds[0] and not cfg.convergence.all_seeds:  # the convergence check on the first seed only
@@ -51,12 +53,15 @@ def main(
     write_json(metrics, summary)
     with atomic_path(plots, suffix=".csv") as tmp:
         success_curves(table).to_csv(tmp, index=False)
-    for seed, rows in zip(seeds, frames):
-        tracking.log_into_run(layout.seed_run(models, seed), flat_metrics(rows))
-    tracking.log_into_run(layout.variant_run(models), {f"mean/{k}": v for k, v in mean_metrics(summary).items()})
     for attack in ("fgsm", "pgd"):
         asr = ", ".join(f"{k}: {_fmt(v['asr']['mean'])}" for k, v in summary.get(attack, {}).items())
         print(f"attack@{variant}: {attack} success (mean over seeds) {asr}")
+    rec = tracking.Recorder(p.mlflow.experiment)  # outputs first, then MLflow
+    for seed, rows in zip(seeds, frames):
+        rec.into(layout.seed_run(models, seed), flat_metrics(rows))
+    rec.into(layout.variant_run(models), {f"mean/{k}": v for k, v in mean_metrics(summary).items()})
+    rec.publish()
+
 
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"  # None: no image was correct before the attack

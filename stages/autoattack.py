@@ -23,6 +23,7 @@ def main(
     """Run AutoAttack (autoattack.version, autoattack.eps) on the first autoattack.n_images of the PGD images."""
     import pandas as pd
 
+    from robustlora import tracking
     from robustlora.attacks.autoattack import autoattack_suite
     from robustlora.config import load_params
     from robustlora.evaluation.rowcache import RowCache
@@ -30,6 +31,7 @@ def main(
 
     p = load_params(params)
     cfg = p.autoattack
+    _common.started()
     images, labels, ids = attacked_images(prepared, p.attack, cfg.n_images)
     cache = RowCache(results)
     frames = []
@@ -40,7 +42,9 @@ def main(
         robust = (rows["clean_correct"] & rows["adv_correct"]).groupby(rows["eps_label"], sort=False).mean()
         print(f"autoattack {variant} seed {seed}: robust accuracy "
               + ", ".join(f"{k} {v:.3f}" for k, v in robust.items()))
-    _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache)
+    rec = tracking.Recorder(p.mlflow.experiment)
+    _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache, rec)
+    rec.publish()  # outputs first, then MLflow
 
 
 if __name__ == "__main__":

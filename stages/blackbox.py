@@ -30,7 +30,7 @@ def main(
     """
     import pandas as pd
 
-    from robustlora import layout
+    from robustlora import layout, tracking
     from robustlora.attacks.blackbox import blackbox_attack
     from robustlora.config import BLACKBOX_ATTACKS, load_params
     from robustlora.errors import ParamError
@@ -43,6 +43,8 @@ def main(
     p = load_params(params)
     cfg = p.blackbox
     eps = sorted({*p.attack.eps, 1.0})
+    rec = tracking.Recorder(p.mlflow.experiment)
+    _common.started()  # ART is imported by the first attack computed (none when every row is reused)
     for attack in [a for a in BLACKBOX_ATTACKS if not only or a in only]:
         settings_ = getattr(cfg, attack)
         images, labels, ids = attacked_images(prepared, p.attack, settings_.n_images)
@@ -59,7 +61,9 @@ def main(
             print(f"{attack} {variant} seed {seed}: fooled " + ", ".join(f"{k} {v}" for k, v in fooled.items())
                   + f" of {int(rows.drop_duplicates('image')['clean_correct'].sum())} correct images")
         metrics = layout.per_name(metrics_dir, attack, ".json")
-        _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache, name=attack)
+        _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache, rec,
+                                      name=attack)
+    rec.publish()  # every attack's outputs first, then MLflow
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def main(
     p = load_params(params)
     sq, sw, attack = p.squeeze, p.switching, p.attack
     device = pick_device(attack.device, "attack.device")
+    _common.started()
     holdout = load_split(prepared, "holdout").images
 
     images, labels, ids = attacked_images(prepared, attack, sq.n_images)
@@ -89,13 +90,15 @@ def main(
         with atomic_path(results_dir / name, suffix=".parquet") as tmp:
             table.to_parquet(tmp, index=False)
     write_json(metrics, summary)
+    rec = tracking.Recorder(p.mlflow.experiment)  # outputs first, then MLflow
     for run_file, rows in new:
-        tracking.log_into_run(run_file, squeeze_metrics(rows))
+        rec.into(run_file, squeeze_metrics(rows))
     if sw.standard is not None:
-        with tracking.start_run(p.mlflow.experiment, "switching", {"switching": sw.model_dump(mode="json"),
-                                                                  "squeeze": sq.model_dump(mode="json")},
-                                {"stage": "defences", "level": "system", "system": system}):
-            tracking.log_metrics(switching_run_metrics(summary["switching"], cost))
+        run = rec.run("switching", {"switching": sw.model_dump(mode="json"), "squeeze": sq.model_dump(mode="json")},
+                      {"stage": "defences", "level": "system", "system": system})
+        run.log_metrics(switching_run_metrics(summary["switching"], cost))
+        run.end()
+    rec.publish()
 
 
 if __name__ == "__main__":

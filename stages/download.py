@@ -21,6 +21,7 @@ def main(
     from robustlora.io import write_json
 
     p = load_params(params)
+    _common.started()
     out.mkdir(parents=True, exist_ok=True)
     if p.data.source == "synthetic":
         from robustlora.data.synthetic import describe, make_synthetic

@@ -25,6 +25,7 @@ def main(
 
     p = load_params(params)
     domains = data_domains(p, raw)
+    _common.started()
     if "source" not in domains:
         shutil.rmtree(out / "source", ignore_errors=True)
     for name, dom in domains.items():

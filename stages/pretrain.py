@@ -18,7 +18,9 @@ def main(
     plots: Path = typer.Option(..., help="per-epoch curves CSV, e.g. plots/pretrain.csv"),
     params: Path = typer.Option(_common.PARAMS, help="params.yaml to read (sections: model, pretrain)"),
 ) -> None:
-    """Pretrain ResNet18 on the synthetic source domain, or fetch the ImageNet / local weights, into OUT."""
+    """Pretrain ResNet18 on the synthetic source domain, or fetch the ImageNet / local weights, into OUT.
+
+    MLflow: a `pretrain` run (pretraining only), logged after OUT, the metrics and the curves are written."""
     from robustlora import layout, tracking
     from robustlora.config import load_params, to_dict
     from robustlora.io import write_json
@@ -27,19 +29,23 @@ def main(
     p = load_params(params)
     config = {"model": to_dict(p.model), "pretrain": to_dict(p.pretrain), "data": to_dict(p.data)}
     history: list[dict] = []
+    rec = tracking.Recorder(p.mlflow.experiment)
+    _common.started()
     if p.model.weights != "pretrain":
         result, history = pretrain_backbone(p.model, p.pretrain, None, out)
     else:
         checkpoint = layout.pretrain_checkpoint(_common.ROOT)
-        with tracking.start_run(p.mlflow.experiment, "pretrain", config, {"stage": "pretrain"}):
-            tracking.log_prepared_dataset(prepared / "source", p.data.source, p.data.url, "pretraining")
-            result, history = pretrain_backbone(
-                p.model, p.pretrain, prepared / "source", out, checkpoint_path=checkpoint, on_epoch=tracking.log_epoch)
-            tracking.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
+        run = rec.run("pretrain", config, {"stage": "pretrain"})
+        run.log_prepared_dataset(prepared / "source", p.data.source, p.data.url, "pretraining")
+        result, history = pretrain_backbone(
+            p.model, p.pretrain, prepared / "source", out, checkpoint_path=checkpoint, on_epoch=run.log_epoch)
+        run.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
+        run.end()
         checkpoint.unlink(missing_ok=True)
     write_json(metrics, result)
     _common.write_curves(plots, history)
     print(f"pretrain: {result}")
+    rec.publish()  # outputs first, then MLflow
 
 
 if __name__ == "__main__":

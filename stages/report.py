@@ -37,6 +37,7 @@ def main(
     from robustlora.reporting.inputs import InputPaths
 
     p = load_params(params)
+    _common.started()
     paths = InputPaths(results_dir=results_dir, autoattack=autoattack, blackbox_dir=blackbox_dir, transfer=transfer,
                        defences_dir=defences_dir, defences_metrics=defences_metrics,
                        train_metrics_dir=train_metrics_dir, histories_dir=histories_dir, prepared=prepared,
@@ -49,20 +50,22 @@ def main(
             table.to_csv(tmp, index=False)
     write_json(summary, built.headline)
 
-    with tracking.start_run(p.mlflow.experiment, "report", {"report": p.report.model_dump(mode="json")},
-                            {"stage": "report", **built.run_tags()}):
-        for name in (layout.REPORT, layout.FINDINGS, *built.tables):
-            tracking.log_artifact(out / name, "report")
-        for path in built.figures.values():
-            tracking.log_artifact(path, "report/figures")
-        tracking.log_metrics(built.run_metrics())
-    tracking.log_to_experiment_run(p.mlflow.experiment, built.experiment_metrics())
+    rec = tracking.Recorder(p.mlflow.experiment)  # outputs first, then MLflow
+    run = rec.run("report", {"report": p.report.model_dump(mode="json")}, {"stage": "report", **built.run_tags()})
+    for name in (layout.REPORT, layout.FINDINGS, *built.tables):
+        run.log_artifact(out / name, "report")
+    for path in built.figures.values():
+        run.log_artifact(path, "report/figures")
+    run.log_metrics(built.run_metrics())
+    run.end()
+    rec.log_to_experiment(built.experiment_metrics())
     verdicts = ", ".join(f"{n} {v}" for v, n in built.verdict_counts().items())
     print(f"report: {_common.rel(out / layout.REPORT)} (findings: {verdicts}; {len(built.flagged)} sanity checks "
           "flagged)")
     for c in built.flagged:
         if c.status == "failed":
             print(f"  FAILED {c.arm} seed {c.seed}: {c.title}: {c.detail}")
+    rec.publish()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ def main(
     from robustlora.reporting.sweep import write_sweep
     from robustlora.tracking import experiments
 
+    _common.started()
     if exp_json is not None:
         records = experiments.records(experiments.read_exp_show(exp_json), include_baseline=baseline)
     else:

@@ -22,9 +22,10 @@ def main(
 ) -> None:
     """Train VARIANT once per seed in train.seeds, keep each seed's weights with the best holdout accuracy.
 
-    MLflow: one parent run per variant (across-seed mean and std) with one child run per seed.
+    MLflow: one parent run per variant (across-seed mean and std) with one child run per seed, logged after the
+    models, metrics and curves are written (a tracking failure loses no training).
     """
-    import tempfile
+    import json
 
     from robustlora import layout, tracking
     from robustlora.config import load_params, to_dict
@@ -38,41 +39,47 @@ def main(
     config = {"variant": to_dict(spec), "data": to_dict(p.data), "model": to_dict(p.model), "train": to_dict(p.train)}
     tags = {"stage": f"train@{variant}", "variant": variant, "adaptation": spec.adaptation}
     per_seed, histories = {}, {}
+    _common.started()
     out.mkdir(parents=True, exist_ok=True)
-    with tracking.start_run(p.mlflow.experiment, variant, config, tags | {"level": "arm"}) as parent:
-        tracking.log_prepared_dataset(prepared, p.data.source, p.data.url, "training")
-        for seed in seeds:
-            cfg = p.fit_config(variant, seed) if spec.kind.trains else None
-            checkpoint = layout.train_checkpoint(_common.ROOT, variant, seed)
-            with tracking.start_run(p.mlflow.experiment, f"{variant}/seed_{seed}",
-                                    {"seed": seed, "fit": to_dict(cfg) if cfg else {}},
-                                    tags | {"level": "seed", "seed": str(seed)}, nested=True) as run:
-                tracking.log_prepared_dataset(prepared, p.data.source, p.data.url, "training")
-                metrics_seed, history = train_variant(
-                    spec, cfg, backbone_path=backbone, prepared_dir=prepared, model_cfg=p.model,
-                    out_path=layout.seed_model(out, seed), seed=seed, device=p.train.device,
-                    eval_batch_size=p.train.eval_batch_size, checkpoint_path=checkpoint, extra_meta={"config": config},
-                    on_epoch=tracking.log_epoch,
-                )
-                tracking.log_metrics({k: float(v) for k, v in metrics_seed.items()})
-                with tempfile.TemporaryDirectory() as tmp:  # not into models/, which DVC tracks
-                    config_file = Path(tmp) / f"{variant}.seed_{seed}.config.json"
-                    write_json(config_file, config | {"seed": seed, "fit": to_dict(cfg) if cfg else None})
-                    tracking.log_artifact(config_file, "config")
-                tracking.write_run_id(layout.seed_run(out, seed), run.run_id)
-            checkpoint.unlink(missing_ok=True)
-            per_seed[seed], histories[seed] = metrics_seed, history
-            print(f"train@{variant} seed {seed}: val accuracy {metrics_seed['val_accuracy']:.3f}, best epoch "
-                  f"{metrics_seed['best_epoch']} of {metrics_seed['epochs_run']}")
-        summary = summarize_seeds(per_seed)
-        tracking.log_metrics({f"{stat}/{k}": v for stat in ("mean", "std") for k, v in summary[stat].items()})
-        tracking.write_run_id(layout.variant_run(out), parent.run_id)
+    rec = tracking.Recorder(p.mlflow.experiment)
+    parent = rec.run(variant, config, tags | {"level": "arm"})
+    parent.log_prepared_dataset(prepared, p.data.source, p.data.url, "training")
+    for seed in seeds:
+        cfg = p.fit_config(variant, seed) if spec.kind.trains else None
+        checkpoint = layout.train_checkpoint(_common.ROOT, variant, seed)
+        run = rec.run(f"{variant}/seed_{seed}", {"seed": seed, "fit": to_dict(cfg) if cfg else {}},
+                      tags | {"level": "seed", "seed": str(seed)}, parent=parent)
+        run.log_prepared_dataset(prepared, p.data.source, p.data.url, "training")
+        metrics_seed, history = train_variant(
+            spec, cfg, backbone_path=backbone, prepared_dir=prepared, model_cfg=p.model,
+            out_path=layout.seed_model(out, seed), seed=seed, device=p.train.device,
+            eval_batch_size=p.train.eval_batch_size, checkpoint_path=checkpoint, extra_meta={"config": config},
+            on_epoch=run.log_epoch,
+        )
+        logged = {step for key, _, _, step in run.metrics if key.startswith("epoch/")}
+        for row in history:  # epochs a resumed run trained before it was killed: its curves stay complete
+            if int(row["epoch"]) not in logged:
+                run.log_epoch({k: v for k, v in row.items() if isinstance(v, (int, float))})
+        run.log_metrics({k: v for k, v in metrics_seed.items() if isinstance(v, (int, float))})
+        run.log_text(f"{variant}.seed_{seed}.config.json", json.dumps(
+            config | {"seed": seed, "fit": to_dict(cfg) if cfg else None}, indent=2) + "\n", "config")
+        run.write_key(layout.seed_run(out, seed))  # how the attack stages find this run
+        run.end()
+        checkpoint.unlink(missing_ok=True)
+        per_seed[seed], histories[seed] = metrics_seed, history
+        print(f"train@{variant} seed {seed}: val accuracy {metrics_seed['val_accuracy']:.3f}, best epoch "
+              f"{metrics_seed['best_epoch']} of {metrics_seed['epochs_run']}")
+    summary = summarize_seeds(per_seed)
+    parent.log_metrics({f"{stat}/{k}": v for stat in ("mean", "std") for k, v in summary[stat].items()})
+    parent.write_key(layout.variant_run(out))
+    parent.end()
     write_json(metrics, summary)
     plots.mkdir(parents=True, exist_ok=True)
     for seed, history in histories.items():
         _common.write_curves(layout.seed_history(plots, seed), history, robust=spec.adversarial is not None)
     mean, std = summary["mean"], summary["std"]
     print(f"train@{variant}: val accuracy {mean['val_accuracy']:.3f} ± {std['val_accuracy']:.3f} over {len(seeds)} seed(s)")
+    rec.publish()  # outputs first, then MLflow
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def main(
 
     import pandas as pd
 
-    from robustlora import layout
+    from robustlora import layout, tracking
     from robustlora.attacks.transfer import craft_pgd, transfer_rows
     from robustlora.config import load_params
     from robustlora.evaluation.rowcache import RowCache
@@ -34,6 +34,7 @@ def main(
 
     p = load_params(params)
     cfg = p.transfer
+    _common.started()
     images, labels, ids = attacked_images(prepared, p.attack, cfg.n_images)
     sources = {name: layout.seed_model(models / name, training_seeds(p.variant(name), p.train.seeds)[0])
                for name in (cfg.surrogates or p.variants)}
@@ -60,7 +61,9 @@ def main(
                                      lambda: _attacks.tag_rows(transfer_rows(
                                          target(model_file), images, labels, adversarials(name), surrogate=name,
                                          image_ids=ids, device=p.attack.device), variant, seed)))
-    _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache)
+    rec = tracking.Recorder(p.mlflow.experiment)
+    _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache, rec)
+    rec.publish()  # outputs first, then MLflow
 
 
 if __name__ == "__main__":

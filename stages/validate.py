@@ -27,6 +27,7 @@ def main(
 
     p = load_params(params)
     results, failed = {}, []
+    _common.started()
     for name, dom in data_domains(p, raw).items():
         report = validate_domain(dom, prepared / name)
         results[name] = report.to_dict()

@@ -94,3 +94,94 @@ def test_curves_have_the_robust_column_only_for_adversarial_training(tmp_path):
                                     "holdout_robust_accuracy", "lr"]
     assert robust.iloc[0].to_dict() == {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "holdout_accuracy": 0.7,
                                         "holdout_robust_accuracy": 0.3, "lr": 0.1}
+
+
+def _load_common():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_common", ROOT / "stages" / "_common.py")  # not on sys.path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_queued_worker_shares_the_cores_with_the_others_unless_the_user_chose(tmp_path, monkeypatch):
+    import json
+
+    _common = _load_common()
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", _common.THREADS_ENV):
+        monkeypatch.setenv(name, "0")  # restored after the test
+        monkeypatch.delenv(name)
+    repo = tmp_path / "repo"
+    executor = repo / ".dvc" / "tmp" / "exps" / "tmpab12cd"  # where DVC runs a queued experiment
+    executor.mkdir(parents=True)
+    for rev, status in (("a1", 2), ("b2", 2), ("c3", 1), ("d4", 3), ("e5", 0)):  # running x2, preparing, done, queued
+        info = repo / ".dvc" / "tmp" / "exps" / "run" / rev / f"{rev}.run"
+        info.parent.mkdir(parents=True)
+        info.write_text(json.dumps({"status": status, "root_dir": str(executor)}))
+    assert _common.running_workers(executor) == 3 and _common.running_workers(repo) is None
+    assert _common.size_threads(executor, cpus=16) == 5
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "5"
+    assert _common.size_threads(executor, cpus=2) is None  # the user's (here: the earlier) OMP_NUM_THREADS wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert _common.size_threads(executor, cpus=2) == 1  # never below one thread
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert _common.size_threads(repo, cpus=2) is None and "OMP_NUM_THREADS" not in os.environ  # plain dvc repro
+    monkeypatch.setenv(_common.THREADS_ENV, "3")
+    assert _common.size_threads(repo, cpus=2) == 3 and os.environ["OMP_NUM_THREADS"] == "3"
+
+
+@pytest.mark.parametrize("name, args, absent", [
+    ("preprocess", ["--raw", "raw", "--out", "prepared"], {"torch", "mlflow"}),
+    ("report", ["--results-dir", "r", "--autoattack", "a", "--blackbox-dir", "b", "--transfer", "t", "--defences-dir",
+                "d", "--defences-metrics", "m", "--train-metrics-dir", "m", "--histories-dir", "h", "--prepared", "p",
+                "--out", "o", "--summary", "s"], {"torch", "mlflow"}),
+    ("attack", ["lora_fc", "--prepared", "p", "--models", "m", "--results", "r", "--metrics", "m", "--plots", "p"],
+     {"mlflow", "great_expectations", "art"}),
+])
+def test_a_stage_starts_its_work_without_mlflow(tmp_path, name, args, absent):
+    """Up to its first real work a stage imports what that work needs: never mlflow (it logs after its outputs)."""
+    env = dict(os.environ, PYTHONPATH="", ROBUSTLORA_STARTUP_PROBE="1")
+    result = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py"), *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    seconds, loaded = line.removeprefix("startup ").split(" loaded: ")
+    assert float(seconds) > 0 and not set(loaded.split(",")) & absent, line
+    assert list(tmp_path.iterdir()) == []  # it stopped before touching anything
+
+
+def test_a_tracking_failure_keeps_the_outputs_and_is_one_line(tmp_path):
+    """Results first, logging second: with the tracking server gone, pretrain still writes its backbone, metrics and
+    curves, then ends with one line naming the server (exit 1), not a traceback and not a silent skip."""
+    import socket
+
+    from e2e import TINY, _merge
+
+    (tmp_path / "stages").mkdir()  # a copy of the stages beside this src, so the checkpoint goes under tmp_path
+    for script in (ROOT / "stages").glob("*.py"):
+        (tmp_path / "stages" / script.name).write_text(script.read_text())
+    (tmp_path / "src").symlink_to(ROOT / "src")
+    params = tmp_path / "params.yaml"
+    tiny = {k: TINY[k] for k in ("data", "model", "pretrain")}  # the sections these three stages run on
+    params.write_text(yaml.safe_dump(_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), tiny)))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH="", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+
+    def stage(name, *args):
+        return subprocess.run([sys.executable, str(tmp_path / "stages" / f"{name}.py"), *map(str, args), "--params",
+                               params], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+
+    for name, args in (("download", ["--out", "raw"]), ("preprocess", ["--raw", "raw", "--out", "prepared"])):
+        assert stage(name, *args).returncode == 0, name
+    result = stage("pretrain", "--prepared", "prepared", "--out", "backbone.pt", "--metrics", "pretrain.json",
+                   "--plots", "pretrain.csv")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: tracking server http://127.0.0.1:{port}: not reachable"), line
+    assert "pretrain: {" in result.stdout  # the work was done ...
+    for out in ("backbone.pt", "pretrain.json", "pretrain.csv"):  # ... and its outputs written before logging
+        assert (tmp_path / out).stat().st_size > 0, out
+    assert not list((tmp_path / "checkpoints").rglob("*.pt"))  # the resume checkpoint is gone: the work is complete

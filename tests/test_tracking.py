@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -360,5 +362,186 @@ def test_logging_into_a_run_of_another_store_is_skipped_with_one_line(store: Pat
     assert MlflowClient(run.tracking_uri).get_run(run.run_id).data.metrics["pgd/eps_8/asr"] == 0.5
     tracking.write_run_id(tmp_path / "gone.run.json", "f" * 32)  # trained while logging into another store
     assert not tracking.log_into_run(tmp_path / "gone.run.json", {"pgd/eps_8/asr": 0.5}, repo_root=store)
-    err = capsys.readouterr().err
-    assert f"run {'f' * 32} of {tmp_path / 'gone.run.json'} is not in" in err and len(err.strip().splitlines()) == 1
+    err = _ours(capsys.readouterr().err)
+    assert len(err) == 1 and f"the run of {tmp_path / 'gone.run.json'} is not in" in err[0]
+
+
+def _ours(err: str) -> list[str]:
+    """stderr's lines without MLflow's own notes on creating a new store (a test that runs first makes it)."""
+    return [line for line in err.strip().splitlines() if "mlflow.store.db.utils" not in line]
+
+
+def test_a_store_error_is_not_taken_for_a_missing_run(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only 'no such run' skips; a store that fails (a server gone, a locked database) is an error naming it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    exp = tracking.DvcExperiment("x", None, None, {})
+    with tracking.start_run("elsewhere", "seed", repo_root=store, exp=exp) as run:
+        pass
+
+    def broken(run_id):
+        raise MlflowException("database is locked\n(details)", error_code="INTERNAL_ERROR")
+
+    monkeypatch.setattr(mlflow, "get_run", broken)
+    with pytest.raises(tracking.TrackingError) as err:
+        with tracking.resume_run(run.run_id, repo_root=store, missing_ok=True):
+            pass
+    assert str(err.value) == f"tracking server {run.tracking_uri}: database is locked"
+
+
+# ---- results first, logging second: the stages' Recorder ------------------------------------------------------------
+
+def _record_training(rec: tracking.Recorder, models: Path, prepared: Path) -> tuple:
+    """What the train stage records for one arm with one seed (two epochs, a config artifact, the dataset)."""
+    arm = rec.run("lora_fc", {"variant": {"rank": 4}}, {"stage": "train@lora_fc", "level": "arm"})
+    seed = rec.run("lora_fc/seed_0", {"seed": 0}, {"stage": "train@lora_fc", "level": "seed", "seed": "0"},
+                   parent=arm)
+    seed.log_prepared_dataset(prepared, "synthetic", None, "training")
+    for epoch, loss in ((1, 0.5), (2, 0.25)):
+        seed.log_epoch({"epoch": epoch, "train_loss": loss})
+    seed.log_metrics({"val_accuracy": 0.75})
+    seed.log_text("lora_fc.seed_0.config.json", '{"seed": 0}\n', "config")
+    (models.parent / "report.md").write_text("# report\n")
+    seed.log_artifact(models.parent / "report.md", "report")  # a file the stage wrote: copied when published
+    seed.write_key(models / "seed_0.run.json")
+    seed.end()
+    arm.log_metrics({"mean/val_accuracy": 0.75})
+    arm.write_key(models / "run.json")
+    arm.end()
+    return arm, seed
+
+
+def _prepared(tmp_path: Path) -> Path:
+    prepared = tmp_path / "target"
+    prepared.mkdir()
+    (prepared / "manifest.csv").write_text("split,index,label,pixel_hash\ntrain,0,0,abc\n")
+    (prepared / "info.json").write_text('{"classes": 3, "counts": {"train": 1}}')
+    return prepared
+
+
+def test_recorder_logs_after_the_work_with_the_structure_of_start_run(store: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "quiet-pond")
+    models = tmp_path / "models"
+    rec = tracking.Recorder("recorded", repo_root=store)
+    arm, seed = _record_training(rec, models, _prepared(tmp_path))
+    # the key files (DVC outputs) exist before anything is logged, and name no run id
+    key = json.loads((models / "seed_0.run.json").read_text())["run_key"]
+    assert seed.run_id is None and len(key) == 32
+    assert rec.publish() == f"sqlite:///{store.resolve()}/mlflow.db"
+
+    client = MlflowClient(f"sqlite:///{store.resolve()}/mlflow.db")
+    arm_run, seed_run = client.get_run(arm.run_id), client.get_run(seed.run_id)
+    top = client.get_run(arm_run.data.tags["mlflow.parentRunId"])
+    assert top.data.tags["level"] == "experiment" and top.info.run_name == "quiet-pond"
+    assert seed_run.data.tags["mlflow.parentRunId"] == arm.run_id
+    assert seed_run.info.run_name == "lora_fc/seed_0 · quiet-pond" and seed_run.info.status == "FINISHED"
+    assert seed_run.data.tags["seed"] == "0" and seed_run.data.tags["dvc.experiment"] == "quiet-pond"
+    assert seed_run.data.tags["robustlora.run_key"] == key and "mlflow.user" in seed_run.data.tags
+    assert seed_run.data.params == {"seed": "0"} and arm_run.data.params == {"variant.rank": "4"}
+    epochs = sorted(client.get_metric_history(seed.run_id, "epoch/train_loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in epochs] == [(1, 0.5), (2, 0.25)]
+    assert seed_run.info.start_time <= epochs[0].timestamp <= seed_run.info.end_time  # recorded times, kept
+    (entry,) = seed_run.inputs.dataset_inputs
+    assert entry.dataset.name == "synthetic tiny-imagenet target (3 classes)" and entry.tags[0].value == "training"
+    local = download_artifacts(run_id=seed.run_id, artifact_path="config/lora_fc.seed_0.config.json",
+                               dst_path=str(tmp_path / "dl"), tracking_uri=client.tracking_uri)
+    assert Path(local).read_text() == '{"seed": 0}\n'
+    local = download_artifacts(run_id=seed.run_id, artifact_path="report/report.md", dst_path=str(tmp_path / "dl"),
+                               tracking_uri=client.tracking_uri)
+    assert Path(local).read_text() == "# report\n"
+    with pytest.raises(tracking.TrackingError, match="nope.md.*not found"):
+        seed.log_artifact(tmp_path / "nope.md")
+
+    # a later stage (an attack) finds both runs by their key files, and adds the experiment's figures
+    later = tracking.Recorder("recorded", repo_root=store)
+    later.into(models / "seed_0.run.json", {"pgd/eps_8/asr": 0.5})
+    later.into(models / "run.json", {"mean/pgd/eps_8/asr": 0.5})
+    later.log_to_experiment({"lora_fc/pgd_robust_acc": 0.25})
+    later.publish()
+    assert client.get_run(seed.run_id).data.metrics == {"epoch/train_loss": 0.25, "val_accuracy": 0.75,
+                                                        "pgd/eps_8/asr": 0.5}
+    assert client.get_run(arm.run_id).data.metrics["mean/pgd/eps_8/asr"] == 0.5
+    assert client.get_run(top.info.run_id).data.metrics == {"lora_fc/pgd_robust_acc": 0.25}
+    assert tracking.log_into_run(models / "seed_0.run.json", {"extra": 1.0}, repo_root=store)  # the direct API too
+    assert client.get_run(seed.run_id).data.metrics["extra"] == 1.0
+
+
+def test_recording_imports_no_mlflow() -> None:
+    """A stage records while it works and pays mlflow's import only when it publishes, after its outputs."""
+    code = ("import sys; from pathlib import Path; from robustlora import tracking\n"
+            "rec = tracking.Recorder('x'); run = rec.run('a', {'p': 1}, {'t': 'v'})\n"
+            "run.log_epoch({'epoch': 1, 'loss': 0.5}); run.log_text('c.json', '{}'); rec.into(Path('k.json'), {'m': 1})\n"
+            "print(sorted(m for m in ('mlflow', 'torch', 'pandas') if m in sys.modules))")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_publish_failure_is_one_line_naming_the_uri(store: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as sock:  # a port nobody listens on: the server went away
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    rec = tracking.Recorder("recorded")
+    _record_training(rec, tmp_path / "models", _prepared(tmp_path))
+    with pytest.raises(tracking.TrackingError) as err:
+        rec.publish()
+    message = str(err.value)
+    assert message.startswith(f"tracking server http://127.0.0.1:{port}: not reachable") and "\n" not in message
+    assert (tmp_path / "models" / "seed_0.run.json").is_file()  # what the stage wrote is kept
+
+    # the store fails halfway (after the arm's run was created): still one line naming the store, never skipped
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    calls = []
+    real = MlflowClient.create_run
+
+    def failing(self, *args, **kwargs):
+        calls.append(kwargs.get("run_name", "").split(" · ")[0])
+        if calls[-1] == "lora_fc/seed_0":
+            raise MlflowException("INTERNAL_ERROR: disk I/O error\n  traceback lines")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "create_run", failing)
+    rec.repo_root = store
+    with pytest.raises(tracking.TrackingError) as err:
+        rec.publish()
+    assert str(err.value).startswith(f"tracking server sqlite:///{store.resolve()}/mlflow.db: INTERNAL_ERROR: disk "
+                                     "I/O error (the stage's outputs are written")
+    assert "\n" not in str(err.value) and calls[-2:] == ["lora_fc", "lora_fc/seed_0"]
+
+
+def test_into_a_run_the_store_lacks_is_one_line_and_the_rest_is_logged(store: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    from mlflow import MlflowClient
+
+    rec = tracking.Recorder("recorded", repo_root=store)
+    run = rec.run("switching", {}, {"stage": "defences"})
+    run.log_metrics({"worst": 0.5})
+    run.end()
+    (tmp_path / "gone.run.json").write_text('{"run_key": "0123456789abcdef0123456789abcdef"}')
+    tracking.write_run_id(tmp_path / "old.run.json", "f" * 32)  # a file older code wrote: a run id
+    rec.into(tmp_path / "gone.run.json", {"pgd/eps_8/asr": 0.5})
+    rec.into(tmp_path / "old.run.json", {"pgd/eps_8/asr": 0.5})
+    rec.publish()
+    err = _ours(capsys.readouterr().err)
+    assert len(err) == 2 and all("is not in sqlite:///" in line for line in err)
+    assert str(tmp_path / "gone.run.json") in err[0] and str(tmp_path / "old.run.json") in err[1]
+    assert MlflowClient(f"sqlite:///{store.resolve()}/mlflow.db").get_run(run.run_id).data.metrics == {"worst": 0.5}
+    (tmp_path / "bad.run.json").write_text('{"id": 3}')
+    with pytest.raises(tracking.TrackingError, match="bad.run.json.*run_key"):
+        tracking.read_run_ref(tmp_path / "bad.run.json")

@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import torch
 from PIL import Image
 
 from robustlora import layout
-from robustlora.data.manifest import MANIFEST_COLUMNS, SPLITS
 from robustlora.errors import DataError
 from robustlora.io import read_json, write_json
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and pandas only where used: the stages that load a split start without pandas, preprocess
+    import pandas as pd  # and validate without torch (start-up, benchmarks/bench_startup.py)
+    import torch
+
     from robustlora.config import Params
 
 DECODE_CHUNK = 512  # images per worker task
@@ -165,6 +165,8 @@ def expected_counts(archive: Archive, classes: list[str], train_per_class: int |
                 raise DataError(f"{archive.path}: {archive.root}val/val_annotations.txt names {member}, "
                                 "which is not in the archive")
             val[wnid] += 1
+    from robustlora.data.manifest import SPLITS  # (pandas)
+
     out: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
     for wnid in classes:
         n = len(archive.train_members.get(wnid, ()))
@@ -237,7 +239,10 @@ def prepare_domain(archive_path: str | os.PathLike, out_dir: str | os.PathLike, 
 
     Returns the manifest. A corrupt image stops everything with an error naming the archive member.
     """
+    import pandas as pd
     from tqdm.auto import tqdm
+
+    from robustlora.data.manifest import MANIFEST_COLUMNS, SPLITS
 
     archive = Archive(archive_path)
     wnids = archive.select_classes(classes)
@@ -315,6 +320,8 @@ class Split:
 
 def load_split(prepared_dir: str | os.PathLike, split: str) -> Split:
     """One split of a prepared domain as tensors (uint8 NHWC images, int64 labels)."""
+    import torch
+
     d = Path(prepared_dir)
     img, lab = layout.split_arrays(d, split)
     for p in (img, lab):

@@ -22,6 +22,7 @@ from robustlora.tracking.store import configure, connect, import_mlflow, trackin
 if TYPE_CHECKING:
     import pandas as pd
 
+RUN_KEY_TAG = "robustlora.run_key"  # a run later stages reopen (see robustlora.tracking.record)
 GROUP_TAG = "dvc.group"  # the key of a DVC experiment's parent run (see experiment_run)
 
 
@@ -146,13 +147,18 @@ def log_dataset(name: str, digest: str, source: str, context: str, tags: Mapping
 def resume_run(run_id: str, repo_root: Path | None = None, *, missing_ok: bool = False) -> Iterator[RunHandle | None]:
     """Reopen an existing run (e.g. the attack stage logging into its variant's training run).
 
-    A run not in the current store is a TrackingError, or with ``missing_ok`` yields None (nothing is opened).
+    A run not in the current store is a TrackingError, or with ``missing_ok`` yields None (nothing is opened). Any
+    other error of the store (a server that went away, a locked database) is a TrackingError naming the URI, never
+    taken for a missing run.
     """
     uri = connect(repo_root)
     mlflow = import_mlflow()
     try:
         mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise TrackingError(f"tracking server {uri}: {reason}") from None
         if missing_ok:
             yield None
             return
@@ -165,19 +171,26 @@ def resume_run(run_id: str, repo_root: Path | None = None, *, missing_ok: bool =
 
 
 def log_into_run(run_file: str | os.PathLike, metrics: Mapping[str, float], repo_root: Path | None = None) -> bool:
-    """Log ``metrics`` into the run named by ``run_file`` (``write_run_id``), e.g. attack results into the training
-    run of that model.
+    """Log ``metrics`` into the run named by ``run_file`` (``write_run_id``, or a stage's run key file), e.g. attack
+    results into the training run of that model.
 
     A run that is not in the current store (the model was trained while logging elsewhere: the repo's ``mlflow.db``
     before a tracking server was set, or another server) is skipped with one line on stderr, and False is returned:
-    the stage's own outputs (metrics/*.json, results/) still hold the numbers.
+    the stage's own outputs (metrics/*.json, results/) still hold the numbers. Other store errors are raised.
     """
     import sys
 
-    run_id = read_run_id(run_file)
-    with resume_run(run_id, repo_root, missing_ok=True) as run:
+    kind, run_id = read_run_ref(run_file)
+    if kind == "run_key":  # a key file of the stages: the run carries the key as a tag
+        connect(repo_root)
+        client = import_mlflow().MlflowClient()
+        found = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                   filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_id}'", max_results=1)
+        run_id = found[0].info.run_id if found else None
+    with contextlib.ExitStack() as stack:
+        run = stack.enter_context(resume_run(run_id, repo_root, missing_ok=True)) if run_id else None
         if run is None:
-            print(f"MLflow: run {run_id} of {run_file} is not in {tracking_uri(repo_root)} (its model was trained "
+            print(f"MLflow: the run of {run_file} is not in {tracking_uri(repo_root)} (its model was trained "
                   f"while logging elsewhere); these metrics are in the stage's metrics file only", file=sys.stderr)
             return False
         log_metrics(metrics)
@@ -235,7 +248,28 @@ def search_runs(experiment: str, filter_string: str = "", repo_root: Path | None
 
 
 def log_prepared_dataset(prepared_dir: str | os.PathLike, source: str, url: str | None, context: str) -> None:
-    """Log a prepared split folder (``data/prepared/target``) as a dataset input of the active run.
+    """Log a prepared split folder (``data/prepared/target``) as a dataset input of the active run (name, digest and
+    source: :func:`robustlora.tracking.record.prepared_dataset`)."""
+    name, digest, src, tags = prepared_dataset(prepared_dir, source, url)
+    log_dataset(name, digest, src, context, tags)
+
+
+def read_run_ref(path: str | os.PathLike) -> tuple[str, str]:
+    """``("run_key", key)`` or, for a file older code wrote, ``("run_id", id)``; a missing or malformed file is a
+    TrackingError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrackingError(f"run key file '{path}' not found; run the train stage that writes it first")
+    data = read_json(path)
+    for kind in ("run_key", "run_id"):
+        if isinstance(data, dict) and isinstance(data.get(kind), str):
+            return kind, data[kind]
+    raise TrackingError(f"run key file '{path}' has no 'run_key' string; rerun the train stage to rewrite it")
+
+
+def prepared_dataset(prepared_dir: str | os.PathLike, source: str, url: str | None
+                     ) -> tuple[str, str, str, dict[str, str]]:
+    """(name, digest, source, tags) of a prepared split folder (``data/prepared/target``) as a dataset input.
 
     Digest: the md5 of its ``manifest.csv`` (one row per image with its pixel hash), so the UI shows when two runs
     saw different data. ``source``: params ``data.source`` (``tiny-imagenet``: its ``url``; ``synthetic``: made by
@@ -250,5 +284,5 @@ def log_prepared_dataset(prepared_dir: str | os.PathLike, source: str, url: str 
     what = "tiny-imagenet-200" if source == "tiny-imagenet" else "synthetic tiny-imagenet"
     name = f"{what} {prepared_dir.name} ({info.get('classes', '?')} classes)"
     tags = {"split_counts": ", ".join(f"{k}={v}" for k, v in counts.items()), "folder": prepared_dir.as_posix()}
-    log_dataset(name, file_digest(manifest, "md5"),
-                url if source == "tiny-imagenet" and url else f"robustlora.data.synthetic ({source})", context, tags)
+    src = url if source == "tiny-imagenet" and url else f"robustlora.data.synthetic ({source})"
+    return name, file_digest(manifest, "md5"), src, tags

@@ -123,7 +123,7 @@ def _check_reachable(uri: str) -> None:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(
-            f"MLflow tracking server {uri} not reachable ({reason}); start it or unset MLFLOW_TRACKING_URI "
+            f"tracking server {uri}: not reachable ({reason}); start it or unset MLFLOW_TRACKING_URI "
             f"to use the local sqlite store"
         ) from None
 
