@@ -9,12 +9,20 @@ sys.path.insert(0, str(ROOT / "src"))  # the checkout's code, also when the pack
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# One intra-op thread in every test process and the processes it starts (stage commands, DVC, the tiny study's
+# stages: tests/e2e.py), unless the caller set a number: the tests' tensors are tiny, and on 2 cores the two test
+# workers (or the sweep's two queue workers) would otherwise each start a thread per core and wait on each other.
+# Set before anything imports torch; the same count under `-n 0` and `-n 2` gives the same numbers.
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
 
 
 def pytest_collection_modifyitems(items):
-    """The end-to-end module first and its sweep module last: under pytest-xdist (`-n 2 --dist loadfile`,
-    pyproject) one worker builds the tiny study (tests/e2e.py) while the other runs the unit tests, then takes the
-    sweep on its own copy of the study. A stable sort: the order within files is kept."""
+    """The end-to-end module first and its sweep module last: under pytest-xdist (`-n 2 --dist loadfile
+    --no-loadscope-reorder`, pyproject: without that option xdist >= 3.5 sorts files by their number of tests and
+    this order is lost) one worker builds the tiny study (tests/e2e.py) while the other runs the unit tests, and
+    whichever worker is free when the unit tests are all handed out takes the sweep on its own copy of the study
+    (its two queue workers then use both cores). A stable sort: the order within files is kept."""
     order = {"test_pipeline.py": 0, "test_pipeline_sweep.py": 2}
     items.sort(key=lambda item: order.get(item.path.name, 1))
 
@@ -49,3 +57,15 @@ def suite_data():
 
     x, y = make_data(48, seed=3)
     return stored(x).numpy(), y.numpy()
+
+
+def defence_params() -> dict:
+    """params.yaml with the documented defences overlay (configs/defences.yaml: the adversarially trained arms and the
+    switching system) on top, as a raw mapping."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overlay = yaml.safe_load((ROOT / "configs" / "defences.yaml").read_text())
+    raw["variants"].update(overlay["variants"])
+    raw["switching"].update(overlay["switching"])
+    return raw

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from e2e import BLACKBOX, CROSS_ARM, SEEDS, VARIANTS, _ran, sh, study
+from robustlora.analysis.findings import VERDICTS
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def test_repro_runs_every_stage_and_writes_the_report(repo):
         assert (root / "reports" / name).stat().st_size > 0
     findings = json.loads((root / "reports" / "findings.json").read_text())
     assert findings, "no findings computed"
-    assert {f["verdict"] for f in _findings(findings)} <= {"supported", "contradicted", "inconclusive", "not evaluated"}
+    assert {f["verdict"] for f in _findings(findings)} <= set(VERDICTS)
+    assert report.index("## Scope of the data") < report.index("## Findings")  # what the figures hold for, first
     assert list((root / "reports" / "figures").glob("*.png"))
     validation = json.loads((root / "metrics" / "validation.json").read_text())
     assert validation["success"] is True
@@ -58,11 +60,15 @@ def test_per_image_results_cover_every_seed_attack_and_image(repo):
         rows = pd.read_parquet(root / "results" / "attack" / f"{variant}.parquet")
         seeds = [0] if variant == "pretrained" else SEEDS
         assert sorted(rows["seed"].unique()) == seeds
-        # FGSM at 2 ε, PGD at 2 ε + the sanity ε, on the same 10 images for every seed; PGD's convergence check
-        # on the first 4, of the first seed (attack.convergence.all_seeds: false)
-        assert len(rows) == len(seeds) * 10 * 5 + 4
+        # FGSM at 2 ε and PGD at full_eps (8/255) on all 10 images, PGD at 2/255 and the sanity ε on the first 6
+        # (attack.grid_images), the same images for every seed; PGD's convergence check on the first 4, of the first
+        # seed (attack.convergence.all_seeds: false)
+        assert len(rows) == len(seeds) * (10 * 3 + 6 * 2) + 4
         main = rows[rows["attack"] != "pgd_strong"]
-        assert main.groupby(["seed", "attack", "eps"])["image"].apply(lambda s: tuple(sorted(s))).nunique() == 1
+        images = main.groupby(["attack", "eps", "seed"])["image"].apply(lambda s: tuple(sorted(s)))
+        assert images.groupby(level=["attack", "eps"]).nunique().eq(1).all()
+        assert sorted(images.map(len).unique()) == [6, 10]
+        assert set(images[images.map(len) == 6].index.get_level_values("attack")) == {"pgd"}
         robust = rows["clean_correct"] & rows["adv_correct"]
         assert (robust <= rows["clean_correct"]).all()
 

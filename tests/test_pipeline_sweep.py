@@ -1,6 +1,9 @@
 """End to end: a queued `dvc exp run` sweep on two workers against an MLflow tracking server (a copy of the tiny
 study of tests/e2e.py, so this module runs beside tests/test_pipeline.py on the other xdist worker)."""
 
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,15 +28,18 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """An MLflow tracking server (SQLite backend, local artifact root) on a free port, as the README starts it."""
-    env = environment()  # started while the other worker may still be building the study
+    """An MLflow tracking server (SQLite backend, local artifact root) on a free port, as the README starts it, minus
+    MLflow's job runner (MLFLOW_SERVER_ENABLE_JOB_EXECUTION: seven huey consumer processes that tracking never uses,
+    ~45 CPU-seconds to start on the cores the sweep needs). In its own process group, so that teardown ends the
+    server's workers too."""
+    env = environment() | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # started while the study may be building
     where = tmp_path_factory.mktemp("server")
     port = _free_port()
     log = open(where / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                              f"sqlite:///{where / 'mlflow.db'}", "--artifacts-destination", str(where / "artifacts"),
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            cwd=where, env=env, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=where, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -43,11 +49,54 @@ def server(tmp_path_factory):
             assert proc.poll() is None, (where / "server.log").read_text()[-3000:]
             time.sleep(0.5)
     else:
+        os.killpg(proc.pid, signal.SIGTERM)
         raise AssertionError("the MLflow server did not answer in 2 min:\n" + (where / "server.log").read_text()[-3000:])
     yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
+    os.killpg(proc.pid, signal.SIGTERM)  # the group: the CLI, uvicorn and its worker
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
     log.close()
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _wait_for_queue(root, env, minutes: int = 15) -> str:
+    """`dvc queue status` once nothing is queued or running. Cheaply: DVC starts each queue worker through dvc-task,
+    which records it in .dvc/tmp/exps/celery/<worker>.json (its pid, then its return code), and a worker exits once
+    the queue is empty; those files are read every second, while `dvc queue status` (about 2 CPU-seconds, which the
+    two workers need) runs once they all exited, and every 30 s as a backstop should they never show up."""
+    workers = root / ".dvc" / "tmp" / "exps" / "celery"
+    deadline = time.monotonic() + 60 * minutes
+    asked, status = time.monotonic(), ""
+    while time.monotonic() < deadline:
+        infos = []
+        for path in workers.glob("dvc-exp-worker-*.json"):
+            try:
+                infos.append(json.loads(path.read_text()))
+            except (OSError, ValueError):  # being written: look again in a second
+                infos.append({"pid": None, "returncode": None, "busy": True})
+        exited = bool(infos) and all(i.get("returncode") is not None or not (i.get("busy") or _alive(i.get("pid")))
+                                     for i in infos)
+        if exited or time.monotonic() - asked > 30:
+            status = sh([sys.executable, "-m", "dvc", "queue", "status"], root, env)
+            if not any(word in status for word in ("Queued", "Running")):
+                return status
+            asked = time.monotonic()
+            if exited:  # workers gone but tasks left (should not happen): ask DVC again, not every second
+                time.sleep(4)
+        time.sleep(1)
+    raise AssertionError(f"the queue did not finish in {minutes} minutes:\n{status}")
 
 
 def test_queued_rank_sweep_on_two_workers_logs_into_a_tracking_server(server, repo):
@@ -55,22 +104,17 @@ def test_queued_rank_sweep_on_two_workers_logs_into_a_tracking_server(server, re
     import pandas as pd
 
     root, env, _ = repo
-    # one thread per worker: two torch processes with 2 threads each on 2 cores run many times slower
-    env = env | {"MLFLOW_TRACKING_URI": server, "OMP_NUM_THREADS": "1"}
+    # one thread per worker (e2e.environment(): OMP_NUM_THREADS=1): two torch processes with 2 threads each on 2 cores
+    # run many times slower
+    assert env["OMP_NUM_THREADS"] == "1"
+    env = env | {"MLFLOW_TRACKING_URI": server}
     # a Hydra sweep over one arm's rank ('+': a key params.yaml does not have yet; the other arms are reused, which
     # keeps the test short), with a smaller Square budget: Square alone of the black-box attacks is re-run for every arm
     sh([sys.executable, "-m", "dvc", "exp", "run", "--queue", "-S", "+variants.lora_fc.rank=2,8",
         "-S", "blackbox.square.queries=6"], root, env)
     sh([sys.executable, "-m", "dvc", "exp", "run", "--queue", "--name", "broken", "-S", "lora.rank=0"], root, env)
     sh([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], root, env)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = sh([sys.executable, "-m", "dvc", "queue", "status"], root, env)
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        time.sleep(4)  # each `dvc queue status` costs a CPU second the workers need
-    else:
-        raise AssertionError(f"the queue did not finish in 15 minutes:\n{status}")
+    status = _wait_for_queue(root, env)
     sh([sys.executable, "-m", "dvc", "queue", "stop"], root, env)
     rows = [line.split() for line in status.splitlines()]
     states = {cols[1]: cols[-1] for cols in rows if len(cols) >= 4 and cols[-1] in ("Success", "Failed")}
