@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlora.attacks import gradient as attacks
+from robustlora.config import AttackConfig
 from robustlora.attacks.gradient import fgsm, fgsm_sweep, input_gradient, linf_start, pgd
 from robustlora.attacks.inputs import check_eps_grid, check_image_ids, to_batch
 from robustlora.attacks.outcomes import IMAGE_COLUMNS
@@ -497,3 +498,35 @@ def test_inputs_checked_and_converted_once(suite_data):
     for bad in ([], [8], [float("nan")]):
         with pytest.raises(ValueError, match=r"square eps must be a non-empty list of numbers in \[0, 1\]"):
             check_eps_grid(bad, "square")
+
+
+def test_attack_suite_pgd_covers_the_first_grid_images_off_full_eps(trained, suite_data, suite_df):
+    images, labels = suite_data
+    cfg = attack_cfg().model_copy(update={"full_eps": (4 / 255,), "grid_images": 30})
+    df = attack_suite(trained, images, labels, cfg, image_ids=IDS)
+    counts = df.groupby(["attack", "eps_label"], sort=False).size().to_dict()
+    # FGSM and PGD at full_eps on all 48 images; PGD at 2/255 and at the sanity ε on the first 30 (spanning batches)
+    assert counts == {("fgsm", "eps_2"): 48, ("fgsm", "eps_4"): 48, ("pgd", "eps_2"): 30, ("pgd", "eps_4"): 48,
+                      ("pgd", "eps_0.5"): 30}
+    part = df[(df["attack"] == "pgd") & (df["eps_label"] == "eps_2")]
+    assert part["image"].tolist() == IDS[:30].tolist()
+    fgsm = suite_df["attack"] == "fgsm"
+    assert df[df["attack"] == "fgsm"].reset_index(drop=True).equals(suite_df[fgsm].reset_index(drop=True))
+    with pytest.raises(ValueError, match=r"must be values of attack.eps \(2/255, 4/255\), got 8/255"):
+        AttackConfig.model_validate({**attack_cfg().model_dump(), "full_eps": [8 / 255]})
+
+
+def test_pgd_targeted_runs_only_add_successes_and_refuse_keep_last(trained):
+    x, y = make_data(48, seed=5)
+    eps = 4 / 255
+    plain = pgd(trained, x, y, eps, eps / 4, 3, generator=torch.Generator().manual_seed(0))
+    more = pgd(trained, x, y, eps, eps / 4, 3, generator=torch.Generator().manual_seed(0), targets=2, target_steps=6)
+    assert_invariants(x, more, eps)
+    with torch.no_grad():
+        fooled_plain, fooled_more = trained(plain).argmax(1) != y, trained(more).argmax(1) != y
+    # the cross-entropy runs are the same draws; the targeted runs only touch what they left correct
+    assert bool((fooled_more | ~fooled_plain).all()) and torch.equal(more[fooled_plain], plain[fooled_plain])
+    again = pgd(trained, x, y, eps, eps / 4, 3, generator=torch.Generator().manual_seed(0), targets=2, target_steps=6)
+    assert torch.equal(more, again)
+    with pytest.raises(ValueError, match="targets"):
+        pgd(trained, x, y, eps, eps / 4, 3, keep="last", targets=1)

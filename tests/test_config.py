@@ -89,6 +89,7 @@ def test_params_parse(raw):
     assert p.attack.eps == tuple(k / 255 for k in (1, 2, 4, 8, 16))
     assert p.report.eps == 8 / 255 and p.attack.pgd.sanity_eps == 0.5
     assert p.report.arms == {"baseline": "baseline", "lora_fc": "lora_fc", "lora_fc_conv1": "lora_fc_conv1"}
+    assert p.report.equivalence_margin == 0.05  # not in this file: the default, 5 points
 
 
 def test_variant_overrides_resolve_the_kind_settings(raw):
@@ -147,6 +148,7 @@ def test_holdout_out_of_range_names_the_key(raw):
         ("model", "head", "fresh", "model.head must be one of pretrained, new"),
         ("model", "weights", "", "model.weights must be a non-empty string"),
         ("report", "alpha", 1, "params.yaml: report.alpha must be in (0, 1), got 1"),
+        ("report", "equivalence_margin", 0, "params.yaml: report.equivalence_margin must be in (0, 1), got 0"),
         ("attack", "n_images", 0, "params.yaml: attack.n_images must be in [1, inf], got 0"),
     ],
 )
@@ -255,6 +257,12 @@ def test_cross_section_rules(raw):
     bad["report"]["eps"] = "3/255"
     assert _error(bad) == ("params.yaml: report.eps must be one of attack.eps (1/255, 2/255, 4/255, 8/255, 16/255), "
                            "got 3/255")
+    bad = yaml.safe_load(PARAMS)
+    bad["attack"].update(full_eps=["2/255"], grid_images=50)
+    assert _error(bad) == ("params.yaml: report.eps must be one of attack.full_eps (PGD covers only the first "
+                           "attack.grid_images images elsewhere) (2/255), got 8/255")
+    bad["attack"]["grid_images"] = None  # PGD on every image at every ε: any report.eps of the grid will do
+    assert parse_params(bad).attack.pgd_images(8 / 255, 500) == 500
     bad = yaml.safe_load(PARAMS)
     bad["report"]["arms"]["lora_fc"] = "lora_all"
     assert _error(bad).startswith("params.yaml: report.arms.lora_fc names no variant 'lora_all' (have: pretrained, ")

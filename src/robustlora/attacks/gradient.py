@@ -164,9 +164,54 @@ def _pgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, ste
     return best
 
 
+def _targeted_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, eps: float,
+                  step_size: float, steps: int, random_start: bool, generator: torch.Generator | None) -> Strongest:
+    """A targeted margin run: PGD ascending z_target − z_true (Carlini & Wagner's margin towards one class), each
+    iterate scored by its cross-entropy and misclassification (from the gradient's own forward pass)."""
+    x_adv, lo, hi = linf_start(x, eps, random_start, generator)
+    best: Strongest | None = None
+    rows = torch.arange(len(y), device=y.device)
+    for _ in range(steps + 1):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x_adv).float()
+            margin = logits[rows, target] - logits[rows, y]
+            (grad,) = torch.autograd.grad(margin.sum(), x_adv)
+        x_adv = x_adv.detach()
+        with torch.no_grad():
+            loss, success = F.cross_entropy(logits, y, reduction="none"), logits.argmax(1) != y
+        if best is None:
+            best = Strongest(x_adv, loss.detach(), success)
+        else:
+            best.offer(x_adv, loss.detach(), success)
+        if _ == steps:
+            break
+        x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
+    return best
+
+
+def _multi_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, best: Strongest, eps: float,
+                    step_size: float, steps: int, targets: int, random_start: bool,
+                    generator: torch.Generator | None) -> None:
+    """On the examples ``best`` has not fooled: one targeted margin run per class among the ``targets`` most likely
+    wrong classes at the clean input (as APGD-T / MultiTargeted: Gowal et al. 2019), each offered to ``best``."""
+    todo = (~best.success).nonzero()[:, 0]
+    if not len(todo):
+        return
+    with torch.no_grad():
+        logits = model(x[todo]).float()
+    logits[torch.arange(len(todo), device=x.device), y[todo]] = -math.inf
+    order = logits.argsort(dim=1, descending=True)
+    for j in range(min(targets, logits.shape[1] - 1)):
+        run = _targeted_run(model, x[todo], y[todo], order[:, j], eps, step_size, steps, random_start, generator)
+        sub = Strongest(best.x[todo], best.loss[todo], best.success[todo])
+        sub.offer(run.x, run.loss, run.success)
+        best.x[todo], best.loss[todo], best.success[todo] = sub.x, sub.loss, sub.success
+
+
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
         random_start: bool = True, restarts: int = 1, generator: torch.Generator | None = None,
-        keep: Literal["best", "last"] = "best") -> torch.Tensor:
+        keep: Literal["best", "last"] = "best", targets: int = 0, target_steps: int | None = None) -> torch.Tensor:
     """L∞ PGD on cross-entropy; ε and step_size in [0, 1] pixel units; x float NCHW in [0, 1]; returns x_adv.
 
     ``keep='best'`` (default, as APGD): per example, the strongest of all iterates (the start, every step, every
@@ -178,6 +223,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
     large one on a CPU); the next group starts only if some example is still not misclassified. Their random starts
     are drawn in restart order, so on a CPU they are the numbers that one restart after another would draw.
     ``generator`` (on x's device) makes the random starts reproducible.
+    ``targets`` > 0 (``keep='best'`` only): then, on the examples cross-entropy PGD left correctly classified, one
+    targeted margin run towards each of the ``targets`` most likely wrong classes (``target_steps`` steps, default
+    ``steps``, from a random start, with the same travel: step ``step_size·steps/target_steps``); cross-entropy PGD
+    misses images whose loss surface is flat in its direction, which AutoAttack's targeted APGD then finds.
     """
     check_pixels(x, y)
     eps = check_eps(eps)
@@ -188,6 +237,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
         raise ValueError(f"pgd restarts must be an integer >= 1, got {restarts}")
     if keep not in ("best", "last"):
         raise ValueError(f"pgd keep must be 'best' or 'last', got {keep!r}")
+    if int(targets) != targets or targets < 0 or (targets and keep != "best"):
+        raise ValueError(f"pgd targets must be an integer >= 0 (with keep='best'), got {targets}")
+    target_steps = int(steps) if target_steps is None else target_steps
+    if int(target_steps) != target_steps or target_steps < 1:
+        raise ValueError(f"pgd target_steps must be an integer >= 1, got {target_steps}")
     if eps == 0:
         return x.detach().clone()
     # without a random start every restart would be the same deterministic run
@@ -212,5 +266,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_siz
             done += k
             if bool(best.success.all()):
                 break  # every example already fooled: more restarts cannot change its success
+        if targets:
+            _multi_targeted(model, x, y, best, eps, step_size * steps / target_steps, int(target_steps),
+                            int(targets), random_start, generator)
     return best.x
 

@@ -18,6 +18,10 @@ class PgdConfig(Schema):
     random_start: bool = True
     restarts: int = Field(1, ge=1)
     sanity_eps: Number | None = Field(1.0, gt=0, le=1)  # one extra, unbounded run that must reach ~100 %; null = skip
+    # then, on the images cross-entropy PGD left correct, a targeted margin run towards each of the `targets` most
+    # likely wrong classes, `target_steps` steps (null = steps) with the same travel (0 = the study's PGD alone)
+    targets: int = Field(0, ge=0)
+    target_steps: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _one_step_size(self) -> PgdConfig:
@@ -50,6 +54,17 @@ class AttackConfig(Schema):
     eps: EpsGrid = tuple(k / 255 for k in (1, 2, 4, 8, 16))
     pgd: PgdConfig = PgdConfig(rel_step_size=0.25)
     convergence: ConvergenceConfig = ConvergenceConfig()
+    # PGD is the costly attack: it covers all n_images at the ε of ``full_eps`` (the paper's comparisons; None = at
+    # every ε), and the first ``grid_images`` of them at the other ε of the grid and the sanity ε (None = all).
+    # FGSM (one gradient for the whole grid) always covers all n_images.
+    full_eps: EpsGridOrDefault = None
+    grid_images: int | None = Field(None, ge=1)
+
+    def pgd_images(self, eps: float, n: int) -> int:
+        """How many of the ``n`` attacked images PGD covers at ``eps`` (the first ones of the subset)."""
+        if self.grid_images is None or self.full_eps is None or any(abs(eps - e) < 1e-12 for e in self.full_eps):
+            return n
+        return min(self.grid_images, n)
 
     @property
     def convergence_eps(self) -> tuple[float, ...]:
@@ -63,6 +78,9 @@ class AttackConfig(Schema):
         for e in self.convergence.eps or ():
             if e not in self.eps:
                 raise Invalid("convergence.eps", f"must be values of attack.eps {off_grid(e, self.eps)}")
+        for e in self.full_eps or ():
+            if e not in self.eps:
+                raise Invalid("full_eps", f"must be values of attack.eps {off_grid(e, self.eps)}")
         return self
 
 

@@ -118,6 +118,10 @@ class Params(Schema):
         if self.report.eps not in self.attack.eps:
             raise ParamError("params.yaml: report.eps must be one of attack.eps "
                              f"{off_grid(self.report.eps, self.attack.eps)}")
+        full = self.attack.full_eps
+        if full is not None and self.attack.grid_images is not None and self.report.eps not in full:
+            raise ParamError("params.yaml: report.eps must be one of attack.full_eps (PGD covers only the first "
+                             f"attack.grid_images images elsewhere) {off_grid(self.report.eps, full)}")
         for name in self.transfer.surrogates or ():
             if name not in self.variants:
                 raise ParamError(f"params.yaml: transfer.surrogates names no variant {name!r} "

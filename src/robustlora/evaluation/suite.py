@@ -115,17 +115,24 @@ def attack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels: to
             bar.update()
             in_conv = max(0, min(len(y), n_conv - start))  # this batch's images in the convergence subset
             for e in pgd_grid:
+                m = max(0, min(len(y), cfg.pgd_images(e, n) - start))  # this batch's images PGD covers at e
+                if not m:
+                    bar.update()
+                    continue
                 bar.set_postfix_str(f"pgd {eps_label(e)}")
-                x_adv = pgd(model, x, y, e, cfg.pgd.step_for(e), cfg.pgd.steps, random_start=cfg.pgd.random_start,
-                            restarts=cfg.pgd.restarts, generator=generator)
-                out = model_outcomes(model, x_adv, y)
+                xs, ys = (x, y) if m == len(y) else (x[:m], y[:m])
+                x_adv = pgd(model, xs, ys, e, cfg.pgd.step_for(e), cfg.pgd.steps, random_start=cfg.pgd.random_start,
+                            restarts=cfg.pgd.restarts, generator=generator, targets=cfg.pgd.targets,
+                            target_steps=cfg.pgd.target_steps)
+                out = model_outcomes(model, x_adv, ys)
                 adv["pgd", e].append(out)
                 bar.update()
-                if e in conv_eps and in_conv:
+                in_conv_e = min(in_conv, m)
+                if e in conv_eps and in_conv_e:
                     bar.set_postfix_str(f"pgd x{conv.steps_factor} steps x{conv.restarts} restarts {eps_label(e)}")
-                    robust = clean[-1]["correct"][:in_conv] & out["correct"][:in_conv]
-                    adv["pgd_strong", e].append(_strong_pgd(model, x[:in_conv], y[:in_conv], x_adv[:in_conv],
-                                                            robust, e, cfg, strong_generator))
+                    robust = clean[-1]["correct"][:in_conv_e] & out["correct"][:in_conv_e]
+                    adv["pgd_strong", e].append(_strong_pgd(model, x[:in_conv_e], y[:in_conv_e],
+                                                            x_adv[:in_conv_e], robust, e, cfg, strong_generator))
                     bar.update()
 
     before = concat_outcomes(clean)
@@ -133,7 +140,7 @@ def attack_suite(model: nn.Module, images: torch.Tensor | np.ndarray, labels: to
     frames = []
     for (attack, e), parts in adv.items():
         after = concat_outcomes(parts)
-        m = len(after["pred"])  # pgd_strong covers the first n_conv images only
+        m = len(after["pred"])  # pgd_strong and PGD off full_eps cover the first images only
         first = {k: v[:m] for k, v in before.items()}
         frames.append(pd.DataFrame({**outcome_columns(attack, e, ids[:m], y_all[:m], first, after),
                                     **{k: v[:m] for k, v in extra.items()}}))
@@ -148,8 +155,10 @@ def _strong_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_pgd: torch
     todo = torch.as_tensor(robust, device=y.device)
     if bool(todo.any()):
         conv = cfg.convergence
+        target_steps = (cfg.pgd.target_steps or cfg.pgd.steps) * conv.steps_factor
         x_out[todo] = pgd(model, x[todo], y[todo], eps, cfg.pgd.step_for(eps), cfg.pgd.steps * conv.steps_factor,
-                          random_start=cfg.pgd.random_start, restarts=conv.restarts, generator=generator)
+                          random_start=cfg.pgd.random_start, restarts=conv.restarts, generator=generator,
+                          targets=cfg.pgd.targets, target_steps=target_steps)
     return model_outcomes(model, x_out, y)
 
 
