@@ -184,8 +184,8 @@ def test_a_large_equal_study_is_equivalent_and_rejects_the_papers_effect() -> No
     assert -0.05 < found.eq_low < found.eq_high < 0.05 and found.mde < 0.05
     assert found.paper_rejected is True and "excluded (the data show less)" in found.sentence
     assert "Equivalent within ±5.0 points: yes" in found.sentence
-    # a wider margin, the same data: still equivalent; a margin below the interval: underpowered
-    assert by_key(findings(rs, settings(equivalence_margin=0.001)))["a/lora_fc"].verdict == "underpowered"
+    # a margin below the interval: no equivalence, but the interval still excludes the paper's +6 points
+    assert by_key(findings(rs, settings(equivalence_margin=0.001)))["a/lora_fc"].verdict == "paper's effect rejected"
 
 
 def test_claim_b_equivalence_band() -> None:
@@ -312,8 +312,8 @@ def test_holm_over_the_findings_family_can_overturn_a_nominal_result() -> None:
 
 def test_every_verdict_is_defined() -> None:
     assert set(VERDICT_DEFINITIONS) == set(VERDICTS)
-    assert {"supported", "contradicted", "equivalent", "underpowered", "not testable in this configuration",
-            "not converged", "not evaluated"} == set(VERDICTS)
+    assert {"supported", "contradicted", "equivalent", "paper's effect rejected", "underpowered",
+            "not testable in this configuration", "not converged", "not evaluated"} == set(VERDICTS)
 
 
 def test_absent_arms_are_not_evaluated_not_failed() -> None:

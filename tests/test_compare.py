@@ -120,3 +120,23 @@ def test_the_convergence_check_is_named_from_its_params() -> None:
     assert attack_name("pgd_strong") == strong_pgd_name() == "PGD ×10 steps, 5 restarts"  # params' defaults
     custom = ConvergenceConfig(steps_factor=20, restarts=3)
     assert attack_name("pgd_strong", custom) == "PGD ×20 steps, 3 restarts"
+
+
+def test_common_correct_covers_the_images_of_its_own_attack_and_eps() -> None:
+
+    from robustlora.analysis.compare import common_correct
+    from robustlora.analysis.tables import ResultSet
+
+    def rows(arm: str, attack: str, eps: float, n: int) -> pd.DataFrame:
+        correct = np.arange(n) % 4 != 0
+        return pd.DataFrame({"variant": arm, "seed": 0, "attack": attack, "eps": eps, "image": np.arange(n),
+                             "label": 0, "clean_pred": 0, "adv_pred": 0, "clean_correct": correct,
+                             "adv_correct": False, "clean_max_prob": 0.9, "adv_max_prob": 0.5})
+
+    # PGD at 2/255 on the first 12 of the 40 images FGSM covers (attack.grid_images)
+    rs = ResultSet(pd.concat([rows(a, k, e, n) for a in ("x", "y") for k, e, n in
+                              (("fgsm", 2 / 255, 40), ("fgsm", 4 / 255, 40), ("pgd", 2 / 255, 12),
+                               ("pgd", 4 / 255, 40))]))
+    assert rs.n_images == 40
+    assert len(common_correct(rs, "pgd", 2 / 255)) == 12 and common_correct(rs, "pgd", 2 / 255).sum() == 9
+    assert len(common_correct(rs, "pgd", 4 / 255)) == 40

@@ -136,12 +136,13 @@ def test_build_report_reads_analyses_and_renders(built: study.StudyReport, input
     # what the stage logs
     assert built.run_tags()["finding.c1/pgd"] == "supported"
     # synthetic data at a 32 px input: claim (b) is not testable; (a) on 40 images is underpowered
-    assert built.verdict_counts() == {"supported": 8, "contradicted": 2, "equivalent": 0, "underpowered": 2,
+    assert built.verdict_counts() == {"supported": 8, "contradicted": 2, "equivalent": 0,
+                                      "paper's effect rejected": 0, "underpowered": 2,
                                       "not testable in this configuration": 1, "not converged": 0,
                                       "not evaluated": 0}
     assert built.run_metrics() == {"sanity_checks_flagged": len(built.flagged), "sanity_checks_failed": 1,
                                    "findings_supported": 8, "findings_contradicted": 2, "findings_equivalent": 0,
-                                   "findings_underpowered": 2, "findings_not_testable_in_this_configuration": 1,
+                                   "findings_paper_effect_rejected": 0, "findings_underpowered": 2, "findings_not_testable_in_this_configuration": 1,
                                    "findings_not_converged": 0, "findings_not_evaluated": 0}
     assert built.findings["scope"]["n_val"] == 500 and built.findings["scope"]["source"] == "synthetic"
     assert built.findings["scope"]["max_epochs"] == 15 and built.findings["settings"]["equivalence_margin"] == 0.05
@@ -244,7 +245,8 @@ def test_stage_writes_every_output_and_logs_one_run(inputs: dict[str, Path], bui
     assert logged["headline"]["lora_fc/pgd_robust_acc"] == built.headline["lora_fc"]["pgd_robust_acc"]
     assert "baseline/clean_acc_hi" in logged["headline"]
     printed = capsys.readouterr().out
-    assert ("(findings: 8 supported, 2 contradicted, 0 equivalent, 2 underpowered, 1 not testable in this "
+    assert ("(findings: 8 supported, 2 contradicted, 0 equivalent, 0 paper's effect rejected, 2 underpowered, "
+            "1 not testable in this "
             "configuration, 0 not converged, 0 not evaluated;") in printed
     assert "FAILED baseline seed 0: best epoch neither the first nor max_epochs" in printed
 

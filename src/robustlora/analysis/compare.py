@@ -130,12 +130,12 @@ def comparison_table(rows: Sequence[tuple[Mapping[str, Any], Comparison]], colum
 
 
 def common_correct(rs: ResultSet, attack: str, eps: float, arms: Sequence[str] | None = None) -> np.ndarray:
-    """(N,) bool: images that every arm (default: all) classifies correctly in every seed, at this attack and ε."""
-    mask = np.ones(rs.n_images, dtype=bool)
-    for arm in arms if arms is not None else rs.arms:
-        cell = rs.get(arm, attack, eps)
-        if cell is not None:
-            mask &= cell.clean_correct.all(axis=0)
+    """(N,) bool over the images of this attack and ε (N: its cells' images; PGD off attack.full_eps covers fewer
+    than the others): those that every arm (default: all) classifies correctly in every seed."""
+    cells = [c for c in (rs.get(arm, attack, eps) for arm in (arms if arms is not None else rs.arms)) if c is not None]
+    mask = np.ones(len(cells[0].images) if cells else rs.n_images, dtype=bool)
+    for cell in cells:
+        mask &= cell.clean_correct.all(axis=0)
     return mask
 
 

@@ -32,8 +32,8 @@ from robustlora.formatting import eps_key, format_eps, format_pct, format_points
 __all__ = ["VERDICTS", "VERDICT_DEFINITIONS", "PAPER_CLEAN", "Finding", "unconverged_arms", "findings",
            "findings_json"]
 
-VERDICTS = ("supported", "contradicted", "equivalent", "underpowered", "not testable in this configuration",
-            "not converged", "not evaluated")
+VERDICTS = ("supported", "contradicted", "equivalent", "paper's effect rejected", "underpowered",
+            "not testable in this configuration", "not converged", "not evaluated")
 VERDICT_DEFINITIONS = {
     "supported": "the 95 % interval lies on the claimed side of 0 (and, for a tested claim, the Holm-adjusted p < "
                  "α); claim (b): the 1 − 2α interval lies inside the reference ± tolerance (TOST); claim (d): at "
@@ -42,7 +42,11 @@ VERDICT_DEFINITIONS = {
                     "outside the reference ± tolerance; claim (d): at some ε certainty rises",
     "equivalent": "no effect as large as the equivalence margin: the 1 − 2α interval lies inside ± the margin "
                   "(TOST at α); the claim's effect and its opposite are both ruled out beyond the margin",
-    "underpowered": "neither: the interval includes 0 and effects beyond the margin; the line gives the minimal "
+    "paper's effect rejected": "no verdict on 0 (the interval includes it) and no equivalence, but the 95 % interval "
+                               "excludes the effect the paper reports (or, without a size, an effect of one margin "
+                               "on the claimed side): the data show less than the paper claims",
+    "underpowered": "none of the above: the interval includes 0, effects beyond the margin and the paper's effect; "
+                    "the line gives the minimal "
                     "detectable effect (MDE), the smallest |effect| this run finds with 80 % power at α, two-sided",
     "not testable in this configuration": "a claim about an absolute level (b) on data or a model unlike the "
                                           "paper's; its figures are shown, not judged",
@@ -337,6 +341,8 @@ def _finish(raw: _Raw, p_holm: float | None, settings: Settings, unconverged: Ma
         verdict, rejected = _judge(e, raw.expect, p_holm, settings), _rejected(e, raw, margin)
     else:
         verdict = "not evaluated"
+    if verdict == "underpowered" and rejected and raw.claim != "b":
+        verdict = "paper's effect rejected"
     note = ""
     scope = settings.scope
     if verdict != "not evaluated":

@@ -67,7 +67,7 @@ class StudyReport:
     def run_metrics(self) -> dict[str, int]:
         """MLflow metrics of the report run: flagged and failed checks, findings per verdict."""
         return {"sanity_checks_flagged": len(self.flagged), "sanity_checks_failed": count(self.checks)["failed"],
-                **{f"findings_{v.replace(' ', '_')}": n for v, n in self.verdict_counts().items()}}
+                **{'findings_' + v.replace("'s", '').replace(' ', '_'): n for v, n in self.verdict_counts().items()}}
 
     def experiment_metrics(self) -> dict[str, float]:
         """The headline as flat '<arm>/<key>' metrics for the experiment's own run."""
@@ -140,6 +140,14 @@ def _crosscheck(p: Any, data: StudyData, settings: Settings) -> CrossCheck:
                       matrix=transfer_matrix(data.extra, light), settings=settings_lines(p))
 
 
+def _named(beyond: pd.DataFrame, p: Any) -> pd.DataFrame:
+    """The convergence check's attack under the name its params give it ('PGD ×4 steps, 2 restarts')."""
+    if beyond is None or beyond.empty or "attack" not in beyond:
+        return beyond
+    name = attack_name("pgd_strong", p.attack.convergence)
+    return beyond.assign(attack=beyond["attack"].replace({"pgd_strong": name}))
+
+
 def build_report(p: Any, paths: InputPaths, out_dir: Path) -> StudyReport:
     """Read, analyse and render the study for params `p` (robustlora.config.Params); figures go to out_dir/figures.
 
@@ -156,7 +164,7 @@ def build_report(p: Any, paths: InputPaths, out_dir: Path) -> StudyReport:
     result = analyse(results, settings, common_arms=adapted, train_metrics=data.train_metrics)
     checks = run_checks(data.results, data.train_metrics, eps_grid=settings.eps_grid,
                         sanity_eps=p.attack.pgd.sanity_eps)
-    checks += masking_checks(data.attack_rows, data.extra, alpha=p.report.alpha)
+    checks += masking_checks(data.attack_rows, data.extra, alpha=p.report.alpha, convergence=p.attack.convergence)
     checks += overfitting_checks(data.histories, [a.name for a in adversarial_arms(p.variants)], data.train_metrics)
     cross = _crosscheck(p, data, settings)
     figures_dir = Path(out_dir) / FIGURES
@@ -175,7 +183,7 @@ def build_report(p: Any, paths: InputPaths, out_dir: Path) -> StudyReport:
     text = render(ReportInputs(
         analysis=result, settings=settings, checks=checks, train=train_table(data.train_metrics),
         arm_info=arm_info(p), threat=threat_model(p, data.image_size), params=p.model_dump(mode="json"),
-        figures=links, crosscheck=cross, beyond_pgd=beyond_pgd(worst),
+        figures=links, crosscheck=cross, beyond_pgd=_named(beyond_pgd(worst), p),
         defences=defences_section(defences, settings, links, squeeze_settings=squeeze_settings(p),
                                   switching_settings=switching_settings(p))))
     return StudyReport(
