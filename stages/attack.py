@@ -60,7 +60,7 @@ def main(
     for seed, rows in zip(seeds, frames):
         rec.into(layout.seed_run(models, seed), flat_metrics(rows))
     rec.into(layout.variant_run(models), {f"mean/{k}": v for k, v in mean_metrics(summary).items()})
-    rec.publish()
+    rec.finish(f"attack@{variant}")
 
 
 def _fmt(v: float | None) -> str:

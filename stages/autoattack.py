@@ -44,7 +44,7 @@ def main(
               + ", ".join(f"{k} {v:.3f}" for k, v in robust.items()))
     rec = tracking.Recorder(p.mlflow.experiment)
     _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache, rec)
-    rec.publish()  # outputs first, then MLflow
+    rec.finish("autoattack")  # outputs first, then MLflow (the report stage logs it)
 
 
 if __name__ == "__main__":

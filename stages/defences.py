@@ -98,7 +98,7 @@ def main(
                       {"stage": "defences", "level": "system", "system": system})
         run.log_metrics(switching_run_metrics(summary["switching"], cost))
         run.end()
-    rec.publish()
+    rec.finish("defences")
 
 
 if __name__ == "__main__":

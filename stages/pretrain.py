@@ -45,7 +45,7 @@ def main(
     write_json(metrics, result)
     _common.write_curves(plots, history)
     print(f"pretrain: {result}")
-    rec.publish()  # outputs first, then MLflow
+    rec.finish("pretrain")  # outputs first, then MLflow (the report stage logs it)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def main(
     for c in built.flagged:
         if c.status == "failed":
             print(f"  FAILED {c.arm} seed {c.seed}: {c.title}: {c.detail}")
-    rec.publish()
+    rec.finish("report", flush=True)  # every stage's waiting record, then the report's own
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def main(
         _common.write_curves(layout.seed_history(plots, seed), history, robust=spec.adversarial is not None)
     mean, std = summary["mean"], summary["std"]
     print(f"train@{variant}: val accuracy {mean['val_accuracy']:.3f} ± {std['val_accuracy']:.3f} over {len(seeds)} seed(s)")
-    rec.publish()  # outputs first, then MLflow
+    rec.finish(f"train@{variant}")  # outputs first, then MLflow (the report stage logs it)
 
 
 if __name__ == "__main__":

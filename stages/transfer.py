@@ -63,7 +63,7 @@ def main(
                                          image_ids=ids, device=p.attack.device), variant, seed)))
     rec = tracking.Recorder(p.mlflow.experiment)
     _attacks.write_attack_outputs(pd.concat(frames, ignore_index=True), results, metrics, models, cache, rec)
-    rec.publish()  # outputs first, then MLflow
+    rec.finish("transfer")  # outputs first, then MLflow (the report stage logs it)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,9 @@ def test_a_stage_starts_its_work_without_mlflow(tmp_path, name, args, absent):
 
 def test_a_tracking_failure_keeps_the_outputs_and_is_one_line(tmp_path):
     """Results first, logging second: with the tracking server gone, pretrain still writes its backbone, metrics and
-    curves, then ends with one line naming the server (exit 1), not a traceback and not a silent skip."""
+    curves. Logging each stage as it ends (ROBUSTLORA_LOG_EACH_STAGE), it then ends with one line naming the server
+    (exit 1), not a traceback and not a silent skip; what it recorded waits in the outbox, and `stages/publish.py`
+    logs it once a store answers (by default the stages only record, and the report stage logs: tests/test_outbox.py)."""
     import socket
 
     from e2e import TINY, _merge
@@ -168,7 +170,7 @@ def test_a_tracking_failure_keeps_the_outputs_and_is_one_line(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH="", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    env = dict(os.environ, PYTHONPATH="", MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}", ROBUSTLORA_LOG_EACH_STAGE="1")
 
     def stage(name, *args):
         return subprocess.run([sys.executable, str(tmp_path / "stages" / f"{name}.py"), *map(str, args), "--params",
@@ -185,3 +187,20 @@ def test_a_tracking_failure_keeps_the_outputs_and_is_one_line(tmp_path):
     for out in ("backbone.pt", "pretrain.json", "pretrain.csv"):  # ... and its outputs written before logging
         assert (tmp_path / out).stat().st_size > 0, out
     assert not list((tmp_path / "checkpoints").rglob("*.pt"))  # the resume checkpoint is gone: the work is complete
+    (waiting,) = (tmp_path / ".robustlora" / "outbox").glob("*pretrain.json")  # what it recorded, kept
+
+    def publish(**changes):
+        return subprocess.run([sys.executable, str(tmp_path / "stages" / "publish.py")], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, env={**env, **changes})
+
+    result = publish()  # the server is still gone: one line again, and the record still waits
+    assert result.returncode == 1 and result.stderr.strip().startswith(f"error: tracking server http://127.0.0.1:{port}")
+    assert len(result.stderr.strip().splitlines()) == 1 and waiting.is_file()
+    env.pop("MLFLOW_TRACKING_URI")  # a store that answers: the repository's own sqlite file
+    result = publish()
+    assert result.returncode == 0 and "logged 1 recorded stage(s) into sqlite:///" in result.stdout, result.stderr
+    assert not waiting.exists()
+    import sqlite3
+
+    names = {n.split(" · ")[0] for (n,) in sqlite3.connect(tmp_path / "mlflow.db").execute("select name from runs")}
+    assert "pretrain" in names

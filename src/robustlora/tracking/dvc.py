@@ -50,6 +50,7 @@ class DvcExperiment:
     baseline_rev: str | None
     commit: str | None
     swept: Mapping[str, str]
+    group: str | None = None  # the key as recorded by a stage (an outbox entry), logged later by another process
 
     @property
     def swept_text(self) -> str:
@@ -64,6 +65,8 @@ class DvcExperiment:
     @property
     def key(self) -> str:
         """Unique per experiment: DVC names are; a workspace run is keyed by its commit and its edits."""
+        if self.group:
+            return self.group
         if os.environ.get("DVC_EXP_NAME"):
             return f"exp:{self.name}"
         return f"workspace:{self.commit or 'nogit'}:{self.swept_text}"

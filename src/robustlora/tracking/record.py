@@ -1,5 +1,7 @@
 """Results first, logging second: what a stage logs to MLflow is recorded in memory while it works, and published in
-one go after the stage has written its DVC outputs (:meth:`Recorder.publish`).
+one go after the stage has written its DVC outputs (:meth:`Recorder.publish`). The stages go one step further
+(:meth:`Recorder.finish`): they write the record to the outbox and the report stage logs every stage's record in one
+process (:mod:`robustlora.tracking.outbox`).
 
 Nothing here imports mlflow until :meth:`Recorder.publish` (a stage pays MLflow's import and store set-up once, at its
 end, off the path to its first result), and a tracking failure can never lose a result: the outputs are already on
@@ -32,6 +34,8 @@ from robustlora.io import write_json
 from robustlora.tracking.runs import (RUN_KEY_TAG, _params_file_values, experiment_run, prepared_dataset,
                                      read_run_ref)
 
+RECORD_TAG = "robustlora.record"  # one id per recorded run: logging an outbox entry twice finds the runs it created
+
 _MAX_REASON = 300
 
 
@@ -53,6 +57,7 @@ class RunRecord:
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, value, timestamp ms, step
     datasets: list[tuple[str, str, str, str, dict[str, str]]] = field(default_factory=list)
     artifacts: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # path or name, dir, text
+    record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     run_id: str | None = None  # set once published
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
@@ -104,6 +109,9 @@ class Recorder:
         self.runs: list[RunRecord] = []
         self.into_runs: list[tuple[Path, dict[str, float]]] = []
         self.experiment_metrics: dict[str, float] = {}
+        self.context: dict[str, Any] | None = None  # the DVC experiment and provenance, as recorded (outbox entries)
+        self._into_refs: list[tuple[str, str]] | None = None  # the key files' run refs, as read when recorded
+        self._times: dict[str, int] = {}
 
     def run(self, name: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
             parent: RunRecord | None = None) -> RunRecord:
@@ -115,19 +123,99 @@ class Recorder:
     def into(self, run_file: str | os.PathLike, metrics: Mapping[str, float]) -> None:
         """Log ``metrics`` into the existing run a key file names (e.g. an attack's figures into the training run)."""
         self.into_runs.append((Path(run_file), {k: float(v) for k, v in metrics.items()}))
+        self._times.setdefault(f"into:{len(self.into_runs) - 1}", _now_ms())
 
     def log_to_experiment(self, metrics: Mapping[str, float]) -> None:
         """Metrics for the DVC experiment's parent run (e.g. the report's headline figures)."""
         self.experiment_metrics.update({k: float(v) for k, v in metrics.items()})
+        self._times.setdefault("experiment", _now_ms())
+
+    # ---- the outbox: record now, log later (robustlora.tracking.outbox) -------------------------------------------
+
+    def finish(self, stage: str | None = None, *, flush: bool = False) -> str | None:
+        """A stage's last step, after its outputs: write the record to the outbox; log it (with its DVC
+        experiment's older entries) when ``flush`` (the report stage) or ``ROBUSTLORA_LOG_EACH_STAGE`` is set, else
+        print one line saying it waits. Returns the tracking URI when something was logged."""
+        from robustlora.tracking import outbox
+
+        if not self.empty:
+            outbox.write_entry(self.to_entry(stage), self.repo_root)
+        if not (flush or outbox.log_each_stage()):
+            if not self.empty:
+                print(f"MLflow: recorded in {outbox.outbox_dir(self.repo_root)}; the report stage logs it (or now: "
+                      "python stages/publish.py)")
+            return None
+        group = (self.context or self._capture())["exp"]["group"]
+        logged, uri = outbox.publish_pending(self.repo_root, group)
+        line = outbox.waiting_line(self.repo_root)
+        if line:
+            print(line)
+        return uri if logged else None
+
+    def _capture(self) -> dict[str, Any]:
+        """The DVC experiment, params.yaml and provenance tags of the process that recorded (cached)."""
+        if self.context is None:
+            from robustlora.tracking.dvc import dvc_experiment, git_tags
+
+            exp = dvc_experiment()
+            self.context = {
+                "exp": {"name": exp.name, "baseline_rev": exp.baseline_rev, "commit": exp.commit,
+                        "swept": dict(exp.swept), "group": exp.key},
+                "params": _params_file_values(),
+                "tags": {**git_tags(), "mlflow.source.name": sys.argv[0] if sys.argv and sys.argv[0] else "python"},
+            }
+        return self.context
+
+    def to_entry(self, stage: str | None = None) -> dict[str, Any]:
+        """The record as one JSON-able outbox entry; key files named by :meth:`into` are read now."""
+        from robustlora.tracking.outbox import VERSION
+        from robustlora.tracking.params import flatten_params
+
+        ctx = self._capture()
+        index = {id(r): i for i, r in enumerate(self.runs)}
+        stage = stage or os.environ.get("DVC_STAGE") or " ".join(r.name for r in self.runs[:1]) or "stage"
+        return {
+            "version": VERSION, "stage": stage, "group": ctx["exp"]["group"], "experiment": self.experiment,
+            "recorded_ms": _now_ms(), "context": ctx,
+            "runs": [{"name": r.name, "params": flatten_params(r.params), "tags": r.tags,
+                      "parent": index[id(r.parent)] if r.parent is not None else None, "key": r.key,
+                      "start_ms": r.start_ms, "end_ms": r.end_ms, "metrics": [list(m) for m in r.metrics],
+                      "datasets": [list(d) for d in r.datasets], "artifacts": [list(a) for a in r.artifacts],
+                      "record_id": r.record_id} for r in self.runs],
+            "into": [{"file": str(path), "ref": list(read_run_ref(path)), "metrics": metrics,
+                      "ms": self._times.get(f"into:{i}", _now_ms())}
+                     for i, (path, metrics) in enumerate(self.into_runs)],
+            "experiment_metrics": self.experiment_metrics,
+            "experiment_ms": self._times.get("experiment", _now_ms()),
+        }
+
+    @classmethod
+    def from_entry(cls, data: Mapping[str, Any], repo_root: Path | None = None) -> Recorder:
+        """The Recorder an outbox entry holds (params already flat), ready to :meth:`publish`."""
+        rec = cls(data["experiment"], repo_root)
+        rec.context = data["context"]
+        for r in data["runs"]:
+            run = RunRecord(r["name"], r["params"], r["tags"], rec.runs[r["parent"]] if r["parent"] is not None
+                            else None, r["key"], r["start_ms"], r["end_ms"],
+                            [tuple(m) for m in r["metrics"]], [tuple(d) for d in r["datasets"]],
+                            [tuple(a) for a in r["artifacts"]], r["record_id"])
+            rec.runs.append(run)
+        rec.into_runs = [(Path(i["file"]), i["metrics"]) for i in data["into"]]
+        rec._into_refs = [tuple(i["ref"]) for i in data["into"]]
+        rec._times = {f"into:{n}": i["ms"] for n, i in enumerate(data["into"])}
+        rec.experiment_metrics = dict(data["experiment_metrics"])
+        rec._times["experiment"] = data["experiment_ms"]
+        return rec
 
     @property
     def empty(self) -> bool:
         return not (self.runs or self.into_runs or self.experiment_metrics)
 
-    def publish(self) -> str | None:
+    def publish(self, *, tried: bool = False) -> str | None:
         """Open the store once and log everything recorded; returns the tracking URI (None: nothing to log).
 
         Call it after the stage's outputs are written. Any failure is a one-line TrackingError naming the URI.
+        ``tried``: an earlier attempt may have created some of the runs; they are found by their record id.
         """
         if self.empty:
             return None
@@ -140,7 +228,7 @@ class Recorder:
             import_mlflow()  # (configures its loggers on import)
             for lg in quiet:  # HTTP retries and store set-up would print lines of their own
                 lg.setLevel(logging.ERROR)
-            _publish(self, uri)
+            _publish(self, uri, tried)
         except TrackingError as e:
             if str(e).startswith("tracking server"):
                 raise
@@ -160,27 +248,36 @@ def _failure(uri: str, e: BaseException) -> TrackingError:
                          "all logged)")
 
 
-def _publish(rec: Recorder, uri: str) -> None:
-    from robustlora.tracking.dvc import dvc_experiment, git_tags
+def _publish(rec: Recorder, uri: str, tried: bool = False) -> None:
+    from robustlora.tracking.dvc import DvcExperiment, dvc_experiment, git_tags
     from robustlora.tracking.params import flatten_params, mlflow_key
     from robustlora.tracking.store import import_mlflow
 
-    exp = dvc_experiment()
-    top = experiment_run(rec.experiment, exp, _params_file_values(), rec.repo_root)  # connects, once
+    if rec.context is None:  # logged by the process that recorded it
+        exp, params_file, base_tags = dvc_experiment(), _params_file_values(), git_tags()
+    else:  # an outbox entry: the experiment and provenance as they were when the stage ran
+        exp, params_file, base_tags = DvcExperiment(**rec.context["exp"]), rec.context["params"], rec.context["tags"]
+    top = experiment_run(rec.experiment, exp, params_file, rec.repo_root)  # connects, once
     mlflow = import_mlflow()
     from mlflow.entities import Metric, Param
     from mlflow.tracking.context import registry
 
     client = mlflow.MlflowClient()
     experiment_id = client.get_run(top).info.experiment_id
-    base_tags = {**git_tags(), "dvc.experiment": exp.name}
+    base_tags = {**base_tags, "dvc.experiment": exp.name}
     for run in rec.runs:
-        tags = {**base_tags, **run.tags, "mlflow.parentRunId": run.parent.run_id if run.parent else top}
+        tags = {**base_tags, **run.tags, "mlflow.parentRunId": run.parent.run_id if run.parent else top,
+                RECORD_TAG: run.record_id}
         if run.key:
             tags[RUN_KEY_TAG] = run.key
-        created = client.create_run(experiment_id, start_time=run.start_ms, tags=registry.resolve_tags(tags),
-                                    run_name=f"{run.name} · {exp.label}")
-        run.run_id = created.info.run_id
+        found = (client.search_runs([experiment_id], filter_string=f"tags.`{RECORD_TAG}` = '{run.record_id}'",
+                                    max_results=1) if tried else [])
+        if found:  # created by an attempt that failed later: complete it
+            run.run_id = found[0].info.run_id
+        else:
+            created = client.create_run(experiment_id, start_time=run.start_ms, tags=registry.resolve_tags(tags),
+                                        run_name=f"{run.name} · {exp.label}")
+            run.run_id = created.info.run_id
         params = [Param(k, v) for k, v in flatten_params(run.params).items()]
         metrics = [Metric(k, v, ts, step) for k, v, ts, step in run.metrics]
         for i in range(0, len(params), 100):  # MLflow's batch limits
@@ -191,13 +288,14 @@ def _publish(rec: Recorder, uri: str) -> None:
             _log_dataset(client, run.run_id, *dataset)
         _log_artifacts(client, run.run_id, run.artifacts)
         client.set_terminated(run.run_id, "FINISHED", end_time=run.end_ms or _now_ms())
-    for run_file, metrics in rec.into_runs:
-        run_id = _find_run(client, experiment_id, run_file, uri)
+    refs = rec._into_refs or [read_run_ref(path) for path, _ in rec.into_runs]
+    for i, ((run_file, metrics), ref) in enumerate(zip(rec.into_runs, refs)):
+        run_id = _find_run(client, experiment_id, run_file, uri, ref)
         if run_id is not None:
-            now = _now_ms()
+            now = rec._times.get(f"into:{i}", _now_ms())
             client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
     if rec.experiment_metrics:
-        now = _now_ms()
+        now = rec._times.get("experiment", _now_ms())
         items = [Metric(mlflow_key(k), v, now, 0) for k, v in rec.experiment_metrics.items()]
         for i in range(0, len(items), 1000):
             client.log_batch(top, metrics=items[i : i + 1000])
@@ -241,12 +339,12 @@ def _log_dataset(client: Any, run_id: str, name: str, digest: str, source: str, 
         client.log_inputs(run_id, datasets=inputs)
 
 
-def _find_run(client: Any, experiment_id: str, run_file: Path, uri: str) -> str | None:
-    """The run a key file names (by its key tag, or an older file's run id); None, with one line on stderr, when it
-    is not in this store (its model was trained while logging elsewhere)."""
+def _find_run(client: Any, experiment_id: str, run_file: Path, uri: str, ref: tuple[str, str]) -> str | None:
+    """The run a key file names (``ref``: by its key tag, or an older file's run id); None, with one line on stderr,
+    when it is not in this store (its model was trained while logging elsewhere)."""
     from mlflow.exceptions import MlflowException
 
-    kind, value = read_run_ref(run_file)
+    kind, value = ref
     if kind == "run_key":
         found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{value}'",
                                    max_results=1)
