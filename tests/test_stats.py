@@ -175,7 +175,7 @@ def test_coverage_smoke():
 def test_chunked_bootstrap_matches_one_chunk(monkeypatch):
     x = _bernoulli((3, 100), 0.3, seed=6)
     whole = hierarchical_mean(x, n_boot=1000, seed=0)
-    monkeypatch.setattr(stats, "_CHUNK_CELLS", 700)  # 7 resamples per chunk
+    monkeypatch.setattr(stats.intervals, "_CHUNK_CELLS", 700)  # 7 resamples per chunk
     chunked = hierarchical_mean(x, n_boot=1000, seed=0)
     assert chunked.value == whole.value
     assert chunked.ci_low == pytest.approx(whole.ci_low, abs=0.02)
