@@ -51,7 +51,8 @@ def each_model_rows(p: Params, models: Path, cache: RowCache, settings: Any, ima
     seed."""
     from robustlora.models.resnet import load_variant
 
-    for variant, seed, path, run_file in each_model(p, models, first_seed_only=first_seed_only):
+    # every model file checked before the first attack: a missing one stops the stage before any compute
+    for variant, seed, path, run_file in list(each_model(p, models, first_seed_only=first_seed_only)):
         rows = cache.rows(f"{variant} seed {seed}", [path], settings, image_ids,
                           lambda: tag_rows(attack(load_variant(path)[0]), variant, seed))
         yield variant, seed, run_file, rows

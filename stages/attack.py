@@ -38,11 +38,12 @@ def main(
     frames = []
     seeds = training_seeds(p.variant(variant), p.train.seeds)
     _common.started()
+    model_files = {seed: _attacks.model_file(models, variant, seed) for seed in seeds}  # all, before any attack
     for seed in seeds:
         cfg = p.attack
         if seed != seeds[0] and not cfg.convergence.all_seeds:  # the convergence check on the first seed only
             cfg = cfg.model_copy(update={"convergence": cfg.convergence.model_copy(update={"n_images": 0})})
-        rows = attack_variant(_attacks.model_file(models, variant, seed), prepared, cfg)
+        rows = attack_variant(model_files[seed], prepared, cfg)
         frames.append(_attacks.tag_rows(rows, variant, seed))
         clean = rows.loc[rows["attack"] == "fgsm"].drop_duplicates("image")["clean_correct"].mean()
         print(f"attack@{variant} seed {seed}: clean accuracy {clean:.3f} on {rows['image'].nunique()} images")

@@ -24,6 +24,7 @@ def main(
     from robustlora import layout, tracking
     from robustlora.config import load_params, to_dict
     from robustlora.io import write_json
+    from robustlora.training.loop import discard_resume_point
     from robustlora.training.study import pretrain_backbone
 
     p = load_params(params)
@@ -41,7 +42,7 @@ def main(
             p.model, p.pretrain, prepared / "source", out, checkpoint_path=checkpoint, on_epoch=run.log_epoch)
         run.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
         run.end()
-        checkpoint.unlink(missing_ok=True)
+        discard_resume_point(checkpoint)
     write_json(metrics, result)
     _common.write_curves(plots, history)
     print(f"pretrain: {result}")

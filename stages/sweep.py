@@ -23,18 +23,33 @@ def main(
     against LoRA rank, trainable parameters and target set, with each experiment's 95 % intervals, and the
     accuracy-robustness Pareto front.
     """
-    from robustlora.reporting.sweep import write_sweep
     from robustlora.tracking import experiments
 
     _common.started()
     if exp_json is not None:
-        records = experiments.records(experiments.read_exp_show(exp_json), include_baseline=baseline)
+        records = experiments.records(_exp_show(exp_json), include_baseline=baseline)
     else:
         records = experiments.gather(repo, all_commits, include_baseline=baseline)
+    from robustlora.reporting.sweep import write_sweep  # the figures' imports, once there is something to draw
+
     paths = write_sweep(records, out)
     done = records.drop_duplicates("experiment")["status"].value_counts()
     print(f"sweep: {_common.rel(paths.get('sweep.md', out / 'sweep.md'))} ("
           + ", ".join(f"{n} {state}" for state, n in done.items()) + " experiment(s))")
+
+
+def _exp_show(path: Path) -> list:
+    """A saved `dvc exp show --json`: a list of commits, each a mapping (one line naming the file otherwise)."""
+    from robustlora.errors import DataError
+    from robustlora.tracking import experiments
+
+    data = experiments.read_exp_show(path)
+    if not isinstance(data, list) or not all(isinstance(commit, dict) for commit in data):
+        got = type(data).__name__ if not isinstance(data, list) else "a list of " + ", ".join(
+            sorted({type(c).__name__ for c in data if not isinstance(c, dict)}))
+        raise DataError(f"{path}: not the output of `dvc exp show --json` (a list of commits, each a mapping), got "
+                        f"{got}; write it with `dvc exp show --json > {path}`")
+    return data
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ def main(
     from robustlora.config import load_params, to_dict
     from robustlora.io import write_json
     from robustlora.models.adaptation import training_seeds
+    from robustlora.training.loop import discard_resume_point
     from robustlora.training.study import summarize_seeds, train_variant
 
     p = load_params(params)
@@ -65,7 +66,7 @@ def main(
             config | {"seed": seed, "fit": to_dict(cfg) if cfg else None}, indent=2) + "\n", "config")
         run.write_key(layout.seed_run(out, seed))  # how the attack stages find this run
         run.end()
-        checkpoint.unlink(missing_ok=True)
+        discard_resume_point(checkpoint)
         per_seed[seed], histories[seed] = metrics_seed, history
         print(f"train@{variant} seed {seed}: val accuracy {metrics_seed['val_accuracy']:.3f}, best epoch "
               f"{metrics_seed['best_epoch']} of {metrics_seed['epochs_run']}")

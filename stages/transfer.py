@@ -24,7 +24,7 @@ def main(
 
     import pandas as pd
 
-    from robustlora import layout, tracking
+    from robustlora import tracking
     from robustlora.attacks.transfer import craft_pgd, transfer_rows
     from robustlora.config import load_params
     from robustlora.evaluation.rowcache import RowCache
@@ -36,8 +36,8 @@ def main(
     cfg = p.transfer
     _common.started()
     images, labels, ids = attacked_images(prepared, p.attack, cfg.n_images)
-    sources = {name: layout.seed_model(models / name, training_seeds(p.variant(name), p.train.seeds)[0])
-               for name in (cfg.surrogates or p.variants)}
+    sources = {name: _attacks.model_file(models / name, name, training_seeds(p.variant(name), p.train.seeds)[0])
+               for name in (cfg.surrogates or p.variants)}  # a missing surrogate stops the stage before any attack
 
     @functools.lru_cache(maxsize=None)
     def adversarials(name: str) -> dict:
@@ -55,7 +55,7 @@ def main(
     cache = RowCache(results)
     settings = {"transfer": cfg.model_dump(mode="json"), **_attacks.pgd_settings(p.attack)}
     frames = []
-    for variant, seed, model_file, _ in _attacks.each_model(p, models):
+    for variant, seed, model_file, _ in list(_attacks.each_model(p, models)):  # all checked before any attack
         for name, source in sources.items():
             frames.append(cache.rows(f"{name} -> {variant} seed {seed}", [source, model_file], settings, ids,
                                      lambda: _attacks.tag_rows(transfer_rows(

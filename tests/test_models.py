@@ -61,7 +61,7 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(ModelError, match="bare.pt: a bare state_dict without the wnids"):
         load_checkpoint(tmp_path / "bare.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(ModelError, match="junk.pt: not a loadable checkpoint"):
+    with pytest.raises(ModelError, match="junk.pt: truncated or not a checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
     save_checkpoint(tmp_path / "small.pt", {"fc.weight": torch.zeros(2, 512), "fc.bias": torch.zeros(2)}, SOURCE[:2])
     with pytest.raises(ModelError, match="weights do not fit this ResNet18"):

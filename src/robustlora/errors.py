@@ -35,3 +35,7 @@ class ValidationError(RobustloraError, ValueError):
 
 class TrackingError(RobustloraError, RuntimeError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+class OutputError(RobustloraError):
+    """An output that cannot be written (disk full, read-only, no permission); the message names the path."""

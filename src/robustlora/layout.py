@@ -7,6 +7,7 @@ agree on where a seed's model or a run id is.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # data/raw: the archives the download stage writes
@@ -47,6 +48,12 @@ def per_name(folder: Path, name: str, suffix: str) -> Path:
 def seed_model(variant_dir: Path, seed: int) -> Path:
     """models/<variant>/seed_<s>.pt: one training seed's model."""
     return Path(variant_dir) / f"seed_{seed}.pt"
+
+
+def model_variant(path: Path) -> str | None:
+    """The variant whose folder holds ``path`` when it is named like a seed's model (:func:`seed_model`), else None."""
+    path = Path(path)
+    return path.parent.name if re.fullmatch(r"seed_\d+\.pt", path.name) and path.parent.name else None
 
 
 def seed_run(variant_dir: Path, seed: int) -> Path:

@@ -17,6 +17,7 @@ import io
 import os
 import shutil
 import zipfile
+import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -224,12 +225,23 @@ def _decode_chunk(args: tuple, zf: zipfile.ZipFile | None = None) -> list[tuple[
     meta = []
     arrays = {p: np.load(p, mmap_mode="r+") for p in set(out_paths)}
     for member, path, row in zip(members, out_paths, offsets):
-        pixels, h, w, mode = decode_image(zf.read(member), member, size)
+        try:
+            pixels, h, w, mode = decode_image(_read_member(zf, member), member, size)
+        except DataError as e:  # the archive's name too: the worker's line is all the stage prints
+            raise DataError(f"{archive}: {e}") from None
         arrays[path][row] = pixels
         meta.append((h, w, mode, hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest()))
     for a in arrays.values():
         a.flush()
     return meta
+
+
+def _read_member(zf: zipfile.ZipFile, member: str) -> bytes:
+    """The bytes of one archive member; a damaged one (bad CRC, cut short) is a DataError naming it."""
+    try:
+        return zf.read(member)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise DataError(f"corrupt member {member}: {' '.join(str(e).split()) or type(e).__name__}") from None
 
 
 def prepare_domain(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *, classes: int | tuple[str, ...],
@@ -299,9 +311,13 @@ def _run_decode(archive: Path, jobs: list[tuple[str, str, int]], size: int, work
                 bar.update(len(a[1]))
     else:
         with ProcessPoolExecutor(workers, initializer=_open_worker_zip, initargs=(str(archive),)) as pool:
-            for a, m in zip(args, pool.map(_decode_chunk, args)):
-                meta += m
-                bar.update(len(a[1]))
+            try:
+                for a, m in zip(args, pool.map(_decode_chunk, args)):
+                    meta += m
+                    bar.update(len(a[1]))
+            except BaseException:  # a corrupt member: the chunks not yet started are not decoded for nothing
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     bar.close()
     return meta
 

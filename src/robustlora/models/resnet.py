@@ -240,19 +240,30 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
             torch.save(payload, f)  # random temp name, so the same weights give the same bytes (DVC sees no change)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, fix: str = "") -> dict[str, Any]:
+    """A model file as :func:`save_checkpoint` wrote it. A missing, truncated or foreign file is one ModelError line
+    naming it, and ``fix`` (e.g. ``re-run `dvc repro train@lora_fc```) when given."""
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: checkpoint not found")
+    fix = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found{fix}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, pickle's and zipfile's errors for broken files
+        raise ModelError(f"{path}: truncated or not a checkpoint ({load_failure(e)}){fix}") from None
     if isinstance(ckpt, dict) and "state_dict" not in ckpt and "fc.weight" in ckpt:
         raise ModelError(f"{path}: a bare state_dict without the wnids of its head; save it as {{'state_dict': ..., 'wnids': [...]}}")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "wnids" not in ckpt:
-        raise ModelError(f"{path}: expected a dict with 'state_dict' and 'wnids' (as written by robustlora)")
+        raise ModelError(f"{path}: expected a dict with 'state_dict' and 'wnids' (as written by robustlora){fix}")
     return ckpt
+
+
+def load_failure(e: BaseException) -> str:
+    """Why torch.load failed, in a few words for a one-line message: the exception type and its first sentence."""
+    lines = str(e).strip().splitlines()
+    first = lines[0].split(". ")[0].strip() if lines else ""  # torch's zip errors go on with advice, on one line
+    first = first if len(first) <= 120 else first[:117] + "..."
+    return f"{type(e).__name__}: {first}" if first else f"{type(e).__name__}: the file ends early"
 
 
 def adapt_head(state_dict: dict[str, torch.Tensor], head_wnids: list[str], wnids: list[str], head: str,
@@ -284,7 +295,7 @@ def adapt_head(state_dict: dict[str, torch.Tensor], head_wnids: list[str], wnids
 def load_backbone(path: str | os.PathLike, wnids: list[str], input_size: int, head: str = "pretrained",
                   seed: int = 0) -> Classifier:
     """The pretrained model (a file written by the pretrain stage) with its head adapted to ``wnids``."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, "re-run `dvc repro pretrain`")
     state = adapt_head(ckpt["state_dict"], ckpt["wnids"], wnids, head, seed)
     model = build_model(len(wnids), input_size)
     _load_state(model, state, path)
@@ -300,8 +311,14 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Any) -> 
 
 
 def load_variant(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """A model written by the train stage, rebuilt and loaded, in eval mode; and its metadata."""
-    ckpt = load_checkpoint(path)
+    """A model written by the train stage, rebuilt and loaded, in eval mode; and its metadata.
+
+    A missing or broken file is one ModelError line naming it; for a file where the train stage puts it
+    (``<models>/<variant>/seed_<s>.pt``) the line ends with the command that rewrites it."""
+    from robustlora.layout import model_variant
+
+    variant = model_variant(Path(path))
+    ckpt = load_checkpoint(path, f"re-run `dvc repro train@{variant}`" if variant else "")
     spec = ckpt.get("variant")
     if not isinstance(spec, dict):
         raise ModelError(f"{path}: not a trained variant (no 'variant' entry); was it written by the train stage?")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -170,8 +171,9 @@ def fit(
 ) -> FitResult:
     """Train the parameters of ``model`` that require grad; return the weights with the best holdout accuracy.
 
-    ``checkpoint_path``: written atomically after every epoch and resumed from when its ``fingerprint`` matches
-    (the caller passes a hash of everything that defines the run). ``on_epoch`` receives each epoch's metrics;
+    ``checkpoint_path``: written atomically after every epoch (the epoch before kept beside it, ``*.prev.pt``) and
+    resumed from when its ``fingerprint`` matches (the caller passes a hash of everything that defines the run); a
+    damaged one is discarded with one line on stderr and the run goes on from the one before, else from scratch. ``on_epoch`` receives each epoch's metrics;
     epochs before a resume are not replayed to it (the run that trained them reported them).
     ``stop_after_epochs`` ends the call early (as a kill would), for tests of resumption.
     """
@@ -198,17 +200,14 @@ def fit(
                              "since_decay": 0}
     start_epoch = 0
     ckpt = Path(checkpoint_path) if checkpoint_path else None
-    if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if saved.get("fingerprint") == fingerprint:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            generator.set_state(saved["generator"])
-            state = saved["loop"]
-            start_epoch = state["epoch"]
-            tqdm.write(f"{desc}: resuming from {ckpt} after epoch {start_epoch}")
-        else:
-            tqdm.write(f"{desc}: ignoring {ckpt}: it belongs to another configuration")
+    saved, source = _load_resume_point(ckpt, fingerprint, desc) if ckpt is not None else (None, None)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        state = saved["loop"]
+        start_epoch = state["epoch"]
+        tqdm.write(f"{desc}: resuming from {source} after epoch {start_epoch}")
     resumed_from = start_epoch
 
     epochs = tqdm(range(start_epoch, cfg.max_epochs), desc=desc, unit="epoch", initial=start_epoch,
@@ -303,6 +302,23 @@ def fit(
     )
 
 
+# --- resume points ---------------------------------------------------------------------------------------------------
+# <name>.pt is the last epoch's state, <name>.prev.pt the one before (the last good state should the newer one be
+# damaged). Each carries a digest of its content: torch.load reads a file with flipped bytes without complaint.
+
+
+def previous_resume_point(path: str | os.PathLike) -> Path:
+    """Where the resume point before ``path``'s is kept: ``seed_0.pt`` -> ``seed_0.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def discard_resume_point(path: str | os.PathLike) -> None:
+    """Remove a finished run's resume points (``path`` and :func:`previous_resume_point`)."""
+    Path(path).unlink(missing_ok=True)
+    previous_resume_point(path).unlink(missing_ok=True)
+
+
 def _save_resume_point(path: Path, fingerprint: str, model: nn.Module, optimizer: SGD, generator, state) -> None:
     payload = {
         "fingerprint": fingerprint,
@@ -311,9 +327,86 @@ def _save_resume_point(path: Path, fingerprint: str, model: nn.Module, optimizer
         "generator": generator.get_state(),
         "loop": state,
     }
+    payload["digest"] = _content_digest(payload)
     with atomic_path(path, suffix=".pt") as tmp:
         with open(tmp, "wb") as f:  # same bytes for the same state (see models.save_checkpoint)
             torch.save(payload, f)
+        if path.exists():  # the complete new file is in place before the old one steps back
+            os.replace(path, previous_resume_point(path))
+
+
+def _load_resume_point(path: Path, fingerprint: str, desc: str) -> tuple[dict[str, Any] | None, Path | None]:
+    """The newest intact resume point of ``path`` (itself, else :func:`previous_resume_point`) that belongs to
+    ``fingerprint``, and the file it came from; (None, None) to start from scratch. A damaged file is deleted and
+    said so in one line on stderr, with what happens instead."""
+    from tqdm.auto import tqdm
+
+    damaged = []
+    for candidate in (path, previous_resume_point(path)):
+        if not candidate.exists():
+            continue
+        saved, why = _read_resume_point(candidate)
+        if saved is None:
+            damaged.append(f"{candidate}: {why}")
+            candidate.unlink(missing_ok=True)
+            continue
+        if saved.get("fingerprint") != fingerprint:
+            _say_damaged(desc, damaged, "training from scratch")
+            tqdm.write(f"{desc}: ignoring {candidate}: it belongs to another configuration")
+            return None, None
+        _say_damaged(desc, damaged, f"resuming from {candidate} after epoch {saved['loop']['epoch']}")
+        return saved, candidate
+    _say_damaged(desc, damaged, "training from scratch")
+    return None, None
+
+
+def _read_resume_point(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the saved state, '') or (None, why it cannot be used)."""
+    from robustlora.models.resnet import load_failure
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, empty, not a torch file: torch raises many types
+        return None, f"truncated or not a checkpoint ({load_failure(e)})"
+    if not isinstance(saved, dict) or not {"fingerprint", "model", "optimizer", "generator", "loop"} <= set(saved):
+        return None, "not a resume point (expected fingerprint, model, optimizer, generator, loop)"
+    digest = saved.pop("digest", None)
+    if digest != _content_digest(saved):
+        return None, "corrupt (its content does not match its digest)"
+    return saved, ""
+
+
+def _say_damaged(desc: str, damaged: list[str], instead: str) -> None:
+    if damaged:
+        print(f"{desc}: discarded {'; '.join(damaged)}; {instead}", file=sys.stderr, flush=True)
+
+
+def _content_digest(obj: Any) -> str:
+    """A digest of a resume point's content: every tensor's dtype, shape and bytes, every other value's repr, the
+    keys and their order."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}".encode())
+            for k, v in o.items():
+                h.update(repr(k).encode())
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            h.update(f"L{len(o)}".encode())
+            for v in o:
+                walk(v)
+        else:
+            h.update(repr(o).encode())
+
+    walk(obj)
+    return h.hexdigest()
 
 
 def _to_cpu(obj: Any) -> Any:
