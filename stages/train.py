@@ -66,7 +66,6 @@ def main(
             config | {"seed": seed, "fit": to_dict(cfg) if cfg else None}, indent=2) + "\n", "config")
         run.write_key(layout.seed_run(out, seed))  # how the attack stages find this run
         run.end()
-        discard_resume_point(checkpoint)
         per_seed[seed], histories[seed] = metrics_seed, history
         print(f"train@{variant} seed {seed}: val accuracy {metrics_seed['val_accuracy']:.3f}, best epoch "
               f"{metrics_seed['best_epoch']} of {metrics_seed['epochs_run']}")
@@ -78,6 +77,8 @@ def main(
     plots.mkdir(parents=True, exist_ok=True)
     for seed, history in histories.items():
         _common.write_curves(layout.seed_history(plots, seed), history, robust=spec.adversarial is not None)
+    for seed in seeds:  # every output is written: the finished seeds' resume points are no longer needed
+        discard_resume_point(layout.train_checkpoint(_common.ROOT, variant, seed))
     mean, std = summary["mean"], summary["std"]
     print(f"train@{variant}: val accuracy {mean['val_accuracy']:.3f} ± {std['val_accuracy']:.3f} over {len(seeds)} seed(s)")
     rec.finish(f"train@{variant}")  # outputs first, then MLflow (the report stage logs it)

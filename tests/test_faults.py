@@ -454,3 +454,19 @@ def test_a_corrupt_member_with_several_decoding_workers_is_one_line_and_leaves_n
     else:
         assert line == f"{archive}: corrupt member {bad}: Bad CRC-32 for file '{bad}'"
     assert list((tmp_path / "prepared").iterdir()) == []  # neither the folder nor its temp sibling
+
+
+def test_resume_points_are_spaced_in_time_and_a_finished_run_is_read_back_not_retrained(tmp_path, uninterrupted):
+    """A resume point at most every resume_every_s (each costs ~0.4 s for ResNet18), the finished state always: a
+    stage killed while training its next seed resumes this one by reading it back."""
+    train, holdout = _splits()
+    ckpt = tmp_path / "seed_0.pt"
+    first = fit(_model(), train, holdout, CFG, device=CPU, progress=False, checkpoint_path=ckpt, fingerprint="run",
+                resume_every_s=3600.0)
+    assert ckpt.exists() and not previous_resume_point(ckpt).exists()  # only the finished state was written
+    _assert_same_run(first, uninterrupted)
+    epochs = []
+    again = fit(_model(), train, holdout, CFG, device=CPU, progress=False, checkpoint_path=ckpt, fingerprint="run",
+                on_epoch=epochs.append)
+    assert epochs == [] and again.resumed_from_epoch == first.epochs_run  # nothing trained twice
+    _assert_same_run(again, uninterrupted)
