@@ -194,3 +194,57 @@ def test_an_unreadable_entry_is_one_line_naming_it(tmp_path: Path) -> None:
     (folder / "00000000000000000001-1-train.json").write_text("{not json")
     with pytest.raises(tracking.TrackingError, match="00000000000000000001-1-train.json: not an outbox entry"):
         outbox.pending(tmp_path)
+
+
+_WORKER = """
+import os, sys, time
+from pathlib import Path
+from robustlora import tracking
+root, i, go = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+rec = tracking.Recorder("boxed", repo_root=root)
+for arm in ("lora_fc",):
+    parent = rec.run(arm, {"rank": i}, {"level": "arm"})
+    for seed in range(2):
+        run = rec.run(f"{arm}/seed_{seed}", {"seed": seed}, {"level": "seed"}, parent=parent)
+        for epoch in range(1, 6):
+            run.log_epoch({"epoch": epoch, "train_loss": 1.0 / epoch + i})
+        run.end()
+    parent.end()
+rec.log_to_experiment({"worker": float(i)})
+rec.finish(f"train@w{i}")
+while not go.exists():  # start logging together
+    time.sleep(0.01)
+rec = tracking.Recorder("boxed", repo_root=root)
+r = rec.run("report", {}, {"stage": "report"}); r.log_metrics({"findings": i}); r.end()
+print(rec.finish("report", flush=True))
+"""
+
+
+def test_four_queue_workers_logging_at_once_into_a_new_sqlite_store_lose_nothing(tmp_path: Path) -> None:
+    """`dvc queue start -j 4` on the default store: four report stages log their experiments into one SQLite file at
+    the same moment, the first ones creating the store and the experiment; every run and metric arrives once."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    go = tmp_path / "go"
+    env = {k: v for k, v in os.environ.items() if k not in _ENV}
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(tmp_path), str(i), str(go)], cwd=tmp_path,
+                              env={**env, "DVC_EXP_NAME": f"exp-{i}"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    deadline = time.monotonic() + 120
+    while len(outbox.pending(tmp_path)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    client = _client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("boxed").experiment_id], max_results=1000)
+    names = sorted(r.info.run_name for r in runs)
+    expected = [[f"exp-{i}"] + [f"{n} · exp-{i}" for n in ("lora_fc", "report", "lora_fc/seed_0", "lora_fc/seed_1")]
+                for i in range(4)]
+    assert names == sorted(sum(expected, [])) and outbox.pending(tmp_path) == []
+    for run in runs:
+        if "/seed_" in run.info.run_name:
+            assert len(client.get_metric_history(run.info.run_id, "epoch/train_loss")) == 5, run.info.run_name

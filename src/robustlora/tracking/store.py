@@ -18,13 +18,14 @@ Where the store lives (``tracking_uri``):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import unquote
 
 from robustlora.errors import TrackingError
@@ -140,9 +141,36 @@ def connect(repo_root: Path | None) -> str:
     return uri
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold ``<db>.lock`` (an advisory lock) for a SQLite store: parallel queue workers opening a new store otherwise
+    race in MLflow's schema migrations (``table _alembic_tmp_metrics already exists``) and in creating the
+    experiment. A server (or any other store) serialises these itself."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield
+        return
+    with open(f"{db}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def configure(experiment: str, repo_root: Path | None = None) -> str:
     """Set the tracking URI and the active experiment (created with repo-local artifacts); returns the URI."""
     uri = connect(repo_root)
+    with _store_lock(uri):
+        return _configure(experiment, uri)
+
+
+def _configure(experiment: str, uri: str) -> str:
     mlflow = import_mlflow()
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:
