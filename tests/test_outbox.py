@@ -248,3 +248,21 @@ def test_four_queue_workers_logging_at_once_into_a_new_sqlite_store_lose_nothing
     for run in runs:
         if "/seed_" in run.info.run_name:
             assert len(client.get_metric_history(run.info.run_id, "epoch/train_loss")) == 5, run.info.run_name
+
+
+def test_the_report_prints_the_direct_link_to_the_runs_table(tmp_path: Path, capsys) -> None:
+    """MLflow 3's UI opens on its GenAI home and an experiment on a traces overview: the report says where the runs
+    table is, by a route the installed UI has."""
+    import mlflow
+
+    _report(tmp_path).finish("report", flush=True)
+    out = capsys.readouterr().out
+    experiment = _client(tmp_path).get_experiment_by_name("boxed")
+    uri = f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert (f"MLflow runs: http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs "
+            f"(after `mlflow ui --backend-store-uri {uri}`)") in out
+    bundle = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    assert any('experiments/:experimentId/runs"' in p.read_text(errors="ignore") for p in bundle.glob("*.js"))
+    from robustlora.tracking.store import runs_view_link
+
+    assert runs_view_link("no such experiment", uri) is None

@@ -150,6 +150,12 @@ class Recorder:
         line = outbox.waiting_line(self.repo_root)
         if line:
             print(line)
+        if logged and flush:
+            from robustlora.tracking.store import ui_line
+
+            link = ui_line(self.experiment, uri)
+            if link:
+                print(link)
         return uri if logged else None
 
     def _capture(self) -> dict[str, Any]:

@@ -185,3 +185,30 @@ def _configure(experiment: str, uri: str) -> str:
         mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
     mlflow.set_experiment(experiment)
     return uri
+
+
+UI_ROUTE = "#/experiments/{id}/runs"  # MLflow 3's UI: the runs table (its home and an experiment's default tab are GenAI)
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+
+
+def runs_view_link(experiment: str, uri: str | None = None) -> str | None:
+    """The direct link to ``experiment``'s runs table in the MLflow UI: on the tracking server itself for an http(s)
+    URI, else on a local ``mlflow ui`` (``mlflow ui --backend-store-uri <uri>``). None when the experiment does not
+    exist. Opens the store (imports mlflow)."""
+    uri = uri or tracking_uri()
+    mlflow = import_mlflow()
+    found = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/{UI_ROUTE.format(id=found.experiment_id)}"
+
+
+def ui_line(experiment: str, uri: str) -> str | None:
+    """One line telling where the runs are: the link, and for a local store the command that serves it."""
+    link = runs_view_link(experiment, uri)
+    if link is None:
+        return None
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow runs: {link}"
+    return f"MLflow runs: {link} (after `mlflow ui --backend-store-uri {uri}`)"
