@@ -70,17 +70,19 @@ def main(
         settings = {"switching": sw.model_dump(mode="json", exclude={"cost_batch_size", "cost_repeats"}),
                     "squeeze": sq.model_dump(mode="json"), **_attacks.pgd_settings(attack)}
         system = f"{sw.standard}+{sw.robust}"
+        saved = ("fc",) if p.model.head == "new" else ()  # a fresh head travels with its adapter (modules_to_save)
+        settings["modules_to_save"] = list(saved)
         paths = {seed: [_attacks.model_file(models / name, name, seed) for name in names] for seed in seeds}
         frames = []
         for seed in seeds:
             frames.append(cache.rows(f"{system} seed {seed}", paths[seed], settings, ids, lambda: system_rows(
-                switching_rows(switching_bank(*paths[seed], names), images, labels, ids, holdout, sq, sw, attack,
+                switching_rows(switching_bank(*paths[seed], names, saved), images, labels, ids, holdout, sq, sw, attack,
                                device)[0], sw.standard, sw.robust, seed)))
         _attacks.print_reused(cache, "defences: switching")
         switched = switching_table(frames)
         summary["switching"] = switching_metrics(switched)
         first = paths[seeds[0]]
-        summary["switching_cost"] = cost = switching_cost(switching_bank(*first, names), *first, images, sw, device)
+        summary["switching_cost"] = cost = switching_cost(switching_bank(*first, names, saved), *first, images, sw, device)
         print(f"defences: switching {system}: " + "; ".join(
             f"{k} {v:.3f}" for k, v in summary["switching"].items() if k.startswith(("clean", "worst"))) +
             f"; per batch of {cost['batch_size']}: switch {1e3 * cost['switch_s']['median']:.1f} ms, reload from "

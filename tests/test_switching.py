@@ -166,3 +166,37 @@ def test_switch_cost_measures_and_restores(setup) -> None:
     assert cost["full_models_bytes"] == 3 * one_model  # merged models carry the backbone's weights only
     assert bank.active == "pgd"
     assert all(torch.equal(v, before[k]) for k, v in bank.model.state_dict().items())
+
+
+def test_a_fresh_head_travels_with_its_adapter() -> None:
+    """model.head: new trains a head in every LoRA variant, so two adapters of one backbone differ in `fc`: refused as
+    a shared backbone (naming the key and the remedy), switched like PEFT's modules_to_save when the head is saved
+    with each adapter; every route then equals that variant's own model."""
+    model = _wrapped()
+    states = {}
+    for seed, name in enumerate(("standard", "robust"), start=1):
+        state = _variant_state(model, seed)
+        g = torch.Generator().manual_seed(10 + seed)
+        state["fc.base.weight"] = torch.randn(state["fc.base.weight"].shape, generator=g) * 0.1  # its own head
+        state["fc.base.bias"] = torch.randn(state["fc.base.bias"].shape, generator=g) * 0.1
+        states[name] = state
+    with pytest.raises(ModelError, match=r"robust: backbone differs from the bank's at 'fc.base.(weight|bias)'.*"
+                                         r"modules_to_save=\('fc',\)"):
+        adapter_from_state_dict(states["robust"], model, "robust")
+    base = _wrapped()
+    base.load_state_dict(states["standard"])
+    adapters = {n: adapter_from_state_dict(s, base, n, modules_to_save=("fc",)) for n, s in states.items()}
+    assert {"fc.base.weight", "fc.base.bias", "fc.lora_A"} <= set(adapters["robust"])
+    bank = AdapterBank(base, adapters, modules_to_save=("fc",))
+    x = _inputs()
+    route = torch.tensor([0, 1, 1, 0, 1, 0])
+    with torch.no_grad():
+        out = bank(x, route)
+        for i, name in enumerate(("standard", "robust")):
+            ref = _wrapped()
+            ref.load_state_dict(states[name])
+            torch.testing.assert_close(out[route == i], ref(x[route == i]))
+        bank.use("robust")
+        torch.testing.assert_close(base(x), bank(x, "robust"))  # use() copied the head in too
+    with pytest.raises(ModelError, match="modules_to_save: the model has no module 'head'"):
+        AdapterBank(base, adapters, modules_to_save=("head",))

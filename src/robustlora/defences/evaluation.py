@@ -135,16 +135,19 @@ def squeeze_rows(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, i
 # ----------------------------------------------------------------------------- switching
 
 
-def switching_bank(standard_path, robust_path, names: tuple[str, str]) -> AdapterBank:
+def switching_bank(standard_path, robust_path, names: tuple[str, str],
+                   modules_to_save: Sequence[str] = ()) -> AdapterBank:
     """One backbone (the standard model itself) holding both adapters, in eval mode.
 
-    Refuses (ModelError naming the key) a robust model whose non-LoRA weights differ from the standard one's.
+    ``modules_to_save``: modules every adapter trained itself and carries (``("fc",)`` under ``model.head: new``).
+    Refuses (ModelError naming the key) a robust model whose other weights differ from the standard one's.
     """
     backbone, _ = load_variant(standard_path)
     robust, _ = load_variant(robust_path)
-    adapters = {names[0]: adapter_from_state_dict(backbone.state_dict(), backbone, str(standard_path)),
-                names[1]: adapter_from_state_dict(robust.state_dict(), backbone, str(robust_path))}
-    return AdapterBank(backbone.eval(), adapters)
+    adapters = {names[0]: adapter_from_state_dict(backbone.state_dict(), backbone, str(standard_path),
+                                                  modules_to_save),
+                names[1]: adapter_from_state_dict(robust.state_dict(), backbone, str(robust_path), modules_to_save)}
+    return AdapterBank(backbone.eval(), adapters, modules_to_save)
 
 
 class _Router:

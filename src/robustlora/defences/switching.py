@@ -2,8 +2,10 @@
 
 An adapter is the LoRA factors of every wrapped layer (`<layer>.lora_A`, `<layer>.lora_B`) of one backbone that
 was wrapped by `apply_lora` with the same targets, rank and α for every adapter (α is not stored in a state_dict,
-so the bank uses the wrappers' α for all). Variants whose non-LoRA weights differ (a trained head, re-estimated
-BatchNorm statistics, full fine-tuning) cannot share the backbone and are refused by `adapter_from_state_dict`.
+so the bank uses the wrappers' α for all). Variants whose non-LoRA weights differ (re-estimated BatchNorm statistics,
+full fine-tuning) cannot share the backbone and are refused by `adapter_from_state_dict`. A fresh head that every
+variant trains (`model.head: new`) travels with its adapter, as PEFT's ``modules_to_save`` does: name it in
+``modules_to_save`` (e.g. ``("fc",)``) and its weights become part of each adapter instead of the shared backbone.
 
 Per-input routing runs each group of inputs through `torch.func.functional_call` with that adapter's tensors in
 place of the wrappers' factors: nothing is modified in place, so gradients w.r.t. x flow through every group (an
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +28,8 @@ from robustlora.errors import ModelError
 from robustlora.models.lora import LoRALayer, merge_lora
 from robustlora.models.resnet import eval_mode
 
-__all__ = ["AdapterBank", "SwitchingClassifier", "adapter_from_state_dict", "lora_keys", "switch_cost"]
+__all__ = ["AdapterBank", "SwitchingClassifier", "adapter_from_state_dict", "adapter_keys", "lora_keys",
+           "switch_cost"]
 
 
 def _wrappers(model: nn.Module) -> dict[str, LoRALayer]:
@@ -41,13 +44,29 @@ def lora_keys(model: nn.Module) -> dict[str, torch.Size]:
     return {f"{n}.{f}": getattr(m, f).shape for n, m in _wrappers(model).items() for f in ("lora_A", "lora_B")}
 
 
+def adapter_keys(model: nn.Module, modules_to_save: Sequence[str] = ()) -> dict[str, torch.Size]:
+    """The keys an adapter holds: the LoRA factors, then every parameter and buffer of the ``modules_to_save``
+    (module names, e.g. ``fc``: a head trained with each adapter), with their shapes."""
+    keys = lora_keys(model)
+    if not modules_to_save:
+        return keys
+    modules = dict(model.named_modules())
+    for name in modules_to_save:
+        if name not in modules:
+            raise ModelError(f"modules_to_save: the model has no module '{name}'")
+    saved = {k: v.shape for k, v in model.state_dict().items()
+             if k not in keys and any(k.startswith(f"{m}.") for m in modules_to_save)}
+    return {**keys, **saved}
+
+
 def _check_adapter(name: str, adapter: Mapping[str, torch.Tensor], shapes: Mapping[str, torch.Size]) -> None:
     missing = [k for k in shapes if k not in adapter]
     if missing:
         raise ModelError(f"adapter '{name}' lacks LoRA key '{missing[0]}' ({len(missing)} of {len(shapes)} missing)")
     extra = [k for k in adapter if k not in shapes]
     if extra:
-        raise ModelError(f"adapter '{name}' has key '{extra[0]}' that is not a LoRA factor of this model's wrappers")
+        raise ModelError(f"adapter '{name}' has key '{extra[0]}' that is not a LoRA factor of this model's wrappers "
+                         "(nor of its modules_to_save)")
     for k, shape in shapes.items():
         if not isinstance(adapter[k], torch.Tensor) or adapter[k].shape != shape:
             got = tuple(adapter[k].shape) if isinstance(adapter[k], torch.Tensor) else type(adapter[k]).__name__
@@ -56,13 +75,14 @@ def _check_adapter(name: str, adapter: Mapping[str, torch.Tensor], shapes: Mappi
 
 
 def adapter_from_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module,
-                            name: str = "state_dict") -> dict[str, torch.Tensor]:
-    """The LoRA factors of a variant's state_dict, after checking every other entry equals `model`'s own.
+                            name: str = "state_dict", modules_to_save: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """The LoRA factors (and the ``modules_to_save``' weights) of a variant's state_dict, after checking every other
+    entry equals `model`'s own.
 
     `model` is the bank's backbone (already wrapped). Refuses, naming the first differing key, a state_dict whose
-    non-LoRA weights or buffers differ: switching adapters requires one shared backbone.
+    other weights or buffers differ: switching adapters requires one shared backbone.
     """
-    shapes = lora_keys(model)
+    shapes = adapter_keys(model, modules_to_save)
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     if missing:
@@ -76,8 +96,10 @@ def adapter_from_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Mo
             continue
         theirs = state_dict[k]
         if theirs.shape != mine.shape or not torch.equal(theirs.to(mine.device, mine.dtype), mine):
+            hint = (" (a head trained with each adapter: modules_to_save=('fc',), which model.head: new sets)"
+                    if k.startswith("fc.") and "fc" not in modules_to_save else "")
             raise ModelError(f"{name}: backbone differs from the bank's at '{k}'; switching needs one shared "
-                             "backbone (LoRA-only variants of the same pretrained weights, head and BatchNorm frozen)")
+                             f"backbone (LoRA-only variants of the same pretrained weights, BatchNorm frozen){hint}")
     adapter = {k: state_dict[k].detach().clone() for k in shapes}
     _check_adapter(name, adapter, shapes)
     return adapter
@@ -90,15 +112,17 @@ class AdapterBank(nn.Module):
     model's train/eval mode. Order of `names` = the indices a route uses.
     """
 
-    def __init__(self, model: nn.Module, adapters: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    def __init__(self, model: nn.Module, adapters: Mapping[str, Mapping[str, torch.Tensor]],
+                 modules_to_save: Sequence[str] = ()) -> None:
         super().__init__()
         if not adapters:
             raise ModelError("AdapterBank needs at least one adapter; got none")
         self.model = model
-        self.shapes = lora_keys(model)
+        self.modules_to_save = tuple(modules_to_save)
+        self.shapes = adapter_keys(model, self.modules_to_save)
         self.keys = list(self.shapes)
         self.names: list[str] = []
-        params = dict(model.named_parameters())
+        params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         for name, adapter in adapters.items():
             if not isinstance(name, str) or not name:
                 raise ModelError(f"adapter names must be non-empty strings, got {name!r}")
@@ -128,7 +152,7 @@ class AdapterBank(nn.Module):
     @torch.no_grad()
     def use(self, name: str) -> AdapterBank:
         """Switch the whole model to adapter `name`: copy its factors into the wrappers in place (no reallocation)."""
-        params = dict(self.model.named_parameters())
+        params = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
         for k, t in self.adapter(name).items():
             params[k].copy_(t)
         self.active = name
