@@ -21,6 +21,7 @@ def main(
     (MLFLOW_TRACKING_URI, else the repository's mlflow.db); each entry is removed once it is logged. A failure is one
     line naming the server, and what was not logged keeps waiting."""
     from robustlora.tracking import outbox
+    from robustlora.tracking.record import publish_pending
 
     _common.started()
     waiting = outbox.pending(repo)
@@ -28,7 +29,7 @@ def main(
         print(f"{len(waiting)} recorded stage(s) wait in {outbox.outbox_dir(repo)}"
               + "".join(f"\n  {p.name}" for p in waiting))
         return
-    logged, uri = outbox.publish_pending(repo)
+    logged, uri = publish_pending(repo)
     print(f"MLflow: logged {logged} recorded stage(s) into {uri}")
 
 

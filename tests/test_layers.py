@@ -14,7 +14,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "robustlora"
-LAYERS = ("base", "config", "data", "models", "attacks", "training", "evaluation", "defences", "analysis",
+LAYERS = ("base", "stats", "config", "data", "models", "attacks", "training", "evaluation", "defences", "analysis",
           "reporting", "tracking")
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from robustlora import tracking
 from robustlora.tracking import outbox
+from robustlora.tracking.record import publish_pending
 
 _ENV = ["MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "DVC_ROOT",
         "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE", outbox.EACH_STAGE_ENV]
@@ -81,7 +82,7 @@ def test_stages_record_and_the_report_logs_every_record_in_order(tmp_path: Path,
     uri = _report(tmp_path).finish("report", flush=True)
     assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db" and outbox.pending(tmp_path) == []
     runs = _runs(tmp_path)
-    assert set(runs) == {"lora_fc", "lora_fc/seed_0", "report", f"workspace@nogit"}
+    assert set(runs) == {"lora_fc", "lora_fc/seed_0", "report", "workspace@nogit"}
     seed = runs["lora_fc/seed_0"]
     # the attack's figures went into the training run its key file named, recorded before the run existed
     assert seed.data.metrics == {"epoch/train_loss": 0.25, "pgd/asr": 0.5}
@@ -104,7 +105,7 @@ def test_a_stage_that_runs_again_replaces_its_waiting_record(tmp_path: Path) -> 
     _train(tmp_path, models).finish("train@baseline")  # another stage's record stays
     names = [p.name.split("-", 2)[2] for p in outbox.pending(tmp_path)]
     assert names == ["train@lora_fc.json", "attack@lora_fc.json", "train@baseline.json"]
-    outbox.publish_pending(tmp_path)
+    publish_pending(tmp_path)
     seeds = [r for n, r in _runs(tmp_path).items() if n == "lora_fc/seed_0"]
     assert len(seeds) == 1
 
@@ -132,7 +133,7 @@ def test_an_outage_fails_only_the_report_in_one_line_and_the_records_wait(tmp_pa
     assert "3 recorded stage(s) wait in" in outbox.waiting_line(tmp_path)
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the server is back (here: the local store)
-    assert outbox.publish_pending(tmp_path)[0] == 3 and outbox.pending(tmp_path) == []
+    assert publish_pending(tmp_path)[0] == 3 and outbox.pending(tmp_path) == []
     runs = _runs(tmp_path)
     assert runs["lora_fc/seed_0"].data.metrics == {"epoch/train_loss": 0.25, "pgd/asr": 0.5}
     assert "report" in runs and outbox.waiting_line(tmp_path) is None
@@ -154,10 +155,10 @@ def test_logging_cut_short_is_completed_without_a_second_run(tmp_path: Path, mon
 
     monkeypatch.setattr(MlflowClient, "create_run", failing)
     with pytest.raises(tracking.TrackingError, match="disk I/O error"):
-        outbox.publish_pending(tmp_path)
+        publish_pending(tmp_path)
     assert set(_runs(tmp_path)) == {"lora_fc", "workspace@nogit"}  # the arm's run was created before it failed
     monkeypatch.setattr(MlflowClient, "create_run", real)
-    assert outbox.publish_pending(tmp_path)[0] == 1
+    assert publish_pending(tmp_path)[0] == 1
     runs = _client(tmp_path).search_runs([_client(tmp_path).get_experiment_by_name("boxed").experiment_id])
     assert sorted(r.info.run_name.split(" · ")[0] for r in runs) == ["lora_fc", "lora_fc/seed_0", "workspace@nogit"]
     seed = next(r for r in runs if r.info.run_name.startswith("lora_fc/seed_0"))
@@ -183,7 +184,7 @@ def test_the_report_logs_its_own_experiment_and_leaves_the_others_waiting(tmp_pa
     _report(tmp_path).finish("report", flush=True)
     assert set(_runs(tmp_path)) == {"report", "this-exp"}
     assert "1 recorded stage(s) wait in" in capsys.readouterr().out
-    assert outbox.publish_pending(tmp_path)[0] == 1
+    assert publish_pending(tmp_path)[0] == 1
     runs = _runs(tmp_path)
     assert runs["lora_fc"].data.tags["dvc.experiment"] == "other-exp" and "other-exp" in runs  # as recorded
 

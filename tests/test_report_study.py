@@ -208,7 +208,7 @@ def test_stage_writes_every_output_and_logs_one_run(inputs: dict[str, Path], bui
 
     logged: dict[str, Any] = {"artifacts": [], "metrics": {}}
 
-    def publish(rec: Any) -> None:  # what the stage would log, after its outputs are written
+    def publish(rec: Any, tried: bool = False) -> None:  # what the stage logs (from its outbox entry), after its outputs
         (run,) = rec.runs
         logged.update(experiment=rec.experiment, name=run.name, params=run.params, tags=run.tags,
                       headline=rec.experiment_metrics, outputs_written=(inputs["out"] / "report.md").is_file())

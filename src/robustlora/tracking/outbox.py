@@ -8,7 +8,7 @@ removes each entry once it is logged. Why: the runs are the same as if each stag
 run keys and provenance tags are captured when recorded), but a tracking outage can no longer fail or lose a
 training or attack stage: only the report (seconds) fails, with one line naming the server, and the entries wait.
 
-- ``python stages/publish.py`` logs whatever waits (every experiment's entries), e.g. after the server is back; so
+- ``python stages/publish.py`` (``record.publish_pending``) logs whatever waits (every experiment's entries), e.g. after the server is back; so
   does the next report run, for its own experiment.
 - ``ROBUSTLORA_LOG_EACH_STAGE=1``: every stage logs its entry (and its experiment's older ones) as it ends, for a
   long run watched live in the MLflow UI; a tracking failure then ends that stage with the one-line error, its
@@ -29,18 +29,15 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from robustlora.errors import TrackingError
 from robustlora.io import write_json
 
-if TYPE_CHECKING:
-    from robustlora.tracking.record import Recorder
-
 OUTBOX = Path(".robustlora") / "outbox"
 EACH_STAGE_ENV = "ROBUSTLORA_LOG_EACH_STAGE"
 VERSION = 1
-_CLAIM = ".claim-"
+CLAIM = ".claim-"
 
 
 def outbox_dir(repo_root: Path | None = None) -> Path:
@@ -64,7 +61,7 @@ def write_entry(entry: dict[str, Any], repo_root: Path | None = None) -> Path:
     folder = outbox_dir(repo_root)
     folder.mkdir(parents=True, exist_ok=True)
     for old in _entries(folder):
-        data = _read(old)
+        data = read_entry(old)
         if data and data.get("stage") == entry["stage"] and data.get("group") == entry["group"]:
             old.unlink(missing_ok=True)
     path = folder / f"{time.time_ns():020d}-{os.getpid()}-{_safe(entry['stage'])}.json"
@@ -80,7 +77,7 @@ def _entries(folder: Path) -> list[Path]:
     for path in folder.iterdir():
         if path.suffix == ".json" and not path.name.startswith("."):
             found.append(path)
-        elif _CLAIM in path.name and not _alive(path.name.rsplit(_CLAIM, 1)[1]):
+        elif CLAIM in path.name and not _alive(path.name.rsplit(CLAIM, 1)[1]):
             found.append(path)
     return sorted(found, key=lambda p: p.name)
 
@@ -95,7 +92,7 @@ def _alive(pid: str) -> bool:
     return True
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def read_entry(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -108,49 +105,13 @@ def pending(repo_root: Path | None = None, group: str | None = None) -> list[Pat
     folder = outbox_dir(repo_root)
     out = []
     for path in _entries(folder):
-        data = _read(path)
+        data = read_entry(path)
         if data is None:
             raise TrackingError(f"{path}: not an outbox entry this version can read; move it away and re-run the "
                                 "stage that wrote it")
         if group is None or data.get("group") == group:
             out.append(path)
     return out
-
-
-def publish_pending(repo_root: Path | None = None, group: str | None = None) -> tuple[int, str | None]:
-    """Log the waiting entries (of ``group``, else all), oldest first; returns (entries logged, tracking URI).
-
-    Each entry is claimed by renaming it first (a parallel worker skips it), removed once logged, and put back,
-    marked as tried, when logging fails: the one-line TrackingError naming the URI is raised after that.
-    """
-    from robustlora.tracking.record import Recorder
-    from robustlora.tracking.store import tracking_uri
-
-    paths = pending(repo_root, group)
-    if not paths:
-        return 0, None
-    uri = tracking_uri(repo_root)
-    done = 0
-    for path in paths:
-        claimed = path.with_name(path.name.split(_CLAIM)[0] + f"{_CLAIM}{os.getpid()}")
-        try:
-            os.replace(path, claimed) if _CLAIM in path.name else os.rename(path, claimed)
-        except FileNotFoundError:
-            continue  # another worker took it
-        data = _read(claimed)
-        if data is None:
-            continue
-        rec = Recorder.from_entry(data, repo_root)
-        try:
-            uri = rec.publish(tried=bool(data.get("tried")) or _CLAIM in path.name)
-        except BaseException:
-            data["tried"] = True
-            write_json(claimed, data)
-            os.replace(claimed, claimed.with_name(claimed.name.split(_CLAIM)[0]))
-            raise
-        claimed.unlink(missing_ok=True)
-        done += 1
-    return done, uri
 
 
 def waiting_line(repo_root: Path | None = None) -> str | None:

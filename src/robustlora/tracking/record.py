@@ -146,11 +146,11 @@ class Recorder:
                       "python stages/publish.py)")
             return None
         group = (self.context or self._capture())["exp"]["group"]
-        logged, uri = outbox.publish_pending(self.repo_root, group)
+        logged, uri = publish_pending(self.repo_root, group)
         line = outbox.waiting_line(self.repo_root)
         if line:
             print(line)
-        if logged and flush:
+        if logged and flush and uri:
             from robustlora.tracking.store import ui_line
 
             link = ui_line(self.experiment, uri)
@@ -245,6 +245,42 @@ class Recorder:
             for lg, level in zip(quiet, levels):
                 lg.setLevel(level)
         return uri
+
+
+def publish_pending(repo_root: Path | None = None, group: str | None = None) -> tuple[int, str | None]:
+    """Log the waiting entries (of ``group``, else all), oldest first; returns (entries logged, tracking URI).
+
+    Each entry is claimed by renaming it first (a parallel worker skips it), removed once logged, and put back,
+    marked as tried, when logging fails: the one-line TrackingError naming the URI is raised after that.
+    """
+    from robustlora.tracking import outbox
+    from robustlora.tracking.store import tracking_uri
+
+    paths = outbox.pending(repo_root, group)
+    if not paths:
+        return 0, None
+    uri = tracking_uri(repo_root)
+    done = 0
+    for path in paths:
+        claimed = path.with_name(path.name.split(outbox.CLAIM)[0] + f"{outbox.CLAIM}{os.getpid()}")
+        try:
+            os.replace(path, claimed) if outbox.CLAIM in path.name else os.rename(path, claimed)
+        except FileNotFoundError:
+            continue  # another worker took it
+        data = outbox.read_entry(claimed)
+        if data is None:
+            continue
+        rec = Recorder.from_entry(data, repo_root)
+        try:
+            uri = rec.publish(tried=bool(data.get("tried")) or outbox.CLAIM in path.name) or uri
+        except BaseException:
+            data["tried"] = True
+            write_json(claimed, data)
+            os.replace(claimed, claimed.with_name(claimed.name.split(outbox.CLAIM)[0]))
+            raise
+        claimed.unlink(missing_ok=True)
+        done += 1
+    return done, uri
 
 
 def _failure(uri: str, e: BaseException) -> TrackingError:
