@@ -70,15 +70,28 @@ def pivot_seeds(group: pd.DataFrame, columns: Mapping[str, Any], where: str,
                 stage: str) -> tuple[tuple[int, ...], np.ndarray, dict[str, np.ndarray]]:
     """(seeds, images, {column: (S, N) array of that dtype}) of one cell's rows, seeds and images ascending; a
     DataError (naming `where` and the `stage` to rerun) when a seed lacks an image another seed has."""
-    arrays, wide = {}, None
+    # one scatter per column into an (S, N) grid (a pandas pivot per column cost ~2 ms: seconds per report)
+    seeds, seed_at = np.unique(group["seed"].to_numpy(), return_inverse=True)
+    images, image_at = np.unique(group["image"].to_numpy(), return_inverse=True)
+    held = np.zeros((len(seeds), len(images)), dtype=np.int64)
+    np.add.at(held, (seed_at, image_at), 1)
+    if (held > 1).any():
+        raise ValueError(f"{where}: an image appears twice for one seed")  # validate_table rules this out
+    arrays = {}
     for column, dtype in columns.items():
-        wide = group.pivot(index="seed", columns="image", values=column)
-        if wide.isna().to_numpy().any():
-            seed = wide.index[wide.isna().any(axis=1)][0]
-            raise DataError(f"{where}: seed {seed} lacks {int(wide.loc[seed].isna().sum())} of the {wide.shape[1]} "
+        values = group[column]
+        missing = held == 0
+        if values.isna().to_numpy().any():
+            missing = missing.copy()
+            missing[seed_at[values.isna().to_numpy()], image_at[values.isna().to_numpy()]] = True
+        if missing.any():
+            row = int(np.flatnonzero(missing.any(axis=1))[0])
+            raise DataError(f"{where}: seed {seeds[row]} lacks {int(missing[row].sum())} of the {len(images)} "
                             f"images the other seeds attacked; rerun its {stage} stage")
-        arrays[column] = wide.to_numpy(dtype=dtype)
-    return tuple(int(s) for s in wide.index), wide.columns.to_numpy(), arrays
+        grid = np.empty((len(seeds), len(images)), dtype=dtype)
+        grid[seed_at, image_at] = values.to_numpy(dtype=dtype)
+        arrays[column] = grid
+    return tuple(int(s) for s in seeds), images, arrays
 
 
 @dataclass(frozen=True)
