@@ -39,8 +39,8 @@ THRESHOLD_COLUMNS = ["variant", "n_seeds", "threshold", "threshold_min", "thresh
 
 def squeeze_cells(squeeze: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple[str, str, float], Cell]]:
     """(the validated table, its cells of clean/adv correct and flagged) in report order (SQUEEZE_ORDER)."""
-    # the stage's own column list, imported here so that reading results does not load torch
-    from robustlora.defences.evaluation import SQUEEZE_COLUMNS
+    # the stage's own column list (defences.columns: torch-free, so reading results does not load torch)
+    from robustlora.defences.columns import SQUEEZE_COLUMNS
 
     table = validate_table(squeeze, ("variant", "seed", *SQUEEZE_COLUMNS), what="squeeze results", stage="defences")
     bools = ("clean_correct", "adv_correct", "clean_flagged", "adv_flagged")

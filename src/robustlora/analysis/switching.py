@@ -36,8 +36,8 @@ DOMINANCE_COLUMNS = ["system", "eps", "adapter", "role", "clean_diff", "clean_ci
 
 def switching_cells(switching: pd.DataFrame) -> tuple[dict[str, tuple[str, str]], dict[tuple[str, str, float], Cell]]:
     """({system: (standard adapter, robust adapter)}, its cells in report order: the stage's attacks first)."""
-    # the stage's own column list and attacks, imported here so that reading results does not load torch
-    from robustlora.defences.evaluation import SWITCHING_ATTACKS, SWITCHING_COLUMNS
+    # the stage's own columns and attacks (defences.columns: torch-free, so reading results does not load torch)
+    from robustlora.defences.columns import SWITCHING_ATTACKS, SWITCHING_COLUMNS
 
     table = validate_table(switching, ("system", "standard", "robust", "seed", *SWITCHING_COLUMNS),
                            what="switching results", stage="defences", name="system")

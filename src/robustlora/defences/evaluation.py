@@ -22,6 +22,7 @@ from torch import nn
 from robustlora.attacks.gradient import fgsm, pgd
 from robustlora.attacks.inputs import to_batch
 from robustlora.config import AttackConfig, SqueezeConfig, SwitchingConfig
+from robustlora.defences.columns import SQUEEZE_COLUMNS, SWITCHING_ATTACKS, SWITCHING_COLUMNS, SYSTEM_COLUMNS
 from robustlora.defences.squeeze import Squeezer, adaptive_pgd, detect, detector_scores, fit_threshold
 from robustlora.defences.switching import AdapterBank, SwitchingClassifier, adapter_from_state_dict, switch_cost
 from robustlora.evaluation.rowcache import FINGERPRINT
@@ -31,16 +32,6 @@ from robustlora.models.resnet import eval_mode, load_variant
 __all__ = ["SQUEEZE_COLUMNS", "SWITCHING_COLUMNS", "SWITCHING_ATTACKS", "SYSTEM_COLUMNS", "squeezers", "fit_detector",
            "squeeze_rows", "switching_bank", "switching_rows", "system_rows", "switching_table", "switching_cost"]
 
-SQUEEZE_COLUMNS = ["attack", "eps", "eps_label", "image", "label", "clean_correct", "adv_correct", "clean_score",
-                   "adv_score", "clean_flagged", "adv_flagged", "threshold", "holdout_fpr"]
-SWITCHING_COLUMNS = ["attack", "eps", "eps_label", "image", "label", "clean_correct", "adv_correct",
-                     "clean_switched", "adv_switched"]
-# the switching table's columns before SWITCHING_COLUMNS: which system (standard + robust arm) and training seed
-SYSTEM_COLUMNS = ["system", "standard", "robust", "seed"]
-# attacks on the switching system: an attacker unaware of it (PGD on the standard adapter), PGD on the robust
-# adapter, the detector-evading adaptive attack on the standard adapter, PGD through the routed system; `worst`:
-# per image, the system counts as robust only if it survives all of them
-SWITCHING_ATTACKS = ("pgd_standard", "pgd_robust", "adaptive_evade", "pgd_system", "worst")
 
 
 def squeezers(cfg: SqueezeConfig) -> list[Squeezer]:
