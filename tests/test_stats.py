@@ -25,6 +25,20 @@ def test_wilson_matches_textbook_values():
     assert 0.23659 < lo90 and hi90 < 0.76341  # a lower confidence gives a narrower interval
 
 
+def test_wilson_equals_statsmodels_on_a_grid():
+    from statsmodels.stats.proportion import proportion_confint
+
+    for confidence in (0.8, 0.9, 0.95, 0.99):
+        for n in (1, 2, 7, 40, 389, 1000):
+            k = np.arange(n + 1)
+            lo, hi = wilson_interval(k, np.full(n + 1, n), confidence=confidence)
+            ref_lo, ref_hi = proportion_confint(k, n, alpha=1 - confidence, method="wilson")
+            inner = slice(1, n)  # at 0 and n the bounds are set to exactly 0 and 1 (statsmodels rounds near them)
+            assert np.allclose(lo[inner], ref_lo[inner], rtol=0, atol=1e-12)
+            assert np.allclose(hi[inner], ref_hi[inner], rtol=0, atol=1e-12)
+            assert np.allclose([lo[-1], hi[0]], [ref_lo[-1], ref_hi[0]], rtol=0, atol=1e-12)
+
+
 def test_wilson_never_zero_width_at_zero_and_n():
     for n in (1, 7, 40, 122, 300, 10_000):  # 40 and 300 once rounded to 0.9999999999999999
         lo, hi = wilson_interval(0, n)
