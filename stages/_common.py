@@ -109,10 +109,14 @@ def run(app: typer.Typer) -> None:
 
     from robustlora.errors import RobustloraError  # torch-free: `--help` stays fast
 
+    try:  # typer >= 0.2x parses with its own copy of click, whose usage errors are not click's classes
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:
+        TyperClickException = click.exceptions.ClickException
     try:
         rc = app(standalone_mode=False)  # returns the exit code of typer.Exit / --help instead of exiting
-    except click.exceptions.ClickException as e:
-        e.show()
+    except (click.exceptions.ClickException, TyperClickException) as e:  # a usage error: one line naming the option
+        print(f"error: {Path(sys.argv[0]).name}: {e.format_message()} (see --help)", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
     except click.exceptions.Abort:
         print("aborted", file=sys.stderr)

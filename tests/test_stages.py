@@ -51,6 +51,16 @@ def test_unknown_variant_is_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--results-dir", "x"], "error: report.py: Missing option '--autoattack'. (see --help)"),
+    (["--bogus", "1"], "error: report.py: No such option: --bogus"),
+])
+def test_a_command_line_mistake_is_one_line_naming_the_option(args, message):
+    result = run_stage("report", *args)
+    assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_missing_archive_is_one_line(tmp_path):
     result = run_stage("preprocess", "--params", ROOT / "params.yaml", "--raw", tmp_path / "raw", "--out", tmp_path / "p")
     assert result.returncode == 1
