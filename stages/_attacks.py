@@ -58,6 +58,18 @@ def each_model_rows(p: Params, models: Path, cache: RowCache, settings: Any, ima
         yield variant, seed, run_file, rows
 
 
+def row_cache(results: Path, *, persisted: bool = True) -> RowCache:
+    """The row cache of a stage's per-image ``results``: the earlier run's rows (``persisted``: the file is kept
+    between runs, dvc.yaml ``persist: true``) and the rows a killed run had finished, spilled to
+    checkpoints/rows/<results>/ (emptied once the outputs are written: RowCache.done)."""
+    from robustlora import layout
+    from robustlora.evaluation.rowcache import RowCache
+
+    from _common import ROOT
+
+    return RowCache(results if persisted else None, spill=layout.row_checkpoints(ROOT, results))
+
+
 def pgd_settings(attack: AttackConfig) -> dict:
     """The attack section's settings that PGD-based rows depend on (for their row-cache fingerprint)."""
     return {"pgd": attack.pgd.model_dump(mode="json"), "seed": attack.seed, "batch_size": attack.batch_size,
@@ -66,10 +78,13 @@ def pgd_settings(attack: AttackConfig) -> dict:
 
 def print_reused(cache: RowCache, name: str | None = None) -> None:
     """Say which rows the row cache handed back (``name``: the attack, when a stage runs several)."""
+    what = f"{name}: " if name else ""
     if cache.reused:
-        what = f"{name}: " if name else ""
         print(f"{what}reused the unchanged rows of {', '.join(cache.reused)} (same model file, settings, images and "
               "code)")
+    if cache.resumed:
+        print(f"{what}resumed: the rows of {', '.join(cache.resumed)} were finished by a run that was stopped "
+              f"({rel(cache.spill)})")
 
 
 def write_attack_outputs(table: pd.DataFrame, results: Path, metrics: Path, models: Path, cache: RowCache,
@@ -88,6 +103,7 @@ def write_attack_outputs(table: pd.DataFrame, results: Path, metrics: Path, mode
         table.to_parquet(tmp, index=False)
     summary = {variant: metrics_json(rows) for variant, rows in table.groupby("variant", sort=False)}
     write_json(metrics, summary)
+    cache.done()  # the spilled rows are in the outputs now
     for variant, rows in table.groupby("variant", sort=False):
         new = [(seed, seed_rows) for seed, seed_rows in rows.groupby("seed", sort=True) if cache.is_new(seed_rows)]
         for seed, seed_rows in new:

@@ -30,7 +30,9 @@ def main(
 
     from robustlora import layout, tracking
     from robustlora.config import load_params
-    from robustlora.evaluation.suite import attack_variant, flat_metrics, mean_metrics, metrics_json, success_curves
+    from robustlora.evaluation.rowcache import FINGERPRINT
+    from robustlora.evaluation.suite import (attack_variant, attacked_images, flat_metrics, mean_metrics, metrics_json,
+                                             success_curves)
     from robustlora.io import atomic_path, write_json
     from robustlora.models.adaptation import training_seeds
 
@@ -39,12 +41,16 @@ def main(
     seeds = training_seeds(p.variant(variant), p.train.seeds)
     _common.started()
     model_files = {seed: _attacks.model_file(models, variant, seed) for seed in seeds}  # all, before any attack
+    ids = attacked_images(prepared, p.attack)[2]
+    cache = _attacks.row_cache(results, persisted=False)  # a seed a killed run finished is not attacked again
     for seed in seeds:
         cfg = p.attack
         if seed != seeds[0] and not cfg.convergence.all_seeds:  # the convergence check on the first seed only
             cfg = cfg.model_copy(update={"convergence": cfg.convergence.model_copy(update={"n_images": 0})})
-        rows = attack_variant(model_files[seed], prepared, cfg)
-        frames.append(_attacks.tag_rows(rows, variant, seed))
+        rows = cache.rows(f"{variant} seed {seed}", [model_files[seed]], cfg.model_dump(mode="json"), ids,
+                          lambda: _attacks.tag_rows(attack_variant(model_files[seed], prepared, cfg), variant, seed))
+        rows = rows.drop(columns=FINGERPRINT)
+        frames.append(rows)
         clean = rows.loc[rows["attack"] == "fgsm"].drop_duplicates("image")["clean_correct"].mean()
         print(f"attack@{variant} seed {seed}: clean accuracy {clean:.3f} on {rows['image'].nunique()} images")
     table = pd.concat(frames, ignore_index=True)
@@ -54,6 +60,8 @@ def main(
     write_json(metrics, summary)
     with atomic_path(plots, suffix=".csv") as tmp:
         success_curves(table).to_csv(tmp, index=False)
+    _attacks.print_reused(cache)
+    cache.done()  # the finished seeds' rows are in the outputs now
     for attack in ("fgsm", "pgd"):
         asr = ", ".join(f"{k}: {_fmt(v['asr']['mean'])}" for k, v in summary.get(attack, {}).items())
         print(f"attack@{variant}: {attack} success (mean over seeds) {asr}")

@@ -26,14 +26,13 @@ def main(
     from robustlora import tracking
     from robustlora.attacks.autoattack import autoattack_suite
     from robustlora.config import load_params
-    from robustlora.evaluation.rowcache import RowCache
     from robustlora.evaluation.suite import attacked_images
 
     p = load_params(params)
     cfg = p.autoattack
     _common.started()
     images, labels, ids = attacked_images(prepared, p.attack, cfg.n_images)
-    cache = RowCache(results)
+    cache = _attacks.row_cache(results)
     frames = []
     for variant, seed, _, rows in _attacks.each_model_rows(
             p, models, cache, cfg.model_dump(mode="json"), ids,

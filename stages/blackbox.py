@@ -34,7 +34,6 @@ def main(
     from robustlora.attacks.blackbox import blackbox_attack
     from robustlora.config import BLACKBOX_ATTACKS, load_params
     from robustlora.errors import ParamError
-    from robustlora.evaluation.rowcache import RowCache
     from robustlora.evaluation.suite import attacked_images
 
     unknown = sorted(set(only or ()) - set(BLACKBOX_ATTACKS))
@@ -49,7 +48,7 @@ def main(
         settings_ = getattr(cfg, attack)
         images, labels, ids = attacked_images(prepared, p.attack, settings_.n_images)
         results = layout.per_name(results_dir, attack, ".parquet")
-        cache = RowCache(results)
+        cache = _attacks.row_cache(results)
         key = {**cfg.model_dump(mode="json", include={"batch_size", "seed", "device", attack}), "eps": eps}
         frames = []
         for variant, seed, _, rows in _attacks.each_model_rows(

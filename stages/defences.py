@@ -33,7 +33,6 @@ def main(
     from robustlora.defences.evaluation import (squeeze_rows, switching_bank, switching_cost, switching_rows,
                                                 switching_table, system_rows)
     from robustlora.defences.metrics import squeeze_metrics, squeeze_summary, switching_metrics, switching_run_metrics
-    from robustlora.evaluation.rowcache import RowCache
     from robustlora.evaluation.suite import attacked_images
     from robustlora.io import atomic_path, write_json
     from robustlora.models.adaptation import training_seeds
@@ -46,7 +45,7 @@ def main(
     holdout = load_split(prepared, "holdout").images
 
     images, labels, ids = attacked_images(prepared, attack, sq.n_images)
-    cache = RowCache(results_dir / layout.SQUEEZE_RESULTS)
+    cache = squeeze_cache = _attacks.row_cache(results_dir / layout.SQUEEZE_RESULTS)
     frames, new = [], []
     for variant, seed, run_file, rows in _attacks.each_model_rows(
             p, models, cache, {"squeeze": sq.model_dump(mode="json"), **_attacks.pgd_settings(attack)}, ids,
@@ -66,7 +65,7 @@ def main(
         seeds = [s for s in training_seeds(p.variant(sw.standard), p.train.seeds)
                  if s in training_seeds(p.variant(sw.robust), p.train.seeds)]
         images, labels, ids = attacked_images(prepared, attack, sw.n_images)
-        cache = RowCache(results_dir / layout.SWITCHING_RESULTS)
+        cache = _attacks.row_cache(results_dir / layout.SWITCHING_RESULTS)
         settings = {"switching": sw.model_dump(mode="json", exclude={"cost_batch_size", "cost_repeats"}),
                     "squeeze": sq.model_dump(mode="json"), **_attacks.pgd_settings(attack)}
         system = f"{sw.standard}+{sw.robust}"
@@ -92,6 +91,8 @@ def main(
         with atomic_path(results_dir / name, suffix=".parquet") as tmp:
             table.to_parquet(tmp, index=False)
     write_json(metrics, summary)
+    squeeze_cache.done()  # the spilled rows are in the outputs now
+    cache.done()
     rec = tracking.Recorder(p.mlflow.experiment)  # outputs first, then MLflow
     for run_file, rows in new:
         rec.into(run_file, squeeze_metrics(rows))

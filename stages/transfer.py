@@ -27,7 +27,6 @@ def main(
     from robustlora import tracking
     from robustlora.attacks.transfer import craft_pgd, transfer_rows
     from robustlora.config import load_params
-    from robustlora.evaluation.rowcache import RowCache
     from robustlora.evaluation.suite import attacked_images
     from robustlora.models.adaptation import training_seeds
     from robustlora.models.resnet import load_variant
@@ -52,7 +51,7 @@ def main(
     def target(model_file: Path):
         return load_variant(model_file)[0]
 
-    cache = RowCache(results)
+    cache = _attacks.row_cache(results)
     settings = {"transfer": cfg.model_dump(mode="json"), **_attacks.pgd_settings(p.attack)}
     frames = []
     for variant, seed, model_file, _ in list(_attacks.each_model(p, models)):  # all checked before any attack

@@ -282,3 +282,32 @@ def test_row_cache_makes_rows_once_and_hands_them_back_by_fingerprint(tmp_path, 
     assert len(made) == 2 and again.is_new(changed)
     monkeypatch.setattr(rowcache, "code_digest", lambda: "other code")
     assert again.is_new(again.rows("a seed 0", [model], settings, ids, make))  # rows of other code are not reused
+
+
+def test_row_cache_hands_back_the_rows_a_killed_run_spilled_and_forgets_them_once_done(tmp_path):
+    model = tmp_path / "seed_0.pt"
+    model.write_bytes(b"weights")
+    settings, ids, made = {"queries": 10}, np.arange(5), []
+
+    def make():
+        made.append(1)
+        return rows()
+
+    spill = tmp_path / "checkpoints" / "rows" / "blackbox"
+    killed = RowCache(tmp_path / "none.parquet", spill=spill)  # the run that is killed after its first model
+    first = killed.rows("a seed 0", [model], settings, ids, make)
+    assert len(made) == 1 and [p.name for p in spill.iterdir()] == [f"{first['fingerprint'][0]}.parquet"]
+
+    rerun = RowCache(tmp_path / "none.parquet", spill=spill)
+    resumed = rerun.rows("a seed 0", [model], settings, ids, make)
+    assert len(made) == 1 and rerun.resumed == ["a seed 0"] and rerun.reused == []
+    pd.testing.assert_frame_equal(resumed, first)
+    assert rerun.is_new(resumed)  # its figures were never recorded: the rerun records them
+    rerun.rows("a seed 0", [model], {"queries": 11}, ids, make)  # other settings: made anew, never the spilled rows
+    assert len(made) == 2
+    rerun.done()
+    assert not spill.exists()
+
+    (spill / "x").parent.mkdir(parents=True)  # a damaged spilled file is made again, not trusted
+    (spill / f"{first['fingerprint'][0]}.parquet").write_bytes(b"PAR1 torn")
+    assert RowCache(None, spill=spill).rows("a seed 0", [model], settings, ids, make) is not None and len(made) == 3

@@ -7,6 +7,7 @@ agree on where a seed's model or a run id is.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -79,3 +80,15 @@ def pretrain_checkpoint(root: Path) -> Path:
 def train_checkpoint(root: Path, variant: str, seed: int) -> Path:
     """<repo>/checkpoints/<variant>/seed_<s>.pt: one seed's resumable training state."""
     return Path(root) / CHECKPOINTS / variant / f"seed_{seed}.pt"
+
+
+def row_checkpoints(root: Path, results: Path) -> Path:
+    """<repo>/checkpoints/rows/<results path without its suffix>/: the per-model rows a killed attack stage had
+    finished (robustlora.evaluation.rowcache.RowCache's spill folder), e.g. checkpoints/rows/results/autoattack/. A
+    results path outside the repository gets a folder named by a digest of its absolute path."""
+    root, results = Path(root).resolve(), Path(results).resolve()
+    try:
+        part = results.relative_to(root).with_suffix("")
+    except ValueError:
+        part = Path("elsewhere") / hashlib.sha256(str(results).encode()).hexdigest()[:16]
+    return root / CHECKPOINTS / "rows" / part
