@@ -356,6 +356,24 @@ def test_a_stage_writing_onto_a_full_disk_is_one_line_and_leaves_no_partial_file
     assert [p.name for p in small_disk.rglob("*") if p.is_file()] == []  # the temp file is gone too
 
 
+def test_images_decoded_onto_a_full_disk_are_one_line_naming_the_array_and_leave_nothing(tmp_path, small_disk):
+    """The decoders write through memory maps, which die of SIGBUS on a full disk: the arrays' blocks are allocated
+    first, so no room is an OutputError naming the array (here before any image is decoded)."""
+    from test_data import make_archive
+
+    from robustlora.data import dataset
+
+    archive = make_archive(tmp_path / "a.zip")  # 64 px: 12 KiB an image, 9 train images
+    (small_disk / "keep.bin").write_bytes(bytes(2 * 2 ** 20 - 64 * 1024))  # 64 KiB left
+    out = small_disk / "prepared" / "target"
+    with pytest.raises(OutputError) as info:
+        dataset.prepare_domain(archive, out, classes=3, train_per_class=None, val_per_class=None, holdout=0.25,
+                               workers=2, progress=False)
+    assert re.fullmatch(rf"{out}/train_images\.npy: no space left on device \(0\.\d MiB free of 2\.0 MiB\); free some "
+                        "space or write the output elsewhere, then re-run", str(info.value)), str(info.value)
+    assert sorted(str(p.relative_to(small_disk)) for p in small_disk.rglob("*")) == ["keep.bin", "prepared"]
+
+
 # --- 4: bad params and inputs, one line each, before any work ---------------------------------------------------------
 
 

@@ -51,16 +51,34 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-def _output_error(path: Path, exc: BaseException) -> OutputError | None:
-    """The OutputError for a file-system error anywhere in ``exc``'s chain (torch and pyarrow wrap them), else None."""
+def reserve(path: str | os.PathLike, shown: str | os.PathLike | None = None) -> None:
+    """Allocate the blocks of a file created at its full size but sparse (a memory map's ``w+``) now: pages of a map
+    written on a full disk kill the process with SIGBUS, where this raises. No room is an OutputError naming
+    ``shown`` (the output the file becomes; default ``path``). A file system without fallocate is left as it is."""
+    path = Path(path)
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return
+            error = _output_error(Path(shown) if shown is not None else path, e, space_of=path.parent)
+            if error is not None:
+                raise error from None
+            raise
+
+
+def _output_error(path: Path, exc: BaseException, space_of: Path | None = None) -> OutputError | None:
+    """The OutputError for a file-system error anywhere in ``exc``'s chain (torch and pyarrow wrap them), else None;
+    ``space_of``: the folder whose file system ran full (default: ``path``'s)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
             what = _WRITE_ERRNOS[exc.errno]
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                return OutputError(f"{path}: {what} ({_space(path.parent)}); free some space or write the "
-                                   "output elsewhere, then re-run")
+                return OutputError(f"{path}: {what} ({_space(space_of or path.parent)}); free some space or write "
+                                   "the output elsewhere, then re-run")
             return OutputError(f"{path}: {what}; make {path.parent} writable or write the output elsewhere")
         exc = exc.__cause__ or exc.__context__
     return None

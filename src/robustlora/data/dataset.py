@@ -29,7 +29,7 @@ from PIL import Image
 
 from robustlora import layout
 from robustlora.errors import DataError
-from robustlora.io import read_json, write_json
+from robustlora.io import read_json, reserve, write_json
 
 if TYPE_CHECKING:  # torch and pandas only where used: the stages that load a split start without pandas, preprocess
     import pandas as pd  # and validate without torch (start-up, benchmarks/bench_startup.py)
@@ -269,6 +269,7 @@ def prepare_domain(archive_path: str | os.PathLike, out_dir: str | os.PathLike, 
             split_items = [it for it in items if it.split == split]
             path, labels_path = layout.split_arrays(tmp, split)
             np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(split_items), image_size, image_size, 3)).flush()
+            reserve(path, shown=out_dir / path.name)  # the decoders write through memory maps: no room is an error now
             np.save(labels_path, np.array([it.label for it in split_items], dtype=np.int64))
             for i, it in enumerate(split_items):
                 rows.append((split, i, it.label, it.wnid, it.member))
