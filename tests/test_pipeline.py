@@ -242,3 +242,61 @@ def test_temporary_experiment_logs_into_the_users_store(repo):
                       "where p.key = 'report.n_boot' and r.status = 'FINISHED'").fetchall()
     assert ("report", "150") in {(name.split(" · ")[0], value) for name, value in runs} and db.execute("select count(*) from runs").fetchone()[0] > before
     assert not list((root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
+
+
+def _kill_when(args, root, env, ready, timeout=300) -> str:
+    """Start ``args`` (a `dvc repro`) in its own process group, SIGKILL the whole group (DVC and the stage it runs)
+    the moment ``ready()`` holds, and return what it printed; fails when it ended before that."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"{' '.join(map(str, args))} ended before the kill:\n{proc.stdout.read()[-3000:]}"
+            assert time.monotonic() < deadline, "the kill point never came"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        out = proc.communicate()[0]
+    return out
+
+
+def test_a_stage_killed_mid_training_or_mid_attack_resumes_under_dvc_repro_to_the_same_outputs(tmp_path_factory):
+    """SIGKILL to `dvc repro` and its stage (as a dying job or a pulled plug does) mid-training and mid-attack; the
+    next `dvc repro` resumes from the resume point or the finished seeds' rows, and ends with the model files and
+    results of the uninterrupted run (the shared study's)."""
+    root, env, _ = study(tmp_path_factory, "killed")
+    env = env | {"ROBUSTLORA_RESUME_EVERY_S": "0"}  # a resume point after every epoch: the tiny runs are 2 epochs
+    # --force on the rerun too: this study ran these stages before, so DVC would restore their outputs from its run
+    # cache (`--no-run-cache` still does); a run killed the first time has no such entry and runs again, as here
+    dvc = [sys.executable, "-m", "dvc", "repro", "--single-item"]
+    rerun = [*dvc, "--force"]
+    model = root / "models" / "lora_fc" / "seed_0.pt"
+    trained = model.read_bytes()
+    resume_point = root / "checkpoints" / "lora_fc" / "seed_0.pt"
+    _kill_when([*dvc, "--force", "train@lora_fc"], root, env, resume_point.is_file)
+    log = sh([*rerun, "train@lora_fc"], root, env)
+    assert "train lora_fc seed 0: resuming from" in log, log[-3000:]
+    assert model.read_bytes() == trained  # the same weights, and no timing in the file: the same bytes
+    assert not resume_point.exists()  # outputs written: the resume points are gone
+
+    results = root / "results" / "attack" / "baseline.parquet"
+    uninterrupted = results.read_bytes()
+    spill = root / "checkpoints" / "rows" / "results" / "attack" / "baseline"
+    # a spilled seed's file (not the hidden temp file it is written to, which a kill can leave behind)
+    _kill_when([*dvc, "--force", "attack@baseline"], root, env,
+               lambda: any(not p.name.startswith(".") for p in spill.glob("*.parquet")))
+    log = sh([*rerun, "attack@baseline"], root, env)
+    assert "resumed: the rows of baseline seed 0 were finished by a run that was stopped" in log, log[-3000:]
+    assert results.read_bytes() == uninterrupted and not spill.exists()
+    # the same results, so no stage after attack@baseline sees a change in them (the forced retrain above is a new
+    # training run, with new MLflow run keys in models/lora_fc: the stages reading that folder do)
+    status = sh([sys.executable, "-m", "dvc", "status"], root, env)
+    assert "attack@baseline" not in status and "results/attack" not in status, status
