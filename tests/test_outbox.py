@@ -189,6 +189,25 @@ def test_the_report_logs_its_own_experiment_and_leaves_the_others_waiting(tmp_pa
     assert runs["lora_fc"].data.tags["dvc.experiment"] == "other-exp" and "other-exp" in runs  # as recorded
 
 
+def test_an_entry_another_worker_takes_while_listing_is_skipped_not_an_error(tmp_path: Path, monkeypatch) -> None:
+    """Queue workers list the outbox and read each entry; one another worker claims (renames) in between is gone by
+    then: not an unreadable entry (this failed a 4-worker run once)."""
+    folder = outbox.outbox_dir(tmp_path)
+    folder.mkdir(parents=True)
+    taken, kept = folder / "00000000000000000001-1-train.json", folder / "00000000000000000002-2-train.json"
+    for path in (taken, kept):
+        path.write_text(json.dumps({"version": outbox.VERSION, "stage": "train", "group": "g"}))
+    read = outbox.read_entry
+
+    def claimed_first(path):
+        if path == taken:
+            path.rename(path.with_name(path.name + f"{outbox.CLAIM}1"))  # as publish_pending claims it
+        return read(path)
+
+    monkeypatch.setattr(outbox, "read_entry", claimed_first)
+    assert outbox.pending(tmp_path) == [kept]
+
+
 def test_an_unreadable_entry_is_one_line_naming_it(tmp_path: Path) -> None:
     folder = outbox.outbox_dir(tmp_path)
     folder.mkdir(parents=True)

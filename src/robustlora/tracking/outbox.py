@@ -106,6 +106,8 @@ def pending(repo_root: Path | None = None, group: str | None = None) -> list[Pat
     out = []
     for path in _entries(folder):
         data = read_entry(path)
+        if data is None and not path.exists():  # another worker claimed or logged it since the listing
+            continue
         if data is None:
             raise TrackingError(f"{path}: not an outbox entry this version can read; move it away and re-run the "
                                 "stage that wrote it")
