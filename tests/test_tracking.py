@@ -350,6 +350,41 @@ def test_a_dataset_logged_by_two_processes_at_once_is_linked_not_lost(store: Pat
             tracking.log_dataset("target", "d" * 32, "synthetic", "training")
 
 
+@pytest.mark.parametrize("answer", [
+    "BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name",
+    # the tracking server on PostgreSQL, in the queued sweep of tests/test_pipeline_sweep.py (2026-12-03)
+    'BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"',
+])
+def test_a_recorded_dataset_another_worker_inserted_first_is_linked_on_retry(store: Path, monkeypatch, answer) -> None:
+    """The report stage publishes recorded runs with MlflowClient.log_inputs: a queue worker that loses the dataset
+    insert race (in the words of SQLite or PostgreSQL) retries and links its run; any other error stops it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from robustlora.tracking import record
+
+    exp = tracking.DvcExperiment("x", None, None, {})
+    with tracking.start_run("datasets", "seed", repo_root=store, exp=exp) as run:
+        pass
+    client = MlflowClient(run.tracking_uri)
+    real, calls = client.log_inputs, []
+
+    def racing(run_id, datasets=None, **kw):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise MlflowException(answer)
+        return real(run_id, datasets=datasets, **kw)
+
+    monkeypatch.setattr(client, "log_inputs", racing)
+    record._log_dataset(client, run.run_id, "target", "d" * 32, "synthetic", "training", {})
+    assert len(calls) == 2
+    (entry,) = client.get_run(run.run_id).inputs.dataset_inputs
+    assert entry.dataset.name == "target"
+    monkeypatch.setattr(client, "log_inputs", lambda *a, **k: (_ for _ in ()).throw(MlflowException("other")))
+    with pytest.raises(MlflowException, match="other"):
+        record._log_dataset(client, run.run_id, "target", "d" * 32, "synthetic", "training", {})
+
+
 def test_logging_into_a_run_of_another_store_is_skipped_with_one_line(store: Path, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
     from mlflow import MlflowClient

@@ -31,8 +31,8 @@ from typing import Any, Mapping
 
 from robustlora.errors import TrackingError
 from robustlora.io import write_json
-from robustlora.tracking.runs import (RUN_KEY_TAG, _params_file_values, experiment_run, prepared_dataset,
-                                     read_run_ref)
+from robustlora.tracking.runs import (RUN_KEY_TAG, _params_file_values, experiment_run, lost_insert_race,
+                                     prepared_dataset, read_run_ref)
 
 RECORD_TAG = "robustlora.record"  # one id per recorded run: logging an outbox entry twice finds the runs it created
 
@@ -376,7 +376,7 @@ def _log_dataset(client: Any, run_id: str, name: str, digest: str, source: str, 
     except MlflowException as e:
         # two processes (parallel queue workers) logging the same new dataset race in the store's check-then-insert;
         # the loser's retry finds the winner's row and only links this run to it
-        if "UNIQUE constraint failed" not in str(e):
+        if not lost_insert_race(e):
             raise
         client.log_inputs(run_id, datasets=inputs)
 

@@ -138,9 +138,19 @@ def log_dataset(name: str, digest: str, source: str, context: str, tags: Mapping
     except mlflow.exceptions.MlflowException as e:
         # two processes (parallel queue workers) logging the same new dataset race in the store's check-then-insert;
         # the loser's retry finds the winner's row and only links this run to it
-        if "UNIQUE constraint failed" not in str(e):
+        if not lost_insert_race(e):
             raise
         mlflow.log_input(dataset, context=context)
+
+
+# what the stores say when another process inserted the same row first: SQLite, PostgreSQL, MySQL
+_UNIQUE_VIOLATIONS = ("UNIQUE constraint failed", "duplicate key value violates unique constraint", "Duplicate entry")
+
+
+def lost_insert_race(error: BaseException) -> bool:
+    """Whether a store error is a unique-key violation (another process inserted the same row first), in the words
+    of the store behind the server: SQLite's, PostgreSQL's or MySQL's."""
+    return any(words in str(error) for words in _UNIQUE_VIOLATIONS)
 
 
 @contextlib.contextmanager
